@@ -1,0 +1,75 @@
+"""The one seam between the router and a model backend.
+
+An adapter is a transport: it turns a `ChatRequest` into a `ChatResult` (or a stream of
+`ChatChunk`s) and knows nothing of routing, prices or policies. The engine only ever talks
+to this protocol; which concrete adapter serves a model is named in the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class ChatRequest:
+    """What a backend needs to answer: OpenAI-style messages and sampling options.
+
+    `extra` carries OpenAI fields the router does not interpret (tools, response_format, seed, ...);
+    HTTP adapters pass them through, local adapters ignore what they cannot honour.
+    """
+
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChatResult:
+    message: dict[str, Any]  # {"role": "assistant", "content": ..., maybe "tool_calls": ...}
+    finish_reason: str | None
+    usage: Usage | None  # None when the backend did not report it
+    # Local MoE backends: how often each expert was selected, per layer ({"layer.N": [counts...]}).
+    expert_usage: dict[str, list[int]] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.message.get("content") or ""
+
+
+@dataclass
+class ChatChunk:
+    delta: dict[str, Any]  # {"content": "..."} or {"role": "assistant"} or tool-call deltas
+    finish_reason: str | None = None
+    usage: Usage | None = None  # set on the last chunk when known
+    expert_usage: dict[str, list[int]] | None = None
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """A model backend. Implementations raise `adapters.errors.BackendError` subclasses."""
+
+    async def chat(self, request: ChatRequest) -> ChatResult: ...
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]: ...
+
+    async def health(self) -> bool: ...
+
+    async def start(self) -> None:
+        """Acquire resources (load weights, open pools). Idempotent; may be awaited concurrently."""
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,133 @@
+"""Any provider litellm knows (Anthropic, Bedrock, Vertex, Gemini, Mistral, Cohere, ...), via `litellm.acompletion`.
+
+Params are passed to litellm as they are (`model: anthropic/claude-3-5-haiku-latest`, `api_key`,
+`api_base`, `api_version`, provider-specific options). litellm's own retries are switched off: the
+router's dispatcher owns retries, fallbacks and circuit breakers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage
+from adapters.errors import (
+    BackendError,
+    BackendNotConfigured,
+    BackendRateLimited,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+)
+from adapters.openai_compat import retry_after_seconds
+
+# litellm fetches its model price map from the internet at import unless told otherwise; the router
+# does its own pricing, so the bundled map is enough (and the gateway must start offline).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm  # noqa: E402
+
+litellm.suppress_debug_info = True
+litellm.telemetry = False
+
+
+class LiteLLMAdapter:
+    def __init__(self, model: str, timeout: float = 120.0, **params: Any):
+        if not model:
+            raise ValueError("a litellm backend needs 'model'")
+        self.model = model
+        self.timeout = timeout
+        self.params = params
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def health(self) -> bool:
+        # Probing a paid provider costs money; the breaker reports real failures instead.
+        return True
+
+    def _kwargs(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            **self.params,
+            **request.extra,
+            "model": self.model,
+            "messages": request.messages,
+            "timeout": self.timeout,
+            "num_retries": 0,
+            "stream": stream,
+        }
+        for key in ("max_tokens", "temperature", "top_p", "stop"):
+            value = getattr(request, key)
+            if value is not None:
+                kw[key] = value
+        if stream:
+            kw["stream_options"] = {"include_usage": True}
+        else:
+            kw.pop("stream_options", None)
+        return kw
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        try:
+            resp = await litellm.acompletion(**self._kwargs(request, stream=False))
+        except Exception as e:  # noqa: BLE001 - litellm raises many types; all are classified here
+            raise classify(e) from None
+        choice = resp.choices[0]
+        message = choice.message.model_dump(exclude_none=True)
+        message.setdefault("role", "assistant")
+        for key in [k for k in message if k.startswith("provider_specific") or k == "function_call"]:
+            message.pop(key)
+        return ChatResult(message=message, finish_reason=choice.finish_reason, usage=_usage(resp))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        try:
+            resp = await litellm.acompletion(**self._kwargs(request, stream=True))
+            async for chunk in resp:
+                usage = _usage(chunk)
+                if not chunk.choices:
+                    if usage is not None:
+                        yield ChatChunk(delta={}, usage=usage)
+                    continue
+                choice = chunk.choices[0]
+                delta = {
+                    k: v
+                    for k, v in choice.delta.model_dump(exclude_none=True).items()
+                    if k in ("role", "content", "tool_calls")
+                }
+                yield ChatChunk(delta=delta, finish_reason=choice.finish_reason, usage=usage)
+        except BackendError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise classify(e) from None
+
+
+def _usage(obj: Any) -> Usage | None:
+    u = getattr(obj, "usage", None)
+    if u is None:
+        return None
+    return Usage(int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0))
+
+
+def classify(e: Exception) -> BackendError:
+    """Map a litellm exception to the router's failure classes."""
+    msg = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
+    status = getattr(e, "status_code", None)
+    response = getattr(e, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    retry_after = retry_after_seconds(headers.get("retry-after")) if hasattr(headers, "get") else None
+    if isinstance(e, litellm.Timeout):
+        return BackendTimeout(msg, upstream_status=status)
+    if isinstance(e, litellm.RateLimitError):
+        return BackendRateLimited(msg, retry_after=retry_after, upstream_status=status)
+    if isinstance(e, litellm.AuthenticationError | litellm.PermissionDeniedError):
+        return BackendNotConfigured(msg, upstream_status=status)
+    if isinstance(e, litellm.ServiceUnavailableError | litellm.APIConnectionError):
+        return BackendUnavailable(msg, retry_after=retry_after, upstream_status=status)
+    if isinstance(e, litellm.BadRequestError | litellm.NotFoundError | litellm.UnprocessableEntityError):
+        return BackendRejected(msg, upstream_status=status)
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429):
+        return BackendRejected(msg, upstream_status=status)
+    return BackendError(msg, retry_after=retry_after, upstream_status=status)

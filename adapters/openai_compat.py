@@ -1,0 +1,224 @@
+"""Any OpenAI-compatible `/v1/chat/completions` server over a pooled httpx client.
+
+Covers OpenAI itself, vLLM, Ollama, llama.cpp's `llama-server`, LM Studio, TGI and most hosted
+providers' compatibility endpoints. Streams are read as server-sent events; usage is asked for
+with `stream_options.include_usage` (turn off with `stream_usage: false` for servers that reject it).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage
+from adapters.errors import (
+    BackendError,
+    BackendNotConfigured,
+    BackendRateLimited,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+
+class OpenAICompatAdapter:
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 5.0,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,  # defaults merged into every request body
+        stream_usage: bool = True,
+        max_connections: int = 200,
+    ):
+        if not model:
+            raise ValueError("an openai backend needs 'model'")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._headers = dict(headers or {})
+        self._params = dict(params or {})
+        self._stream_usage = stream_usage
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._client: httpx.AsyncClient | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"user-agent": "moe-router", **self._headers}
+            if self._api_key:
+                headers["authorization"] = f"Bearer {self._api_key}"
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url, headers=headers, timeout=self._timeout, limits=self._limits
+            )
+        return self._client
+
+    async def start(self) -> None:
+        _ = self.client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def health(self) -> bool:
+        """Reachable and not failing: `GET /models` answers below 500 (401 still means "up")."""
+        try:
+            r = await self.client.get("/models", timeout=3.0)
+        except httpx.HTTPError:
+            return False
+        return r.status_code < 500
+
+    # ---- requests ------------------------------------------------------------------------------
+    def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            **self._params,
+            **request.extra,
+            "model": self.model,
+            "messages": request.messages,
+        }
+        for key in ("max_tokens", "temperature", "top_p", "stop"):
+            value = getattr(request, key)
+            if value is not None:
+                body[key] = value
+        if stream:
+            body["stream"] = True
+            if self._stream_usage:
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return body
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        try:
+            r = await self.client.post("/chat/completions", json=self._body(request, stream=False))
+        except httpx.HTTPError as e:
+            raise _transport_error(e) from None
+        if r.status_code >= 400:
+            raise _status_error(r.status_code, r.headers, r.text)
+        try:
+            data = r.json()
+            choice = data["choices"][0]
+            message = dict(choice.get("message") or {})
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise BackendError(f"malformed completion from {self.base_url}: {r.text[:200]!r}") from None
+        message.setdefault("role", "assistant")
+        return ChatResult(message=message, finish_reason=choice.get("finish_reason"), usage=_usage(data))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        body = self._body(request, stream=True)
+        try:
+            async with self.client.stream("POST", "/chat/completions", json=body) as r:
+                if r.status_code >= 400:
+                    text = (await r.aread()).decode(errors="replace")
+                    raise _status_error(r.status_code, r.headers, text)
+                async for data in _sse_data(r):
+                    if data == "[DONE]":
+                        return
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise BackendError(f"malformed stream event: {data[:200]!r}") from None
+                    if event.get("error"):
+                        err = event["error"]
+                        raise BackendError(f"upstream stream error: {err.get('message', err)}")
+                    usage = _usage(event)
+                    choices = event.get("choices") or []
+                    if not choices:
+                        if usage is not None:
+                            yield ChatChunk(delta={}, usage=usage)
+                        continue
+                    choice = choices[0]
+                    yield ChatChunk(
+                        delta=choice.get("delta") or {},
+                        finish_reason=choice.get("finish_reason"),
+                        usage=usage,
+                    )
+        except httpx.HTTPError as e:
+            raise _transport_error(e) from None
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data:` payloads of a server-sent-event stream (multi-line data joined with newlines)."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].lstrip(" "))
+        # comments (":") and other fields (event, id, retry) carry nothing we use
+    if lines:
+        yield "\n".join(lines)
+
+
+def _usage(data: dict[str, Any]) -> Usage | None:
+    u = data.get("usage")
+    if not isinstance(u, dict):
+        return None
+    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse Retry-After: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_message(text: str) -> str:
+    try:
+        err = json.loads(text).get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        if err:
+            return str(err)
+    except (ValueError, AttributeError):
+        pass
+    return text[:300] or "no body"
+
+
+def _status_error(status: int, headers: httpx.Headers, text: str) -> BackendError:
+    msg = f"upstream answered {status}: {_error_message(text)}"
+    retry_after = retry_after_seconds(headers.get("retry-after"))
+    if status == 429:
+        return BackendRateLimited(msg, retry_after=retry_after, upstream_status=status)
+    if status in (401, 403):
+        return BackendNotConfigured(msg, upstream_status=status)
+    if status == 408:
+        return BackendTimeout(msg, upstream_status=status)
+    if status in (502, 503, 504, 529):
+        return BackendUnavailable(msg, retry_after=retry_after, upstream_status=status)
+    if status >= 500:
+        return BackendError(msg, retry_after=retry_after, upstream_status=status)
+    return BackendRejected(msg, upstream_status=status)
+
+
+def _transport_error(e: httpx.HTTPError) -> BackendError:
+    if isinstance(e, httpx.TimeoutException):
+        return BackendTimeout(f"upstream timed out ({type(e).__name__})")
+    if isinstance(e, httpx.ConnectError):
+        return BackendUnavailable(f"cannot connect to upstream: {e}")
+    return BackendUnavailable(f"upstream connection failed: {type(e).__name__}: {e}")
