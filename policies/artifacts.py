@@ -1,0 +1,218 @@
+"""Policy artifacts: a fitted policy on disk, loadable by the gateway from config by path.
+
+An artifact is a directory:
+
+    policy.json          type, class, hyper-parameters, model list (column order), encoder
+                         name + version, JSON-able learned state, training metrics, data summary,
+                         moe-router version, and the SHA-256 of the arrays file
+    arrays.safetensors   every learned numpy array (attributes ending in `_`)
+
+Nothing is pickled, so loading an artifact never runs code from it. `load_policy` refuses an
+artifact that is corrupt, of an unknown type or format version, or fitted with a different
+encoder (name or version) than the one it would be served with: its embeddings would mean
+something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policies.base import Policy
+from policies.registry import POLICIES, policy_class
+
+FORMAT = "moe-router-policy"
+FORMAT_VERSION = 1
+META = "policy.json"
+ARRAYS = "arrays.safetensors"
+# attributes that are not learned state: the model list is stored on its own, metrics apart
+_NOT_STATE = {"models_", "metrics_"}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("moe-router")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _registry_name(policy: Policy) -> str:
+    target = f"{type(policy).__module__}:{type(policy).__name__}"
+    for name, t in POLICIES.items():
+        if t == target:
+            return name
+    raise ValueError(f"{target} is not in policies.registry.POLICIES; register it to save it")
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_policy(
+    policy: Policy,
+    directory: str | Path,
+    *,
+    encoder: Any = None,
+    metrics: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Path:
+    """Write a fitted policy to `directory` (created; existing artifact files are replaced)."""
+    from safetensors.numpy import save_file
+
+    if not policy.fitted:
+        raise ValueError(f"policy {policy.name!r} is not fitted; nothing to save")
+    if policy.needs_embeddings and encoder is None:
+        raise ValueError("a policy that reads embeddings must be saved with its encoder")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    state: dict[str, Any] = {}
+    for k, v in vars(policy).items():
+        if not k.endswith("_") or k.startswith("_") or k in _NOT_STATE:
+            continue
+        if isinstance(v, np.ndarray):
+            arrays[k] = np.ascontiguousarray(v)
+        elif isinstance(v, np.generic):
+            state[k] = v.item()
+        elif _jsonable(v):
+            state[k] = v
+        else:
+            raise ValueError(f"learned attribute {k} ({type(v).__name__}) cannot be saved without pickle")
+    params = {k: v for k, v in policy.get_params().items() if k != "encoder"}
+    bad = [k for k, v in params.items() if not _jsonable(v)]
+    if bad:
+        raise ValueError(f"hyper-parameters {bad} are not JSON-serialisable")
+    save_file(arrays, str(out / ARRAYS))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "type": _registry_name(policy),
+        "class": f"{type(policy).__module__}:{type(policy).__name__}",
+        "params": params,
+        "models": list(policy.models_),
+        "encoder": None
+        if encoder is None
+        else {"name": encoder.name, "version": encoder.version, "model": getattr(encoder, "model", None)},
+        "state": state,
+        "arrays": sorted(arrays),
+        "arrays_sha256": _sha256(out / ARRAYS),
+        "metrics": metrics if metrics is not None else getattr(policy, "metrics_", {}),
+        "data": data or {},
+        "moe_router_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / META).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    return out
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"{type(v).__name__} is not JSON-serialisable")
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"no policy artifact at {d} (not a directory)")
+    f = d / META
+    if not f.exists():
+        raise ValueError(f"{d} is not a policy artifact: {META} is missing")
+    try:
+        meta = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f} is corrupt: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{f} is not a moe-router policy artifact")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{d}: artifact format version {meta.get('format_version')} is not supported "
+            f"(this moe-router reads version {FORMAT_VERSION}); retrain it"
+        )
+    for key in ("type", "params", "models", "state", "arrays"):
+        if key not in meta:
+            raise ValueError(f"{f} is corrupt: no {key!r}")
+    return meta
+
+
+def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
+    want = meta.get("encoder")
+    if want is None:
+        return
+    have = {"name": encoder.name, "version": encoder.version}
+    if (want.get("name"), want.get("version")) != (have["name"], have["version"]):
+        raise ValueError(
+            f"{where} was trained with encoder {want.get('name')} {want.get('version')}, but this gateway "
+            f"encodes prompts with {have['name']} {have['version']}; retrain the policy with this encoder "
+            "or configure the encoder it was trained with"
+        )
+
+
+def load_policy(directory: str | Path, encoder: Any = None, **params: Any) -> Policy:
+    """Load a fitted policy. `encoder`: the encoder the caller will embed prompts with (checked
+    against the one the policy was fitted with; for a policy that embeds, the encoder recorded in
+    the artifact is built when none is given). `params` override serving-time hyper-parameters."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    d = Path(directory)
+    meta = read_metadata(d)
+    if meta["type"] not in POLICIES:
+        raise ValueError(f"{d}: unknown policy type {meta['type']!r}; known: {', '.join(sorted(POLICIES))}")
+    cls = policy_class(meta["type"])
+    if meta.get("encoder") is not None:
+        if encoder is None:
+            from policies.encoders import PromptEncoder
+
+            encoder = PromptEncoder(meta["encoder"].get("model") or meta["encoder"]["name"])
+        check_encoder(meta, encoder, str(d))
+    f = d / ARRAYS
+    if not f.exists():
+        raise ValueError(f"{d} is corrupt: {ARRAYS} is missing")
+    if meta.get("arrays_sha256") and _sha256(f) != meta["arrays_sha256"]:
+        raise ValueError(f"{d} is corrupt: {ARRAYS} does not match the checksum in {META}")
+    try:
+        arrays = load_file(str(f))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{d} is corrupt: cannot read {ARRAYS} ({e})") from None
+    missing = sorted(set(meta["arrays"]) - set(arrays))
+    if missing:
+        raise ValueError(f"{d} is corrupt: arrays {missing} are missing")
+    init = dict(meta["params"])
+    unknown = sorted(set(params) - set(init))
+    if unknown:
+        raise ValueError(f"unknown parameters for a {meta['type']} policy: {unknown}; known: {sorted(init)}")
+    init.update(params)
+    try:
+        if "encoder" in __import__("inspect").signature(cls.__init__).parameters:
+            init["encoder"] = encoder
+        policy = cls(**init)
+    except TypeError as e:
+        raise ValueError(f"{d}: cannot rebuild the {meta['type']} policy: {e}") from None
+    for k, v in meta["state"].items():
+        setattr(policy, k, v)
+    for k, v in arrays.items():
+        setattr(policy, k, v)
+    policy.models_ = list(meta["models"])
+    policy.metrics_ = meta.get("metrics", {})
+    return policy
