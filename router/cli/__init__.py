@@ -1,0 +1,48 @@
+"""`moe-router` command line. Each command group lives in its own module and registers on `app`.
+
+Errors a user can cause (bad config, unknown policy, unreadable data) print one line on stderr
+and exit non-zero; they never show a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from click import ClickException
+
+app = typer.Typer(
+    name="moe-router",
+    help="Route each LLM request to the model that answers it well for the least money and time.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# command modules register themselves on `app` when imported
+from router.cli import config_cmd, export, keys, models, route, serve, train  # noqa: E402,F401
+
+
+def main() -> None:
+    from router.cli.options import UserError
+    from router.config import ConfigError
+    from router.policy_set import PolicyError
+
+    # commands report problems as one line; `serve` turns logging back on at its --log-level
+    logging.getLogger("moe_router").setLevel(logging.ERROR)
+    try:
+        app(standalone_mode=False)
+    except (UserError, ConfigError, PolicyError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the unexpected: one line, never a traceback
+        if isinstance(e, typer.TyperException | ClickException):
+            typer.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        typer.echo(f"error: {type(e).__name__}: {e}", err=True)
+        sys.exit(1)

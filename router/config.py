@@ -1,0 +1,303 @@
+"""The gateway's typed configuration: a YAML file (or the embedded default) plus env overrides.
+
+Precedence, highest first: environment (`MOE_ROUTER_*`, nested with `__`, e.g.
+`MOE_ROUTER_ROUTING__DEFAULT_POLICY=cheapest`), then the YAML file, then the defaults here.
+Two short forms are accepted for operators: `MOE_ROUTER_STATE` and `MOE_ROUTER_REQUIRE_KEYS`.
+
+Secrets in model params are written LiteLLM-style as `os.environ/NAME` and resolved only when
+the adapter is built; a model whose variables are unset is listed as unavailable, never an error.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from policies.base import ModelInfo
+
+ENV_REF = "os.environ/"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """One candidate model (like an entry of LiteLLM's `model_list`)."""
+
+    name: str = Field(min_length=1, pattern=r"^[^\s,:]+$")
+    backend: str  # adapters.BACKENDS key: openai | litellm | transformers
+    params: dict[str, Any] = Field(default_factory=dict)  # backend-specific; `os.environ/NAME` resolved late
+    input_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M input tokens
+    output_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M output tokens
+    context_window: int = Field(8192, gt=0)
+    max_output_tokens: int | None = Field(None, gt=0)
+    expected_output_tokens: int = Field(256, gt=0)  # for cost prediction when max_tokens is not given
+    capabilities: list[str] = Field(default_factory=list)  # tools, vision, json
+    tags: list[str] = Field(default_factory=list)
+    quality: dict[str, float] = Field(default_factory=lambda: {"default": 0.5})  # prior per category, 0..1
+    latency_ms: float | None = Field(None, gt=0)  # prior typical latency until measured
+    description: str = ""
+
+    @field_validator("quality")
+    @classmethod
+    def _quality_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: q for k, q in v.items() if not 0.0 <= q <= 1.0}
+        if bad:
+            raise ValueError(f"quality priors must be in 0..1, got {bad}")
+        return v
+
+    def env_refs(self) -> list[str]:
+        return sorted({v[len(ENV_REF) :] for v in _walk_strings(self.params) if v.startswith(ENV_REF)})
+
+    def missing_env(self) -> list[str]:
+        return [name for name in self.env_refs() if not os.environ.get(name)]
+
+    def resolved_params(self) -> dict[str, Any]:
+        return _resolve(self.params)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            input_price_per_1m=self.input_price_per_1m,
+            output_price_per_1m=self.output_price_per_1m,
+            quality=dict(self.quality),
+            latency_ms=self.latency_ms,
+            description=self.description,
+        )
+
+
+class PolicySpec(_Strict):
+    """A named policy: a registered type with params, or a trained artifact directory."""
+
+    type: str | None = None
+    artifact: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PolicySpec:
+        if bool(self.type) == bool(self.artifact):
+            raise ValueError("a policy needs exactly one of 'type' or 'artifact'")
+        return self
+
+
+class RoutingSettings(_Strict):
+    default_policy: str = "category"
+    cost_weight: float = Field(0.2, ge=0, le=1)
+    policies: dict[str, PolicySpec] = Field(default_factory=dict)
+    # override the category policy's descriptions: {category: [example prompts]}
+    categories: dict[str, list[str]] | None = None
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = Field(1_048_576, gt=0)  # larger bodies get 413
+    max_messages: int = Field(1024, gt=0)
+
+
+class DispatchSettings(_Strict):
+    timeout_s: float = Field(120.0, gt=0)  # per upstream attempt
+    retries: int = Field(1, ge=0)  # extra attempts on the same model for retryable errors
+    backoff_s: float = Field(0.2, ge=0)  # first retry delay; doubles each time
+    max_backoff_s: float = Field(5.0, ge=0)
+    max_retry_after_s: float = Field(10.0, ge=0)  # honour Retry-After up to this; longer -> fall back
+    max_fallbacks: int = Field(2, ge=0)  # further models tried after the chosen one fails
+
+
+class BreakerSettings(_Strict):
+    failure_threshold: int = Field(5, gt=0)  # consecutive failures that open the circuit
+    reset_after_s: float = Field(30.0, gt=0)  # then one probe request is let through (half-open)
+
+
+class HealthSettings(_Strict):
+    ewma_alpha: float = Field(0.2, gt=0, le=1)
+    window: int = Field(200, gt=0)  # recent latencies kept for p95
+
+
+class EncoderSettings(_Strict):
+    model: str = "all-MiniLM-L6-v2"  # the bundled copy, or a local sentence-transformers directory
+    cache_size: int = Field(4096, ge=0)
+
+
+class AuthSettings(_Strict):
+    require_keys: bool = False
+    # operator key for admin endpoints and key management over HTTP; `os.environ/NAME` allowed
+    master_key: SecretStr | None = None
+
+
+class BudgetSpec(_Strict):
+    usd: float = Field(gt=0)
+    window: Literal["daily", "monthly", "total"] = "monthly"
+
+
+class BudgetSettings(_Strict):
+    """Spend limits beyond per-key ones (those are set with `moe-router keys create --budget-usd`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    global_: BudgetSpec | None = Field(None, alias="global")  # all traffic through the gateway
+    teams: dict[str, BudgetSpec] = Field(default_factory=dict)  # keys created with --team T
+    # reserved for a request that sets no max_tokens, when the model has no max_output_tokens
+    default_max_output_tokens: int = Field(1024, gt=0)
+
+
+class ExactCacheSettings(_Strict):
+    enabled: bool = False
+    ttl_s: float = Field(3600, gt=0)
+
+
+class SemanticCacheSettings(_Strict):
+    enabled: bool = False
+    threshold: float = Field(0.95, gt=0, le=1)  # cosine similarity of the last user message
+    ttl_s: float = Field(3600, gt=0)
+    max_entries: int = Field(256, gt=0)  # recent prompts compared, per key and requested model
+
+
+class CacheSettings(_Strict):
+    # with a cache enabled, do requests use it without asking (`routing.cache` overrides per request)?
+    default: bool = False
+    exact: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+
+
+class OutageSettings(_Strict):
+    """What the gateway does while Redis is unreachable (it keeps serving either way)."""
+
+    budgets: Literal["open", "closed"] = "open"  # open: serve and reconcile spend later; closed: 503
+    timeout_s: float = Field(0.5, gt=0)  # per Redis operation
+    retry_every_s: float = Field(2.0, gt=0)  # while down, try Redis again this often
+    spill_path: str | None = None  # where buffered records go past 100k entries (default ~/.cache/moe-router)
+
+
+class RouterConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOE_ROUTER_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    models: list[ModelSpec] = Field(default_factory=list)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    state: str = "memory"  # memory | redis://host:port/db
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    outage: OutageSettings = Field(default_factory=OutageSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RouterConfig:
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate model names: {dup}")
+        reserved = {"router"} & set(names)
+        if reserved:
+            raise ValueError("'router' is reserved for routed requests; rename that model")
+        if not (self.state == "memory" or self.state.startswith(("redis://", "rediss://", "unix://"))):
+            raise ValueError(f"state must be 'memory' or a redis:// URL, got {self.state!r}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the file's content arrives as init kwargs; the environment overrides it
+        return (_ShortEnv(settings_cls), env_settings, init_settings)
+
+    def model(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+class _ShortEnv(PydanticBaseSettingsSource):
+    """`MOE_ROUTER_REQUIRE_KEYS=1`: the documented short form of `MOE_ROUTER_AUTH__REQUIRE_KEYS`."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, required by the ABC
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        v = os.environ.get("MOE_ROUTER_REQUIRE_KEYS")
+        if v is None:
+            return {}
+        return {"auth": {"require_keys": v.strip().lower() in {"1", "true", "yes", "on"}}}
+
+
+def _walk_strings(obj: Any):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _walk_strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_strings(v)
+
+
+def _resolve(obj: Any) -> Any:
+    if isinstance(obj, str) and obj.startswith(ENV_REF):
+        return os.environ.get(obj[len(ENV_REF) :])
+    if isinstance(obj, dict):
+        return {k: _resolve(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_resolve(v) for v in obj]
+    return obj
+
+
+class ConfigError(ValueError):
+    """The config file is missing, unreadable or invalid; the message says where."""
+
+
+def default_config_text() -> str:
+    return resources.files("router").joinpath("default_config.yaml").read_text()
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> RouterConfig:
+    """Read `path` (or the embedded default), apply env overrides, validate.
+
+    `overrides` are top-level sections merged over the file (used by tests and the SDK)."""
+    if path is None:
+        text, where = default_config_text(), "embedded default config"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        text, where = p.read_text(), str(p)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    data.update(overrides)
+    try:
+        return RouterConfig(**data)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {_short_validation(e)}") from None
+
+
+def _short_validation(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if not callable(errors):
+        return str(e)
+    parts = []
+    for err in errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "; ".join(parts)

@@ -1,0 +1,109 @@
+"""What a request demands of a candidate, beyond the policy's predictions.
+
+Turns an incoming request plus the gateway's knowledge (config, availability, model health)
+into per-candidate exclusions for `policies.decision.decide`: context window, capabilities,
+availability, open circuits, key permissions. The request's own routing controls become a
+`Constraints`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from policies.decision import SERVICE, Constraints, Exclusion
+from router.config import ModelSpec
+from router.health import ModelStatus
+from router.schemas import ChatCompletionRequest, Message, RoutingControls
+
+# A cheap token estimate (about 4 characters per token for English, plus per-message framing).
+# Used only to predict cost and check context windows before dispatch; spend is computed from the
+# backend's real usage.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def prompt_tokens(messages: Sequence[Message]) -> int:
+    return sum(estimate_tokens(m.text()) + TOKENS_PER_MESSAGE for m in messages)
+
+
+def routing_text(messages: Sequence[Message], max_chars: int = 2000) -> str:
+    """The text a policy sees: the last user message (what needs answering now)."""
+    for m in reversed(messages):
+        if m.role == "user":
+            return m.text()[:max_chars]
+    return messages[-1].text()[:max_chars]
+
+
+def required_capabilities(req: ChatCompletionRequest) -> set[str]:
+    caps = set()
+    if req.tools:
+        caps.add("tools")
+    if any(m.has_image() for m in req.messages):
+        caps.add("vision")
+    if req.response_format and req.response_format.get("type") in {"json_object", "json_schema"}:
+        caps.add("json")
+    return caps
+
+
+def to_constraints(controls: RoutingControls | None) -> Constraints:
+    c = controls or RoutingControls()
+    return Constraints(
+        max_cost_usd=c.max_cost_usd,
+        max_latency_ms=c.max_latency_ms,
+        min_quality=c.min_quality,
+        allowed_models=frozenset(c.allowed_models) if c.allowed_models is not None else None,
+        excluded_models=frozenset(c.excluded_models),
+    )
+
+
+def exclusions(
+    specs: Sequence[ModelSpec],
+    *,
+    unavailable: Mapping[str, str],
+    status: Mapping[str, ModelStatus],
+    prompt_tokens: int,
+    output_tokens: int | None,
+    capabilities: set[str],
+    key_models: frozenset[str] | None = None,
+) -> dict[str, list[Exclusion]]:
+    """Per model, the reasons it cannot serve this request (empty list = fine)."""
+    out: dict[str, list[Exclusion]] = {}
+    for s in specs:
+        reasons: list[Exclusion] = []
+        if s.name in unavailable:
+            reasons.append(
+                Exclusion("unavailable", f"{s.name} is unavailable: {unavailable[s.name]}", SERVICE)
+            )
+        st = status.get(s.name)
+        if st is not None and not st.routable:
+            reasons.append(Exclusion("circuit_open", f"{s.name} is failing (circuit open)", SERVICE))
+        if key_models is not None and s.name not in key_models:
+            reasons.append(Exclusion("key_models", f"this API key may not use {s.name}"))
+        need = prompt_tokens + (output_tokens or 1)
+        if need > s.context_window:
+            reasons.append(
+                Exclusion(
+                    "context_window",
+                    f"{s.name} context window is {s.context_window} tokens; this request needs ~{need}",
+                )
+            )
+        if (
+            s.max_output_tokens is not None
+            and output_tokens is not None
+            and output_tokens > s.max_output_tokens
+        ):
+            reasons.append(
+                Exclusion(
+                    "max_tokens",
+                    f"{s.name} writes at most {s.max_output_tokens} tokens; {output_tokens} asked",
+                )
+            )
+        missing = capabilities - set(s.capabilities)
+        if missing:
+            reasons.append(Exclusion("capabilities", f"{s.name} lacks {', '.join(sorted(missing))}"))
+        out[s.name] = reasons
+    return out

@@ -1,0 +1,98 @@
+"""Prometheus metrics, on a registry owned by each engine (no global state: tests build their own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "moe_router_"
+        self.requests = Counter(
+            p + "requests",
+            "Requests answered, by endpoint and HTTP status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            p + "request_latency_seconds",
+            "End-to-end request latency by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_latency = Histogram(
+            p + "model_latency_seconds",
+            "Upstream latency per model (successful attempts)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decision_latency = Histogram(
+            p + "decision_seconds",
+            "Routing decision time (embed + score + constraints) by policy",
+            ["policy"],
+            buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        self.choices = Counter(
+            p + "routed", "Routing decisions: model chosen, by policy", ["policy", "model"], registry=r
+        )
+        self.tokens = Counter(
+            p + "tokens",
+            "Tokens processed, by model and kind (prompt|completion)",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            p + "cost_usd", "Spend in USD computed from real token counts, by model", ["model"], registry=r
+        )
+        self.fallbacks = Counter(
+            p + "fallbacks",
+            "Fallbacks from a failed model to the next candidate",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            p + "retries", "Retries of the same model after a retryable failure", ["model"], registry=r
+        )
+        self.upstream_errors = Counter(
+            p + "upstream_errors",
+            "Failed upstream attempts by model and error",
+            ["model", "error"],
+            registry=r,
+        )
+        self.errors = Counter(
+            p + "errors", "Error responses by OpenAI error type and code", ["type", "code"], registry=r
+        )
+        self.breaker_open = Gauge(
+            p + "breaker_open", "1 while the model's circuit breaker is open", ["model"], registry=r
+        )
+        self.experts = Counter(
+            p + "expert_selections",
+            "Local MoE: times each expert was selected, by model and layer",
+            ["model", "layer", "expert"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            p + "feedback", "Feedback ratings received, by model and source", ["model", "source"], registry=r
+        )
+        self.state_errors = Counter(
+            p + "state_errors", "Shared-state (Redis) operations that failed and degraded", ["op"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe_experts(self, model: str, usage: dict[str, list[int]] | None) -> None:
+        for layer, counts in (usage or {}).items():
+            for expert, n in enumerate(counts):
+                if n:
+                    self.experts.labels(model, layer, str(expert)).inc(n)

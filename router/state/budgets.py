@@ -1,0 +1,134 @@
+"""Spend budgets per key, team and globally, in daily / monthly / total windows.
+
+Before dispatch the engine *reserves* the request's predicted maximum cost in every scope that
+applies; the reservation fails as a whole if any scope would go over its limit (atomic: one Lua
+script on Redis). After the answer it *settles* the reservation to the real cost (or refunds it
+on failure). Amounts are integer micro-dollars so concurrent increments never drift.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+MICROS = 1_000_000
+TTL = {"daily": 3 * 86400, "monthly": 40 * 86400, "total": 0}
+
+
+def to_micros(usd: float) -> int:
+    return int(round(usd * MICROS))
+
+
+@dataclass(frozen=True)
+class BudgetScope:
+    id: str  # key:<id> | team:<name> | global
+    limit_usd: float
+    window: str = "monthly"  # daily | monthly | total
+
+    def bucket(self, now: float | None = None) -> str:
+        t = time.gmtime(now if now is not None else time.time())
+        period = {"daily": time.strftime("%Y-%m-%d", t), "monthly": time.strftime("%Y-%m", t), "total": "all"}
+        return f"{self.id}:{period[self.window]}"
+
+
+@dataclass
+class Reservation:
+    buckets: tuple[str, ...]
+    micros: int
+    offline: bool = False  # made while shared state was unreachable (fail-open): nothing was reserved
+
+    @property
+    def usd(self) -> float:
+        return self.micros / MICROS
+
+
+class Budgets(Protocol):
+    async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
+        """A reservation, or the first scope that cannot afford `usd`."""
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None: ...
+
+    async def spent(self, scopes: Sequence[BudgetScope]) -> list[float]:
+        """USD spent (including outstanding reservations) in each scope's current window."""
+
+
+async def remaining(budgets: Budgets, scopes: Sequence[BudgetScope]) -> float | None:
+    """The smallest amount still affordable across `scopes` (None when unlimited)."""
+    if not scopes:
+        return None
+    spent = await budgets.spent(scopes)
+    return min(s.limit_usd - x for s, x in zip(scopes, spent, strict=True))
+
+
+class MemoryBudgets:
+    def __init__(self) -> None:
+        self._spent: dict[str, int] = {}
+
+    async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
+        amount = to_micros(usd)
+        buckets = [s.bucket() for s in scopes]
+        for s, b in zip(scopes, buckets, strict=True):
+            if self._spent.get(b, 0) + amount > to_micros(s.limit_usd):
+                return s
+        for b in buckets:
+            self._spent[b] = self._spent.get(b, 0) + amount
+        return Reservation(tuple(buckets), amount)
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        delta = to_micros(actual_usd) - reservation.micros
+        for b in reservation.buckets:
+            self._spent[b] = self._spent.get(b, 0) + delta
+
+    async def spent(self, scopes: Sequence[BudgetScope]) -> list[float]:
+        return [self._spent.get(s.bucket(), 0) / MICROS for s in scopes]
+
+
+# KEYS: bucket keys. ARGV[1]: amount; ARGV[1+i]: limit of KEYS[i]; ARGV[1+n+i]: ttl of KEYS[i] (0 = none).
+# Returns 0 when reserved in every bucket, else the 1-based index of the first bucket that refused.
+_RESERVE = """
+local n = #KEYS
+local amount = tonumber(ARGV[1])
+for i = 1, n do
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if cur + amount > tonumber(ARGV[1 + i]) then return i end
+end
+for i = 1, n do
+  redis.call('INCRBY', KEYS[i], amount)
+  local ttl = tonumber(ARGV[1 + n + i])
+  if ttl > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return 0
+"""
+
+
+class RedisBudgets:
+    def __init__(self, redis, prefix: str = "moe:budget:"):
+        self.redis = redis
+        self.prefix = prefix
+        self._reserve = redis.register_script(_RESERVE)
+
+    async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
+        amount = to_micros(usd)
+        buckets = [s.bucket() for s in scopes]
+        keys = [self.prefix + b for b in buckets]
+        args = [amount, *(to_micros(s.limit_usd) for s in scopes), *(TTL[s.window] for s in scopes)]
+        refused = int(await self._reserve(keys=keys, args=args))
+        if refused:
+            return scopes[refused - 1]
+        return Reservation(tuple(buckets), amount)
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        delta = to_micros(actual_usd) - reservation.micros
+        if delta:
+            async with self.redis.pipeline(transaction=True) as p:
+                for b in reservation.buckets:
+                    p.incrby(self.prefix + b, delta)
+                await p.execute()
+
+    async def spent(self, scopes: Sequence[BudgetScope]) -> list[float]:
+        if not scopes:
+            return []
+        vals = await self.redis.mget([self.prefix + s.bucket() for s in scopes])
+        return [int(v or 0) / MICROS for v in vals]

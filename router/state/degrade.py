@@ -1,0 +1,346 @@
+"""Keep serving through a Redis outage, and put things right when it returns.
+
+Every Redis operation runs through `Outage.call(op, primary, fallback)`. The first failure marks
+Redis down for `retry_every_s` (requests stop paying a timeout each) and counts it; while down,
+each concern degrades its own way:
+
+- keys: keys seen before keep working (last known good); unknown keys get 503
+- budgets: fail-open reserves nothing and queues the spend; fail-closed answers 503
+- rate limits: a per-replica in-memory limiter takes over
+- ledger, request log, feedback: buffered in memory (spilled to a JSONL file past a cap)
+- model health: a per-replica in-memory breaker/latency tracker takes over
+- caches: miss
+
+On the first successful operation after an outage the queued spend is added to the budget
+counters and the buffered records are written, in order: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from router.health import MemoryHealth
+from router.metrics import Metrics
+from router.state.budgets import Budgets, BudgetScope, Reservation, to_micros
+from router.state.keys import KeyRecord
+from router.state.ratelimit import MemoryRateLimiter, RateDecision
+from router.state.records import FeedbackRecord, RequestRecord
+
+log = logging.getLogger("moe_router.state")
+T = TypeVar("T")
+
+
+class StateUnavailable(Exception):
+    """Shared state is unreachable and this operation has no safe local answer."""
+
+
+class Outage:
+    def __init__(self, metrics: Metrics | None, retry_every_s: float = 2.0, clock=time.monotonic):
+        self.metrics = metrics
+        self.retry_every_s = retry_every_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._was_down = False
+        self._recover_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._recovering: asyncio.Task | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self._was_down
+
+    def on_recover(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._recover_hooks.append(hook)
+
+    async def call(
+        self, op: str, primary: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self._clock() < self._down_until:
+            return await fallback()
+        try:
+            result = await primary()
+        except (RedisError, OSError) as e:
+            if self.metrics is not None:
+                self.metrics.state_errors.labels(op).inc()
+            if not self._was_down:
+                log.warning("shared state unreachable (%s: %s); degrading", op, type(e).__name__)
+            self._was_down = True
+            self._down_until = self._clock() + self.retry_every_s
+            return await fallback()
+        if self._was_down and (self._recovering is None or self._recovering.done()):
+            self._recovering = asyncio.ensure_future(self._recover())
+        return result
+
+    async def _recover(self) -> None:
+        try:
+            for hook in self._recover_hooks:
+                await hook()
+        except (RedisError, OSError) as e:
+            log.warning("reconciling after the outage failed (%s); will retry", type(e).__name__)
+            self._down_until = self._clock() + self.retry_every_s
+            return
+        self._was_down = False
+        log.warning("shared state reachable again; buffered spend and records written")
+
+
+async def _raise(message: str):
+    raise StateUnavailable(message)
+
+
+class ResilientKeys:
+    def __init__(self, primary, outage: Outage):
+        self.primary, self.outage = primary, outage
+        self._known: dict[str, KeyRecord] = {}
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        async def fresh():
+            rec = await self.primary.get(key_id)
+            if rec is None:
+                self._known.pop(key_id, None)
+            else:
+                self._known[key_id] = rec
+            return rec
+
+        async def known():
+            if key_id in self._known:
+                return self._known[key_id]
+            raise StateUnavailable("API keys cannot be checked right now (shared state unreachable)")
+
+        return await self.outage.call("keys.get", fresh, known)
+
+    async def put(self, rec: KeyRecord) -> None:
+        await self.outage.call(
+            "keys.put",
+            lambda: self.primary.put(rec),
+            lambda: _raise("shared state unreachable: cannot store the key"),
+        )
+
+    async def find(self, name: str) -> KeyRecord | None:
+        return await self.outage.call(
+            "keys.find", lambda: self.primary.find(name), lambda: _raise("shared state unreachable")
+        )
+
+    async def all(self) -> list[KeyRecord]:
+        return await self.outage.call(
+            "keys.all", self.primary.all, lambda: _raise("shared state unreachable")
+        )
+
+    async def revoke(self, name: str) -> KeyRecord | None:
+        return await self.outage.call(
+            "keys.revoke", lambda: self.primary.revoke(name), lambda: _raise("shared state unreachable")
+        )
+
+
+class ResilientBudgets:
+    def __init__(self, primary: Budgets, outage: Outage, fail_open: bool):
+        self.primary, self.outage, self.fail_open = primary, outage, fail_open
+        self._pending: list[tuple[tuple[str, ...], int]] = []  # spend to add once Redis is back
+        outage.on_recover(self.flush)
+
+    async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
+        async def offline():
+            if not self.fail_open:
+                raise StateUnavailable("budgets cannot be checked right now (shared state unreachable)")
+            return Reservation(tuple(s.bucket() for s in scopes), to_micros(usd), offline=True)
+
+        return await self.outage.call("budgets.reserve", lambda: self.primary.reserve(scopes, usd), offline)
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        if reservation.offline:
+            self._pending.append((reservation.buckets, to_micros(actual_usd)))
+            return
+
+        async def queue():
+            self._pending.append((reservation.buckets, to_micros(actual_usd) - reservation.micros))
+
+        await self.outage.call("budgets.settle", lambda: self.primary.settle(reservation, actual_usd), queue)
+
+    async def spent(self, scopes: Sequence[BudgetScope]) -> list[float]:
+        async def unknown():
+            if not self.fail_open:
+                raise StateUnavailable("budgets cannot be checked right now (shared state unreachable)")
+            return [0.0] * len(scopes)
+
+        return await self.outage.call("budgets.spent", lambda: self.primary.spent(scopes), unknown)
+
+    async def flush(self) -> None:
+        while self._pending:
+            buckets, micros = self._pending[0]
+            await self.primary.settle(Reservation(buckets, 0), micros / 1e6)
+            self._pending.pop(0)
+
+
+class ResilientLimiter:
+    def __init__(self, primary, outage: Outage):
+        self.primary, self.outage = primary, outage
+        self.local = MemoryRateLimiter()
+
+    async def hit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
+        return await self.outage.call(
+            "limits.hit",
+            lambda: self.primary.hit(key_id, rpm, tpm, tokens),
+            lambda: self.local.hit(key_id, rpm, tpm, tokens),
+        )
+
+    async def adjust_tokens(self, key_id: str, delta: int) -> None:
+        await self.outage.call(
+            "limits.adjust",
+            lambda: self.primary.adjust_tokens(key_id, delta),
+            lambda: self.local.adjust_tokens(key_id, delta),
+        )
+
+
+class ResilientLog:
+    """Buffers writes while Redis is down; past `max_buffer` entries they go to a spill file."""
+
+    def __init__(self, primary, outage: Outage, max_buffer: int = 100_000, spill_path: str | None = None):
+        self.primary, self.outage = primary, outage
+        self.max_buffer = max_buffer
+        self.spill_path = Path(
+            spill_path or Path.home() / ".cache" / "moe-router" / f"spill-{os.getpid()}.jsonl"
+        )
+        self._buffer: deque[tuple[str, Any]] = deque()
+        outage.on_recover(self.flush)
+
+    def _keep(self, kind: str, item: Any) -> None:
+        if len(self._buffer) < self.max_buffer:
+            self._buffer.append((kind, item))
+            return
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        data = item.to_dict() if hasattr(item, "to_dict") else item
+        with self.spill_path.open("a") as f:
+            f.write(json.dumps({"kind": kind, "data": data}) + "\n")
+
+    async def _write(self, kind: str, item: Any) -> None:
+        if kind == "request":
+            await self.primary.record_request(item)
+        elif kind == "feedback":
+            await self.primary.record_feedback(item)
+        else:
+            await self.primary.record_event(kind, item)
+
+    async def _through(self, op: str, kind: str, item: Any) -> None:
+        if self._buffer:  # keep order: while anything is buffered, new writes queue behind it
+            self._keep(kind, item)
+            return
+
+        async def buffer():
+            self._keep(kind, item)
+
+        await self.outage.call(op, lambda: self._write(kind, item), buffer)
+
+    async def record_request(self, record: RequestRecord) -> None:
+        await self._through("log.request", "request", record)
+
+    async def record_event(self, kind: str, data: dict[str, Any]) -> None:
+        await self._through("log.event", kind, data)
+
+    async def record_feedback(self, feedback: FeedbackRecord) -> None:
+        await self._through("log.feedback", "feedback", feedback)
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        for kind, item in reversed(self._buffer):
+            if kind == "request" and item.id == request_id:
+                return item
+
+        async def unknown():
+            raise StateUnavailable("the request log is unreachable right now; retry shortly")
+
+        return await self.outage.call("log.get", lambda: self.primary.get_request(request_id), unknown)
+
+    async def flush(self) -> None:
+        while self._buffer:
+            kind, item = self._buffer[0]
+            await self._write(kind, item)
+            self._buffer.popleft()
+        if self.spill_path.exists():
+            lines = self.spill_path.read_text().splitlines()
+            for line in lines:
+                e = json.loads(line)
+                kind, data = e["kind"], e["data"]
+                item = (
+                    RequestRecord.from_dict(data)
+                    if kind == "request"
+                    else FeedbackRecord.from_dict(data)
+                    if (kind == "feedback")
+                    else data
+                )
+                await self._write(kind, item)
+            self.spill_path.unlink()
+
+    def iter_requests(self) -> AsyncIterator[RequestRecord]:
+        return self.primary.iter_requests()
+
+    def iter_feedback(self) -> AsyncIterator[FeedbackRecord]:
+        return self.primary.iter_feedback()
+
+    def iter_events(self) -> AsyncIterator[dict[str, Any]]:
+        return self.primary.iter_events()
+
+
+async def _none(*_: Any) -> None:
+    return None
+
+
+class ResilientCache:
+    def __init__(self, primary, outage: Outage):
+        self.primary, self.outage = primary, outage
+
+    async def get(self, key: str):
+        return await self.outage.call("cache.get", lambda: self.primary.get(key), _none)
+
+    async def put(self, key: str, value: dict, ttl_s: float) -> None:
+        await self.outage.call("cache.put", lambda: self.primary.put(key, value, ttl_s), _none)
+
+    async def similar(self, scope, vec, threshold, ttl_s):
+        return await self.outage.call(
+            "cache.similar", lambda: self.primary.similar(scope, vec, threshold, ttl_s), _none
+        )
+
+    async def add(self, scope, vec, value, ttl_s, max_entries) -> None:
+        await self.outage.call(
+            "cache.add", lambda: self.primary.add(scope, vec, value, ttl_s, max_entries), _none
+        )
+
+
+class ResilientHealth:
+    def __init__(self, primary, local: MemoryHealth, outage: Outage):
+        self.primary, self.local, self.outage = primary, local, outage
+
+    async def snapshot(self, models):
+        return await self.outage.call(
+            "health.snapshot", lambda: self.primary.snapshot(models), lambda: self.local.snapshot(models)
+        )
+
+    async def acquire(self, model: str) -> bool:
+        return await self.outage.call(
+            "health.acquire", lambda: self.primary.acquire(model), lambda: self.local.acquire(model)
+        )
+
+    async def record_success(self, model: str, latency_ms: float) -> None:
+        await self.outage.call(
+            "health.success",
+            lambda: self.primary.record_success(model, latency_ms),
+            lambda: self.local.record_success(model, latency_ms),
+        )
+
+    async def record_failure(self, model: str) -> None:
+        await self.outage.call(
+            "health.failure",
+            lambda: self.primary.record_failure(model),
+            lambda: self.local.record_failure(model),
+        )
+
+    async def release(self, model: str) -> None:
+        await self.outage.call(
+            "health.release", lambda: self.primary.release(model), lambda: self.local.release(model)
+        )

@@ -1,0 +1,124 @@
+"""The spend ledger, the request index (for feedback joins) and feedback.
+
+Redis: every event is appended to the `moe:ledger` stream (`kind` = reserve | request), every
+feedback to `moe:feedback`; request records are also kept by id for a week so feedback can find
+them. Streams are capped (approximately) at `max_entries`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from router.state.records import FeedbackRecord, RequestRecord
+
+REQUEST_TTL_S = 7 * 86400
+
+
+class RequestLog(Protocol):
+    async def record_request(self, record: RequestRecord) -> None: ...
+    async def record_event(self, kind: str, data: dict[str, Any]) -> None: ...
+    async def get_request(self, request_id: str) -> RequestRecord | None: ...
+    async def record_feedback(self, feedback: FeedbackRecord) -> None: ...
+    def iter_requests(self) -> AsyncIterator[RequestRecord]: ...
+    def iter_feedback(self) -> AsyncIterator[FeedbackRecord]: ...
+    def iter_events(self) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class MemoryLog:
+    def __init__(self, max_entries: int = 100_000):
+        self._requests: OrderedDict[str, RequestRecord] = OrderedDict()
+        self._events: deque[dict[str, Any]] = deque(maxlen=max_entries)
+        self._feedback: deque[FeedbackRecord] = deque(maxlen=max_entries)
+        self.max_entries = max_entries
+
+    async def record_request(self, record: RequestRecord) -> None:
+        self._requests[record.id] = record
+        self._events.append({"kind": "request", **record.to_dict()})
+        while len(self._requests) > self.max_entries:
+            self._requests.popitem(last=False)
+
+    async def record_event(self, kind: str, data: dict[str, Any]) -> None:
+        self._events.append({"kind": kind, **data})
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        return self._requests.get(request_id)
+
+    async def record_feedback(self, feedback: FeedbackRecord) -> None:
+        self._feedback.append(feedback)
+
+    async def iter_requests(self) -> AsyncIterator[RequestRecord]:
+        for r in list(self._requests.values()):
+            yield r
+
+    async def iter_feedback(self) -> AsyncIterator[FeedbackRecord]:
+        for f in list(self._feedback):
+            yield f
+
+    async def iter_events(self) -> AsyncIterator[dict[str, Any]]:
+        for e in list(self._events):
+            yield e
+
+
+class RedisLog:
+    def __init__(self, redis, prefix: str = "moe:", max_entries: int = 1_000_000):
+        self.redis = redis
+        self.p = prefix
+        self.max_entries = max_entries
+
+    async def record_request(self, record: RequestRecord) -> None:
+        data = json.dumps(record.to_dict())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                f"{self.p}ledger",
+                {"kind": "request", "data": data},
+                maxlen=self.max_entries,
+                approximate=True,
+            )
+            pipe.set(f"{self.p}req:{record.id}", data, ex=REQUEST_TTL_S)
+            await pipe.execute()
+
+    async def record_event(self, kind: str, data: dict[str, Any]) -> None:
+        await self.redis.xadd(
+            f"{self.p}ledger",
+            {"kind": kind, "data": json.dumps(data)},
+            maxlen=self.max_entries,
+            approximate=True,
+        )
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        raw = await self.redis.get(f"{self.p}req:{request_id}")
+        return RequestRecord.from_dict(json.loads(raw)) if raw else None
+
+    async def record_feedback(self, feedback: FeedbackRecord) -> None:
+        await self.redis.xadd(
+            f"{self.p}feedback",
+            {"data": json.dumps(feedback.to_dict())},
+            maxlen=self.max_entries,
+            approximate=True,
+        )
+
+    async def _stream(self, name: str) -> AsyncIterator[dict[bytes, bytes]]:
+        start = "-"
+        while True:
+            page = await self.redis.xrange(f"{self.p}{name}", min=start, count=1000)
+            for _, fields in page:
+                yield fields
+            if len(page) < 1000:
+                return
+            start = "(" + page[-1][0].decode()
+
+    async def iter_requests(self) -> AsyncIterator[RequestRecord]:
+        async for f in self._stream("ledger"):
+            if f[b"kind"] == b"request":
+                yield RequestRecord.from_dict(json.loads(f[b"data"]))
+
+    async def iter_feedback(self) -> AsyncIterator[FeedbackRecord]:
+        async for f in self._stream("feedback"):
+            yield FeedbackRecord.from_dict(json.loads(f[b"data"]))
+
+    async def iter_events(self) -> AsyncIterator[dict[str, Any]]:
+        async for f in self._stream("ledger"):
+            yield {"kind": f[b"kind"].decode(), **json.loads(f[b"data"])}

@@ -1,0 +1,57 @@
+"""What the gateway remembers about each request and the feedback on it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RequestRecord:
+    """One answered (or failed) request: enough to join feedback to it and learn from it later."""
+
+    id: str
+    model: str | None  # the model that answered (None when all failed)
+    policy: str | None  # None when the caller named a model (routing bypassed)
+    prompt: str  # the text the router embedded (the last user message)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    status: str = "ok"  # ok | error | cancelled (client went away)
+    error: str | None = None
+    key: str | None = None  # API key name, when keys are in use
+    fallbacks: list[str] = field(default_factory=list)  # models that failed before `model` answered
+    predicted: dict[str, float | None] = field(default_factory=dict)  # quality / cost_usd / latency_ms
+    cost_weight: float | None = None
+    propensity: float | None = None  # probability the policy gave the chosen model (bandits)
+    reserved_usd: float | None = None  # budget reserved before dispatch (settled to cost_usd)
+    cache: str | None = None  # exact | semantic when answered from a cache
+    created: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class FeedbackRecord:
+    request_id: str
+    rating: float  # 0..1
+    source: str = "user"  # user | judge
+    model: str | None = None
+    comment: str | None = None
+    created: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeedbackRecord:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,121 @@
+"""The state a gateway keeps, as one bundle: in-process (`MemoryStore`) or shared (`RedisStore`).
+
+Both expose the same components, so the engine never knows which it has:
+`keys`, `budgets`, `limits` (rate limits), `log` (ledger, request index, feedback), `cache`
+(exact + semantic) and `health` (latency + circuit breakers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.health import MemoryHealth, ModelHealth
+from router.metrics import Metrics
+from router.state.budgets import Budgets, MemoryBudgets, RedisBudgets
+from router.state.cache import MemoryCache, RedisCache, ResponseCache
+from router.state.degrade import (
+    Outage,
+    ResilientBudgets,
+    ResilientCache,
+    ResilientHealth,
+    ResilientKeys,
+    ResilientLimiter,
+    ResilientLog,
+)
+from router.state.keys import KeyStore, MemoryKeys, RedisKeys
+from router.state.log import MemoryLog, RedisLog, RequestLog
+from router.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+
+
+@dataclass
+class HealthOptions:
+    failure_threshold: int = 5
+    reset_after_s: float = 30.0
+    ewma_alpha: float = 0.2
+    window: int = 200
+
+    def memory(self) -> MemoryHealth:
+        return MemoryHealth(self.failure_threshold, self.reset_after_s, self.ewma_alpha, self.window)
+
+
+class Store:
+    keys: KeyStore
+    budgets: Budgets
+    limits: RateLimiter
+    log: RequestLog
+    cache: ResponseCache
+    health: ModelHealth
+    kind = "memory"
+
+    @property
+    def degraded(self) -> bool:
+        return False
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        pass
+
+
+class MemoryStore(Store):
+    def __init__(self, health: HealthOptions | None = None):
+        self.keys = MemoryKeys()
+        self.budgets = MemoryBudgets()
+        self.limits = MemoryRateLimiter()
+        self.log = MemoryLog()
+        self.cache = MemoryCache()
+        self.health = (health or HealthOptions()).memory()
+
+
+class RedisStore(Store):
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        health: HealthOptions | None = None,
+        *,
+        metrics: Metrics | None = None,
+        timeout_s: float = 0.5,
+        fail_open: bool = True,
+        retry_every_s: float = 2.0,
+        spill_path: str | None = None,
+        prefix: str = "moe:",
+    ):
+        import redis.asyncio as aioredis
+
+        health = health or HealthOptions()
+        self.url = url
+        self.redis = aioredis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+        )
+        self.outage = Outage(metrics, retry_every_s)
+        r, o = self.redis, self.outage
+        self.keys = ResilientKeys(RedisKeys(r, prefix), o)
+        self.budgets = ResilientBudgets(RedisBudgets(r, prefix + "budget:"), o, fail_open)
+        self.limits = ResilientLimiter(RedisRateLimiter(r, prefix + "rate:"), o)
+        self.log = ResilientLog(RedisLog(r, prefix), o, spill_path=spill_path)
+        self.cache = ResilientCache(RedisCache(r, prefix + "cache:"), o)
+        from router.state.redis_health import RedisHealth
+
+        shared = RedisHealth(
+            r, health.failure_threshold, health.reset_after_s, health.ewma_alpha, health.window, prefix=prefix
+        )
+        self.health = ResilientHealth(shared, health.memory(), o)
+
+    @property
+    def degraded(self) -> bool:
+        return self.outage.degraded
+
+    async def ping(self) -> bool:
+        async def up():
+            return bool(await self.redis.ping())
+
+        async def down():
+            return False
+
+        return await self.outage.call("ping", up, down)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
