@@ -1,0 +1,96 @@
+"""The `moe-router` CLI as a user runs it: real subprocesses, one-line errors, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import yaml
+
+from tests.conftest import pool
+from tests.servers import free_port
+
+CLI = str(Path(sys.executable).parent / "moe-router")
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def config_file(tmp_path, base_url: str, **extra) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump({"models": pool(base_url), **extra}))
+    return p
+
+
+def test_route_prints_the_decision(tmp_path, upstream):
+    cfg = config_file(tmp_path, upstream.base_url)
+    r = run("route", "Write a Python quicksort function.", "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["model"] == "coder" and d["policy"] == "category"
+    assert {c["model"] for c in d["excluded"]} == {"keyless"}
+    r = run("route", "hello", "--config", str(cfg), "--policy", "cheapest")
+    assert r.returncode == 0 and "-> cheap" in r.stdout.splitlines()[0]
+    assert upstream.calls() == []
+
+
+def test_models_lists_availability(tmp_path, upstream):
+    r = run("models", "--config", str(config_file(tmp_path, upstream.base_url)))
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("keyless"))
+    assert "unavailable (set MOE_TEST_NEVER_SET_KEY)" in line
+
+
+def test_user_errors_are_one_line_and_nonzero(tmp_path, upstream):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [{name: a, backend: openai, colour: red}]\n")
+    for args in (
+        ("config", "validate", str(bad)),
+        ("route", "hi", "--config", str(tmp_path / "missing.yaml")),
+        ("route", "hi", "--config", str(config_file(tmp_path, upstream.base_url)), "--max-cost-usd", "0"),
+        ("route", "hi", "--config", str(config_file(tmp_path, upstream.base_url)), "--policy", "nope"),
+    ):
+        r = run(*args)
+        assert r.returncode != 0, args
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_config_validate_ok(tmp_path, upstream):
+    r = run("config", "validate", str(config_file(tmp_path, upstream.base_url)))
+    assert r.returncode == 0 and r.stdout.startswith("ok: 4 models (3 available now)")
+
+
+def test_serve_answers_through_openai_client(tmp_path, upstream):
+    port = free_port()
+    cfg = config_file(tmp_path, upstream.base_url)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--config", str(cfg), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+        r = client.chat.completions.create(
+            model="router:cheapest", messages=[{"role": "user", "content": "hey"}]
+        )
+        assert r.choices[0].message.content == "cheap: hey"
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0

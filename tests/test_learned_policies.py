@@ -1,0 +1,251 @@
+"""Learned policies on planted data (real MiniLM encoder), their artifacts, the CLI jobs and the
+gateway serving a trained artifact end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies.artifacts import load_policy, save_policy
+from policies.base import PromptBatch
+from policies.decision import choose
+from tests.conftest import make_config
+from tests.training_fixtures import MODELS, planted, planted_dataset, write_routerbench
+from training.jobs import run_eval, train
+
+LEARNED = ["knn", "logistic", "mlp", "mf", "bt", "cluster"]
+FAST = {"calib_folds": 3}  # keep the suite quick; calibration still runs
+HELD_OUT = [
+    ("Write a Python function that flattens a nested list.", "coder"),
+    ("Show me a SQL query that joins two tables on a key.", "coder"),
+    ("Give me a simple recipe for carrot cake.", "cheap"),
+    ("What spices go well with mushroom soup?", "cheap"),
+    ("What caused the American Civil War?", "big"),
+    ("Who were the main figures of the Glorious Revolution?", "big"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return planted_dataset()
+
+
+@pytest.fixture(scope="module")
+def fitted(data, encoder):
+    return {name: train(name, data, encoder, FAST) for name in LEARNED}
+
+
+def routes(policy, encoder, texts):
+    b = PromptBatch(list(texts), embeddings=encoder.encode(list(texts)))
+    q = policy.predict_quality(b)
+    assert q.shape == (len(texts), 3) and (q >= 0).all() and (q <= 1).all()
+    return [policy.models_[j] for j in choose(q, np.ones_like(q), 0.0)]
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_policy_learns_the_planted_pattern(name, fitted, encoder):
+    p = fitted[name]
+    assert p.models_ == MODELS and p.needs_embeddings
+    got = routes(p, encoder, [t for t, _ in HELD_OUT])
+    right = sum(g == want for g, (_, want) in zip(got, HELD_OUT, strict=True))
+    assert right >= 5, f"{name} routed {got}"
+    cal = p.metrics_["calibration"]
+    assert cal["method"] == "platt" and 0 <= cal["out_of_fold_calibrated"]["ece"] <= 1
+    cost = p.predict_cost(PromptBatch(["x" * 400]))
+    assert cost.shape == (1, 3) and cost[0, 0] < cost[0, 1] < cost[0, 2]  # learned from the data
+
+
+@pytest.mark.parametrize("name", ["knn", "mlp"])
+def test_artifact_round_trip_and_refusals(name, fitted, encoder, tmp_path):
+    p = fitted[name]
+    d = save_policy(p, tmp_path / name, encoder=encoder, metrics=p.metrics_, data={"prompts": 120})
+    meta = json.loads((d / "policy.json").read_text())
+    assert meta["type"] == name and meta["models"] == MODELS
+    assert meta["encoder"] == {"name": encoder.name, "version": encoder.version, "model": encoder.model}
+    assert "calibration" in meta["metrics"] and not list(d.glob("*.pkl"))
+    q = load_policy(d, encoder=encoder)
+    texts = [t for t, _ in HELD_OUT]
+    b = PromptBatch(texts, embeddings=encoder.encode(texts))
+    np.testing.assert_allclose(q.predict_quality(b), p.predict_quality(b), rtol=1e-5, atol=1e-6)
+    # a policy fitted with another encoder version is refused
+    meta["encoder"]["version"] = "0.0.0-other"
+    (d / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="trained with encoder .* retrain"):
+        load_policy(d, encoder=encoder)
+    meta["encoder"]["version"] = encoder.version
+    meta["type"] = "telepathy"
+    (d / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown policy type"):
+        load_policy(d, encoder=encoder)
+    meta["type"] = name
+    (d / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown parameters"):
+        load_policy(d, encoder=encoder, bogus=1)
+    (d / "arrays.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_policy(d, encoder=encoder)
+    (d / "policy.json").write_text("{")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_policy(d, encoder=encoder)
+
+
+def test_cascade_escalates_weak_answers(encoder, tmp_path):
+    texts, _, Q, C = planted()
+    Q[:, 2] = 1.0  # the strong model is always right: escalating pays when cheap is wrong
+    # the cheap model says "I am not sure" exactly when it is wrong
+    responses = [
+        [("Here is the answer." if Q[i, 0] else "I am not sure, sorry."), "ok", "ok"]
+        for i in range(len(texts))
+    ]
+    from training.loaders import load_dataset
+
+    ds = load_dataset(write_routerbench(tmp_path / "rb.csv", texts, Q, C, responses=responses))
+    p = train("cascade", ds, encoder, {"first": "cheap", "escalate_to": "big", "tolerance": 0.0, **FAST})
+    plan = p.cascade_plan(PromptBatch(["anything"]))[0]
+    assert (plan.first, plan.escalate_to) == ("cheap", "big") and 0 <= plan.threshold <= 1
+    assert p.should_escalate("How long should I bake scones?", "I am not sure, sorry.")
+    assert not p.should_escalate("How long should I bake scones?", "Here is the answer.")
+    assert p.metrics_["cascade"]["scorer_auc"] > 0.9
+    ev = run_eval(p, ds, encoder, points=21)
+    assert ev.report["points"] == 21 and ev.report["cascade"]["first"] == "cheap"
+    d = save_policy(p, tmp_path / "cascade", encoder=encoder)
+    assert load_policy(d, encoder=encoder).should_escalate("Bake?", "I am not sure, sorry.")
+
+
+CLI = str(Path(sys.executable).parent / "moe-router")
+
+
+def test_cli_train_eval_and_errors(tmp_path, data):
+    texts, _, Q, C = planted()
+    trn = write_routerbench(tmp_path / "train.csv", texts[::2], Q[::2], C[::2])
+    tst = write_routerbench(tmp_path / "test.csv", texts[1::2], Q[1::2], C[1::2], blank={(0, "big")})
+    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(*args):
+        return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=300)
+
+    r = run(
+        "train",
+        "--policy",
+        "knn",
+        "--data",
+        str(trn),
+        "--format",
+        "routerbench",
+        "--out",
+        str(tmp_path / "a"),
+        "--param",
+        "k=5",
+        "--param",
+        "calib_folds=3",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "trained knn on 60 prompts x 3 models" in r.stdout
+    assert json.loads((tmp_path / "a" / "policy.json").read_text())["params"]["k"] == 5
+    r = run(
+        "eval",
+        "--artifact",
+        str(tmp_path / "a"),
+        "--data",
+        str(tst),
+        "--format",
+        "routerbench",
+        "--decisions",
+        str(tmp_path / "d.jsonl"),
+        "--report",
+        str(tmp_path / "r.json"),
+        "--plot",
+        str(tmp_path / "p.png"),
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(lines) == 61 * 60 and lines[0] == {"point": 0, "prompt_id": 0, "model": lines[0]["model"]}
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["scored_prompts"] == 59 and rep["max_quality"] > 0.9
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    # user errors: one line on stderr, exit 1
+    for args, msg in [
+        (
+            ("train", "--policy", "nope", "--data", str(trn), "--out", str(tmp_path / "b")),
+            "unknown policy type",
+        ),
+        (
+            ("train", "--policy", "knn", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "b")),
+            "no such data file",
+        ),
+        (
+            (
+                "train",
+                "--policy",
+                "knn",
+                "--data",
+                str(trn),
+                "--format",
+                "routellm",
+                "--out",
+                str(tmp_path / "b"),
+            ),
+            "not a RouteLLM file",
+        ),
+        (
+            ("train", "--policy", "knn", "--data", str(trn), "--param", "kk=3", "--out", str(tmp_path / "b")),
+            "unknown parameters",
+        ),
+        (("eval", "--artifact", str(tmp_path), "--data", str(tst)), "not a policy artifact"),
+    ]:
+        r = run(*args)
+        assert r.returncode == 1 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (
+            args,
+            r.stderr,
+        )
+
+
+def test_gateway_serves_a_trained_artifact(fitted, encoder, upstream, start_gateway, tmp_path):
+    d = save_policy(fitted["logistic"], tmp_path / "learned", encoder=encoder)
+    cfg = make_config(
+        upstream.base_url, routing={"policies": {"learned": {"artifact": str(d)}}, "cost_weight": 0.0}
+    )
+    gw = start_gateway(cfg)
+    for text, want in HELD_OUT[::2]:
+        r = gw.client.chat.completions.with_raw_response.create(
+            model="router:learned", messages=[{"role": "user", "content": text}]
+        )
+        assert r.parse().model == want, text
+    # an artifact scoring models this pool lacks is refused at startup, with the reason
+    p = fitted["knn"]
+    p2 = load_policy(save_policy(p, tmp_path / "k", encoder=encoder), encoder=encoder)
+    p2.models_ = ["cheap", "coder", "gpt-9"]
+    bad = save_policy(p2, tmp_path / "bad", encoder=encoder)
+    from router.policy_set import PolicyError
+
+    with pytest.raises(PolicyError, match="not in this gateway's pool"):
+        start_gateway(make_config(upstream.base_url, routing={"policies": {"x": {"artifact": str(bad)}}}))
+
+
+def test_static_encoder_fast_path_is_a_different_encoder(encoder):
+    from policies.encoders import PromptEncoder, bundled_model_path
+    from policies.static_encoder import StaticModel
+
+    fast = PromptEncoder("minilm-static")
+    assert fast.name != encoder.name and fast.version != encoder.version  # artifacts tell them apart
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundled_model_path())
+    vecs = np.random.default_rng(0).normal(size=(tok.vocab_size, 8)).astype(np.float32)
+    m = StaticModel(tok, vecs)
+    out = m.encode(["hello world", "", "hello world"])
+    assert out.shape == (3, 8) and m.get_embedding_dimension() == 8
+    np.testing.assert_allclose(np.linalg.norm(out[0]), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out[0], out[2])
+    assert not out[1].any()  # no tokens: a zero vector, not NaN
