@@ -26,6 +26,8 @@ class RouterError(Exception):
             self.code = code
         if status is not None:
             self.status = status
+            if status < 500 and self.type == "server_error":
+                self.type = "invalid_request_error"
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:

@@ -9,10 +9,6 @@ from router.errors import PayloadTooLarge
 from router.metrics import Metrics
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _send_error(send, err) -> None:
     body = json.dumps(err.body()).encode()
     await send(
@@ -45,29 +41,31 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await _send_error(send, self._error())
+        # Read the whole body first (the gateway needs all of it anyway), so an oversized chunked
+        # body is refused before any handler starts parsing it.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                return await _send_error(send, self._error())
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as servers do
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_error(send, self._error())
+        await self.app(scope, replay, send)
 
 
 class RequestMetrics:
