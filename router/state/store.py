@@ -84,11 +84,19 @@ class RedisStore(Store):
         prefix: str = "moe:",
     ):
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         health = health or HealthOptions()
         self.url = url
+        # One immediate retry on a fresh connection: a pooled connection goes stale when Redis
+        # restarts. Timeouts are not retried: the outage logic decides what a slow Redis means.
         self.redis = aioredis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.outage = Outage(metrics, retry_every_s)
         r, o = self.redis, self.outage
