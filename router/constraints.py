@@ -31,11 +31,16 @@ def prompt_tokens(messages: Sequence[Message]) -> int:
 
 
 def routing_text(messages: Sequence[Message], max_chars: int = 2000) -> str:
-    """The text a policy sees: the last user message (what needs answering now)."""
-    for m in reversed(messages):
-        if m.role == "user":
-            return m.text()[:max_chars]
-    return messages[-1].text()[:max_chars]
+    """The text a policy sees: the last user message (what needs answering now).
+
+    A long message keeps its head and its tail: the task statement is often at the end of a
+    pasted document ("... summarise the above"), the context at the start.
+    """
+    text = next((m.text() for m in reversed(messages) if m.role == "user"), messages[-1].text())
+    if len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    return text[:half] + "\n...\n" + text[-half:]
 
 
 def required_capabilities(req: ChatCompletionRequest) -> set[str]:

@@ -1,0 +1,41 @@
+"""What the router reads off a request before routing it."""
+
+from __future__ import annotations
+
+from router.constraints import required_capabilities, routing_text
+from router.schemas import ChatCompletionRequest, Message
+
+
+def test_routing_text_is_the_last_user_message():
+    msgs = [
+        Message(role="system", content="be terse"),
+        Message(role="user", content="first question"),
+        Message(role="assistant", content="an answer"),
+        Message(
+            role="user", content=[{"type": "text", "text": "second"}, {"type": "text", "text": "question"}]
+        ),
+    ]
+    assert routing_text(msgs) == "second question"
+
+
+def test_routing_text_of_a_long_message_keeps_head_and_tail():
+    doc = "CONTEXT " + "filler " * 2000 + " Now write a Python function that sorts it."
+    text = routing_text([Message(role="user", content=doc)], max_chars=200)
+    assert len(text) <= 210
+    assert text.startswith("CONTEXT ") and text.endswith("Now write a Python function that sorts it.")
+
+
+def test_required_capabilities_follow_the_request():
+    req = ChatCompletionRequest(
+        model="router",
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        response_format={"type": "json_object"},
+    )
+    assert required_capabilities(req) == {"tools", "vision", "json"}
+    assert (
+        required_capabilities(
+            ChatCompletionRequest(model="router", messages=[{"role": "user", "content": "hi"}])
+        )
+        == set()
+    )
