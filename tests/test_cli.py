@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,10 +74,11 @@ def test_config_validate_ok(tmp_path, upstream):
 def test_serve_answers_through_openai_client(tmp_path, upstream):
     port = free_port()
     cfg = config_file(tmp_path, upstream.base_url)
+    log = tmp_path / "serve.log"
     proc = subprocess.Popen(
         [CLI, "serve", "--config", str(cfg), "--port", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -93,4 +95,6 @@ def test_serve_answers_through_openai_client(tmp_path, upstream):
         assert r.choices[0].message.content == "cheap: hey"
     finally:
         proc.terminate()
-        assert proc.wait(15) == 0
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why it stopped
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+        assert "Finished server process" in log.read_text()
