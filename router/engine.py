@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,7 @@ class Plan:
     prompt: str
     prompt_tokens: int
     routed: bool  # False when the caller named a model
+    cascade: Any = None  # policies.cascade.CascadePlan when the policy asks for a two-step dispatch
 
     @property
     def policy(self) -> str | None:
@@ -73,6 +75,7 @@ class Outcome:
     expert_usage: dict[str, list[int]] | None = None
     cache: CacheHit | None = None
     budget_left_usd: float | None = None
+    cascade: str | None = None  # "accepted:<first>" | "escalated:<first>" | "escalation_failed:<first>"
 
     @property
     def request_id(self) -> str:
@@ -311,7 +314,18 @@ class Engine:
                 raise BudgetExceeded(message)
             raise ServiceUnavailable(message)
         self.metrics.choices.labels(name, decision.chosen.model).inc()
-        return Plan(rid, decision, text, tokens, routed=True)
+        return Plan(
+            rid, decision, text, tokens, routed=True, cascade=self._cascade_plan(policy, batch, decision)
+        )
+
+    @staticmethod
+    def _cascade_plan(policy: Policy, batch: PromptBatch, decision: Decision) -> Any:
+        """A cascade policy's two-step plan, when both of its models are allowed for this request."""
+        if not hasattr(policy, "cascade_plan"):
+            return None
+        cp = policy.cascade_plan(batch)[0]
+        allowed = {c.model for c in decision.ranked}
+        return cp if cp.first != cp.escalate_to and {cp.first, cp.escalate_to} <= allowed else None
 
     def _predicted_cost(self, spec: ModelSpec, prompt_tokens: int, out_tokens: int | None) -> float:
         expected = min(out_tokens, spec.expected_output_tokens) if out_tokens else spec.expected_output_tokens
@@ -339,11 +353,14 @@ class Engine:
         return _Admission(caller, tokens), hit
 
     async def _reserve(self, adm: _Admission, plan: Plan, req: ChatCompletionRequest) -> None:
-        # enough for the dearest model this request may end up on (the chosen one or a fallback)
-        need = max(
-            self.access.max_cost(self.specs[m], plan.prompt_tokens, req.output_limit())
-            for m in self._tried(plan)
-        )
+        # enough for the dearest model this request may end up on (the chosen one or a fallback),
+        # or for both steps of a cascade
+        def worst(m: str) -> float:
+            return self.access.max_cost(self.specs[m], plan.prompt_tokens, req.output_limit())
+
+        need = max(worst(m) for m in self._tried(plan))
+        if plan.cascade is not None:
+            need = max(need, worst(plan.cascade.first) + worst(plan.cascade.escalate_to))
         adm.reservation = await self.access.reserve(adm.caller, need)
         if adm.reservation is not None:
             await self.store.log.record_event(
@@ -367,19 +384,58 @@ class Engine:
         plan = await self.plan(req, caller)
         await self._reserve(adm, plan, req)
         try:
-            model, result, attempts, latency_ms = await self.dispatcher.chat(
-                self._tried(plan), self.backend_request(req)
-            )
+            if plan.cascade is not None:
+                result, outcome = await self._run_cascade(plan, req)
+            else:
+                model, result, attempts, latency_ms = await self.dispatcher.chat(
+                    self._tried(plan), self.backend_request(req)
+                )
+                outcome = self._outcome(
+                    plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
+                )
         except BaseException as e:
             await self._failed(plan, adm, e)
             raise
-        outcome = self._outcome(
-            plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
-        )
         await self._settle(outcome, adm)
+        model = outcome.model
         if self.caching.wanted(req):
             await self.caching.store(caller.scope, req, model, result)
         return result, outcome
+
+    async def _run_cascade(self, plan: Plan, req: ChatCompletionRequest) -> tuple[ChatResult, Outcome]:
+        """Two-step dispatch: the cheap model answers; a scorer decides whether to ask the strong one.
+
+        The first step falls back to the strong model if the cheap one fails. An escalation that
+        fails leaves the first answer standing. Cost and latency add up over both steps.
+        """
+        cp = plan.cascade
+        request = self.backend_request(req)
+        rest = [m for m in self._tried(plan) if m not in (cp.first, cp.escalate_to)]
+        order = [cp.first, cp.escalate_to, *rest][: 1 + self.config.dispatch.max_fallbacks]
+        model, result, attempts, latency_ms = await self.dispatcher.chat(order, request)
+        first = self._outcome(
+            plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
+        )
+        if model != cp.first:
+            return result, first
+        policy = self.policies.get(plan.decision.policy)
+        escalate = await asyncio.to_thread(policy.should_escalate, plan.prompt, result.text)
+        self.metrics.cascade.labels(plan.decision.policy, "escalated" if escalate else "accepted").inc()
+        if not escalate:
+            first.cascade = f"accepted:{cp.first}"
+            return result, first
+        try:
+            model2, result2, attempts2, latency2 = await self.dispatcher.chat([cp.escalate_to], request)
+        except RouterError:
+            first.cascade = f"escalation_failed:{cp.first}"
+            return result, first
+        second = self._outcome(
+            plan, model2, result2.usage, result2.text, latency2, attempts2, result2.expert_usage
+        )
+        second.cost_usd += first.cost_usd
+        second.latency_ms += first.latency_ms
+        second.cascade = f"escalated:{cp.first}"
+        return result2, second
 
     async def stream(self, req: ChatCompletionRequest, caller: Caller | None = None) -> StreamHandle:
         """Commit to a model (falling back until one yields content), then hand out its chunks."""

@@ -81,6 +81,12 @@ class Metrics:
             ["model", "layer", "expert"],
             registry=r,
         )
+        self.cascade = Counter(
+            p + "cascade",
+            "Cascade policies: first answers accepted or escalated to the strong model",
+            ["policy", "outcome"],
+            registry=r,
+        )
         self.feedback = Counter(
             p + "feedback", "Feedback ratings received, by model and source", ["model", "source"], registry=r
         )

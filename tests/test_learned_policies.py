@@ -249,3 +249,47 @@ def test_static_encoder_fast_path_is_a_different_encoder(encoder):
     np.testing.assert_allclose(np.linalg.norm(out[0]), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out[0], out[2])
     assert not out[1].any()  # no tokens: a zero vector, not NaN
+
+
+def test_gateway_runs_a_cascade_as_a_two_step_dispatch(encoder, upstream, start_gateway, tmp_path):
+    texts, _, Q, C = planted()
+    Q[:, 2] = 1.0
+    responses = [
+        [("Here is the answer." if Q[i, 0] else "I am not sure, sorry."), "ok", "ok"]
+        for i in range(len(texts))
+    ]
+    from training.loaders import load_dataset
+
+    ds = load_dataset(write_routerbench(tmp_path / "rb.csv", texts, Q, C, responses=responses))
+    p = train("cascade", ds, encoder, {"first": "cheap", "escalate_to": "big", "tolerance": 0.0, **FAST})
+    d = save_policy(p, tmp_path / "cascade", encoder=encoder)
+    gw = start_gateway(make_config(upstream.base_url, routing={"policies": {"cc": {"artifact": str(d)}}}))
+    ask = [{"role": "user", "content": "How long should I bake scones?"}]
+
+    upstream.behave("cheap", reply="Here is the answer.")
+    kept = gw.client.chat.completions.with_raw_response.create(model="router:cc", messages=ask)
+    assert kept.headers["x-moe-router-model"] == "cheap"
+    assert kept.headers["x-moe-router-cascade"] == "accepted:cheap"
+    assert len(upstream.calls("big")) == 0
+
+    upstream.behave("cheap", reply="I am not sure, sorry.")
+    raw = gw.client.chat.completions.with_raw_response.create(model="router:cc", messages=ask)
+    assert raw.headers["x-moe-router-model"] == "big"
+    assert raw.headers["x-moe-router-cascade"] == "escalated:cheap"
+    assert raw.parse().choices[0].message.content == "big: How long should I bake scones?"
+    assert len(upstream.calls("big")) == 1 and len(upstream.calls("cheap")) == 2
+    # the response's cost covers both calls
+    specs = gw.engine.specs
+    first = specs["cheap"].info().cost_usd(*_usage_of(upstream, "cheap", -1))
+    second = specs["big"].info().cost_usd(*_usage_of(upstream, "big", -1))
+    assert float(raw.headers["x-moe-router-cost-usd"]) == pytest.approx(first + second, rel=1e-3)
+
+
+def _usage_of(upstream, model: str, i: int) -> tuple[int, int]:
+    """(prompt, completion) tokens the mock upstream reports for call i of `model` (as it counts them)."""
+    from tests.upstream import Behaviour, _words
+
+    body = upstream.calls(model)[i]
+    reply = upstream._behaviour.get(model, Behaviour()).reply
+    text = reply if reply is not None else f"{model}: {body['messages'][-1]['content']}"
+    return _words(body["messages"]), len(text.split(" "))

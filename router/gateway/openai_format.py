@@ -123,6 +123,8 @@ def outcome_headers(o: Outcome) -> dict[str, str]:
         out[h + "experts"] = expert_header(o.expert_usage)
     if o.cache is not None:
         out |= cache_headers(o.cache)
+    if o.cascade is not None:
+        out[h + "cascade"] = o.cascade
     if o.budget_left_usd is not None:
         out[h + "budget-remaining-usd"] = _fmt(o.budget_left_usd)
     return out
