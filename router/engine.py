@@ -27,6 +27,7 @@ from router.access import Access, Caller
 from router.caching import CacheHit, ResponseCaching
 from router.config import ModelSpec, RouterConfig
 from router.dispatch import Attempts, Dispatcher, OpenStream, aclose_quietly
+from router.embed_batcher import EmbedBatcher
 from router.errors import (
     BadRequest,
     BudgetExceeded,
@@ -137,6 +138,7 @@ class Engine:
         self.metrics = Metrics()
         self.encoder = encoder or PromptEncoder(config.encoder.model, cache_size=config.encoder.cache_size)
         self.policies = PolicySet(config, self.encoder)
+        self.embedder = EmbedBatcher(self.encoder)
         self.store = store or build_store(config, self.metrics)
         self.health = self.store.health
         self.access = Access(config, self.store)
@@ -179,6 +181,7 @@ class Engine:
     async def aclose(self) -> None:
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
+        await self.embedder.aclose()
         for a in self.adapters.values():
             try:
                 await a.aclose()
@@ -230,7 +233,7 @@ class Engine:
     async def _features(self, policy: Policy, text: str, tokens: int) -> PromptBatch:
         batch = PromptBatch([text], prompt_tokens=np.array([tokens]))
         if policy.needs_embeddings:
-            batch.embeddings = await asyncio.to_thread(self.encoder.encode, [text])
+            batch.embeddings = await self.embedder.encode(text)
         return batch
 
     async def plan(self, req: ChatCompletionRequest, caller: Caller | None = None) -> Plan:
