@@ -48,7 +48,7 @@ async def test_outage_degrades_each_concern_then_reconciles(private_redis, tmp_p
     await s.health.record_failure("m")
     assert "m" in await s.health.snapshot(["m"])
 
-    RedisServer(private_redis.port).start()  # back (empty: this test server keeps nothing on disk)
+    private_redis.start()  # back (empty: this test server keeps nothing on disk)
     await asyncio.sleep(0.15)
     assert await s.ping() is True
     for _ in range(50):
@@ -96,7 +96,7 @@ async def test_gateway_keeps_serving_through_an_outage(private_redis, upstream, 
     assert e.value.status_code == 503 and e.value.body["code"] == "state_unavailable"
     assert "moe_router_state_errors_total" in gw.get("/metrics").text
 
-    RedisServer(private_redis.port).start()
+    private_redis.start()
     await asyncio.sleep(0.2)
     await admin.keys.put(rec)  # the test server came back empty; a production Redis keeps its keys
     c.chat.completions.create(model="router", messages=msgs)  # first call after the outage reconciles
