@@ -32,6 +32,13 @@ def main() -> None:
     logging.getLogger("moe_router").setLevel(logging.ERROR)
     try:
         app(standalone_mode=False)
+    except ModuleNotFoundError as e:
+        typer.echo(
+            f"error: the optional package {e.name!r} is not installed; "
+            "training and evaluation jobs need: pip install 'moe-router[train]'",
+            err=True,
+        )
+        sys.exit(1)
     except (UserError, ConfigError, PolicyError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
