@@ -10,13 +10,12 @@ probe request is let through (half-open); its success closes the circuit, its fa
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-
-import numpy as np
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -55,6 +54,8 @@ class _Entry:
     failures: int = 0
     opened_at: float | None = None
     probe_out: bool = False
+    p95: float | None = None  # cached percentile of `window`, recomputed after it changes
+    p95_stale: bool = False
 
 
 class MemoryHealth:
@@ -90,8 +91,10 @@ class MemoryHealth:
         state = self._state(e)
         if state == HALF_OPEN and e.probe_out:
             state = OPEN
-        p95 = float(np.percentile(e.window, 95)) if e.window else None
-        return ModelStatus(ewma_ms=e.ewma, p95_ms=p95, samples=len(e.window), breaker=state)
+        if e.p95_stale:  # nearest rank, as the Redis implementation computes it
+            xs = sorted(e.window)
+            e.p95, e.p95_stale = float(xs[max(0, math.ceil(0.95 * len(xs)) - 1)]), False
+        return ModelStatus(ewma_ms=e.ewma, p95_ms=e.p95, samples=len(e.window), breaker=state)
 
     async def snapshot(self, models: Sequence[str]) -> dict[str, ModelStatus]:
         return {m: self._status(self._entry(m)) for m in models}
@@ -110,6 +113,7 @@ class MemoryHealth:
         e = self._entry(model)
         e.failures, e.opened_at, e.probe_out = 0, None, False
         e.window.append(latency_ms)
+        e.p95_stale = True
         e.ewma = (
             latency_ms if e.ewma is None else self.ewma_alpha * latency_ms + (1 - self.ewma_alpha) * e.ewma
         )
