@@ -82,8 +82,8 @@ class Policy:
     def predict_latency(self, batch: PromptBatch) -> np.ndarray | None:
         return None
 
-    def observe(self, context: np.ndarray | None, model: str, reward: float) -> None:
-        """Online feedback (bandits override this); offline policies ignore it."""
+    def observe(self, batch: PromptBatch, model: str, reward: float) -> None:
+        """Online feedback on one prompt (bandits override this); offline policies ignore it."""
 
     @property
     def fitted(self) -> bool:

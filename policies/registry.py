@@ -19,6 +19,8 @@ POLICIES: dict[str, str] = {
     "bt": "policies.bradley_terry:BradleyTerryPolicy",
     "cluster": "policies.cluster:ClusterPolicy",
     "cascade": "policies.cascade:CascadePolicy",
+    "linucb": "policies.bandit:LinUCBPolicy",
+    "thompson": "policies.bandit:ThompsonPolicy",
 }
 
 

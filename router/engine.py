@@ -57,6 +57,7 @@ class Plan:
     prompt_tokens: int
     routed: bool  # False when the caller named a model
     cascade: Any = None  # policies.cascade.CascadePlan when the policy asks for a two-step dispatch
+    propensity: float | None = None  # probability the policy gave its chosen model (1.0 if deterministic)
 
     @property
     def policy(self) -> str | None:
@@ -278,6 +279,9 @@ class Engine:
                 raise _named_model_error(decision)
             return Plan(rid, decision, text, tokens, routed=False)
 
+        online = getattr(policy, "online", False)
+        if online:
+            await self.store.bandits.refresh(name, policy)
         batch = await self._features(policy, text, tokens)
         quality = np.zeros(len(names))
         scored = policy.predict_quality(batch)[0]
@@ -308,7 +312,6 @@ class Engine:
             blocked=blocked,
             policy=name,
         )
-        self.metrics.decision_latency.labels(name).observe(time.perf_counter() - t0)
         if not decision.ranked:
             kind, message, param = decision.failure()
             if kind == REQUEST:
@@ -316,10 +319,36 @@ class Engine:
             if kind == BUDGET:
                 raise BudgetExceeded(message)
             raise ServiceUnavailable(message)
+        propensity = self._explore(policy, batch, decision) if online else 1.0
+        self.metrics.decision_latency.labels(name).observe(time.perf_counter() - t0)
         self.metrics.choices.labels(name, decision.chosen.model).inc()
         return Plan(
-            rid, decision, text, tokens, routed=True, cascade=self._cascade_plan(policy, batch, decision)
+            rid,
+            decision,
+            text,
+            tokens,
+            routed=True,
+            cascade=self._cascade_plan(policy, batch, decision),
+            propensity=propensity,
         )
+
+    @staticmethod
+    def _explore(policy: Any, batch: PromptBatch, decision: Decision) -> float:
+        """An online policy draws its arm among the eligible candidates; the others stay in
+        fallback order. Returns the drawn arm's probability (logged for off-policy evaluation)."""
+        by_model = {c.model: c for c in decision.ranked}
+        every = {c.model: c.cost_usd for c in decision.excluded} | {
+            m: c.cost_usd for m, c in by_model.items()
+        }
+        models = policy.models_
+        cost = np.array([every.get(m, 0.0) for m in models])
+        eligible = np.array([m in by_model for m in models])
+        probs = policy.action_probabilities(batch, cost, eligible, decision.cost_weight)
+        arm = policy.sample_arm(probs)
+        chosen = by_model[models[arm]]
+        decision.ranked.remove(chosen)
+        decision.ranked.insert(0, chosen)
+        return float(probs[arm])
 
     @staticmethod
     def _cascade_plan(policy: Policy, batch: PromptBatch, decision: Decision) -> Any:
@@ -550,6 +579,10 @@ class Engine:
                     "latency_ms": None if pred is None else pred.latency_ms,
                 },
                 cost_weight=o.plan.decision.cost_weight if o.plan.routed else None,
+                # the probability of the answering model: known only if it was the policy's choice
+                propensity=o.plan.propensity
+                if o.plan.routed and not o.fallbacks and o.plan.decision.chosen.model == o.model
+                else None,
                 reserved_usd=adm.reservation.usd if adm.reservation else None,
                 cache=o.cache.kind if o.cache else None,
             )
@@ -593,11 +626,18 @@ class Engine:
         fb = FeedbackRecord(request_id, rating, source=source, model=rec.model, comment=comment)
         await self.store.log.record_feedback(fb)
         self.metrics.feedback.labels(rec.model or "none", source).inc()
-        if rec.policy and rec.model:
-            policy = self.policies.get(rec.policy)
-            if policy is not None:
-                policy.observe(None, rec.model, rating)
+        await self._learn(rec, rating)
         return fb
+
+    async def _learn(self, rec: RequestRecord, rating: float) -> None:
+        """Feed a rating to the online policy that routed the request (shared through the store)."""
+        policy = self.policies.get(rec.policy) if rec.policy else None
+        if policy is None or not getattr(policy, "online", False) or rec.model not in policy.models_:
+            return
+        batch = await self._features(policy, rec.prompt, rec.prompt_tokens)
+        x, y = policy.observation(batch, rec.model, rating)
+        await self.store.bandits.record(rec.policy, policy, rec.model, x, y)
+        self.metrics.policy_updates.labels(rec.policy, rec.model).inc()
 
 
 def _named_model_error(decision: Decision) -> RouterError:

@@ -90,6 +90,12 @@ class Metrics:
         self.feedback = Counter(
             p + "feedback", "Feedback ratings received, by model and source", ["model", "source"], registry=r
         )
+        self.policy_updates = Counter(
+            p + "policy_updates",
+            "Online policies (bandits): feedback observations learned, by policy and model",
+            ["policy", "model"],
+            registry=r,
+        )
         self.state_errors = Counter(
             p + "state_errors", "Shared-state (Redis) operations that failed and degraded", ["op"], registry=r
         )

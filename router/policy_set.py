@@ -10,7 +10,7 @@ from policies.encoders import PromptEncoder
 from policies.registry import policy_class
 from router.config import PolicySpec, RouterConfig
 
-BUILTIN = ("category", "cheapest", "strongest", "random", "rules")
+BUILTIN = ("category", "cheapest", "strongest", "random", "rules", "linucb", "thompson")
 
 
 class PolicyError(ValueError):
@@ -42,7 +42,7 @@ def build_policy(name: str, spec: PolicySpec, catalog: Sequence[ModelInfo], enco
     if isinstance(policy, PriorPolicy):
         try:
             policy.fit(catalog)
-        except ValueError as e:
+        except (OSError, ValueError) as e:
             raise PolicyError(f"policy {name!r}: {e}") from None
     elif not policy.fitted:
         raise PolicyError(

@@ -2,7 +2,7 @@
 
 Both expose the same components, so the engine never knows which it has:
 `keys`, `budgets`, `limits` (rate limits), `log` (ledger, request index, feedback), `cache`
-(exact + semantic) and `health` (latency + circuit breakers).
+(exact + semantic), `health` (latency + circuit breakers) and `bandits` (online policies' state).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from router.health import MemoryHealth, ModelHealth
 from router.metrics import Metrics
+from router.state.bandit import BanditState, MemoryBanditState, RedisBanditState
 from router.state.budgets import Budgets, MemoryBudgets, RedisBudgets
 from router.state.cache import MemoryCache, RedisCache, ResponseCache
 from router.state.degrade import (
@@ -45,6 +46,7 @@ class Store:
     log: RequestLog
     cache: ResponseCache
     health: ModelHealth
+    bandits: BanditState
     kind = "memory"
 
     @property
@@ -66,6 +68,7 @@ class MemoryStore(Store):
         self.log = MemoryLog()
         self.cache = MemoryCache()
         self.health = (health or HealthOptions()).memory()
+        self.bandits = MemoryBanditState()
 
 
 class RedisStore(Store):
@@ -111,6 +114,7 @@ class RedisStore(Store):
             r, health.failure_threshold, health.reset_after_s, health.ewma_alpha, health.window, prefix=prefix
         )
         self.health = ResilientHealth(shared, health.memory(), o)
+        self.bandits = RedisBanditState(r, o, prefix + "bandit:")
 
     @property
     def degraded(self) -> bool:
