@@ -181,3 +181,31 @@ async def test_redis_dies_fail_closed_refuses_budgeted_work_with_503(cluster, pr
     assert res.headers["retry-after"]
     assert httpx.get(a.url + "/health").status_code == 200  # alive, never crashed
     private_redis.start()
+
+
+async def test_two_processes_update_one_bandit_through_redis(cluster):
+    (a, b), env = cluster(2)
+    key = create_key(env, "--name", "learner")
+    ask = {"model": "router:thompson", "messages": [{"role": "user", "content": "Name a prime number."}]}
+
+    def quality(replica: Replica) -> dict[str, float]:
+        r = httpx.post(
+            replica.url + "/v1/route", json=ask, headers={"authorization": f"Bearer {key}"}, timeout=30
+        )
+        return {c["model"]: c["predicted_quality"] for c in r.json()["candidates"]}
+
+    assert quality(a) == quality(b) == {"cheap": 0.5, "coder": 0.6, "big": 0.9}  # the config's priors
+    for i in range(8):  # answers and ratings go to either replica
+        via = (a, b)[i % 2]
+        resp = post(via.url, key, ask).json()
+        rated = httpx.post(
+            via.url + "/v1/feedback",
+            json={"id": resp["id"], "rating": 1.0 if resp["model"] == "cheap" else 0.0},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert rated.status_code == 200
+    time.sleep(1.1)  # replicas read the shared bandit at most once a second before routing
+    qa, qb = quality(a), quality(b)
+    assert qa == qb  # one bandit: both replicas learned all eight ratings
+    assert qa != {"cheap": 0.5, "coder": 0.6, "big": 0.9}
