@@ -24,7 +24,8 @@ def export(
     only_rated: bool = typer.Option(False, help="keep only requests that received feedback"),
 ) -> None:
     """Write one row per answered request: prompt, model, quality (mean feedback rating, or null),
-    cost, latency and tokens — the canonical format `moe-router train --format jsonl` reads."""
+    cost, latency and tokens — the canonical format `moe-router train --format jsonl` reads — plus
+    the routing policy, its propensity and cost weight, which `moe-router ope` reads."""
     from router.engine import build_store
     from router.metrics import Metrics
     from router.state import StateUnavailable
@@ -59,6 +60,8 @@ def export(
                         "source": "gateway",
                         "request_id": r.id,
                         "policy": r.policy,
+                        "propensity": r.propensity,
+                        "cost_weight": r.cost_weight,
                         "created": r.created,
                     }
                     f.write(json.dumps(row) + "\n")
