@@ -47,9 +47,9 @@ class LinearBandit(PriorPolicy):
     def __init__(
         self,
         dim: int = 32,
-        alpha: float = 0.5,
+        alpha: float = 0.1,
         ridge: float = 1.0,
-        epsilon: float = 0.05,
+        epsilon: float = 0.02,
         samples: int = 64,
         warm_start: str | None = None,
         seed: int = 0,
