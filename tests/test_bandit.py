@@ -178,3 +178,17 @@ async def test_feedback_during_a_redis_outage_is_counted_once_when_it_returns():
     finally:
         await client.aclose()
         srv.stop()
+
+
+def test_warm_start_routes_like_the_trained_artifact_before_any_feedback(tmp_path, encoder):
+    from policies.artifacts import save_policy
+    from policies.knn import KNNPolicy
+    from tests.training_fixtures import MODELS, planted_dataset
+
+    trained = KNNPolicy(encoder=encoder).fit(planted_dataset())
+    art = save_policy(trained, tmp_path / "knn", encoder=encoder)
+    bandit = ThompsonPolicy(warm_start=str(art), encoder=encoder).fit([ModelInfo(m) for m in MODELS])
+    batch = PromptBatch(["Give me a simple recipe for carrot cake."])
+    assert bandit.predict_quality(batch)[0] == pytest.approx(trained.predict_quality(batch)[0], abs=1e-6)
+    probs = bandit.action_probabilities(batch, np.zeros(3), np.ones(3, dtype=bool), 0.0)
+    assert MODELS[int(probs.argmax())] == "cheap"  # cooking goes to the model that answers it
