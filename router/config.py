@@ -176,6 +176,17 @@ class OutageSettings(_Strict):
     spill_path: str | None = None  # where buffered records go past 100k entries (default ~/.cache/moe-router)
 
 
+class JudgeSettings(_Strict):
+    """Automatic feedback: rate routed answers without a user, so online policies keep learning.
+
+    exact / contains: compare the answer with the request's `routing.reference` (requests without
+    one are not judged); llm: ask `model` (a model of the pool) to grade the answer 0-10."""
+
+    mode: Literal["off", "exact", "contains", "llm"] = "off"
+    model: str | None = None
+    sample_rate: float = Field(1.0, ge=0, le=1)  # share of eligible answers judged
+
+
 class RouterConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOE_ROUTER_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -193,6 +204,7 @@ class RouterConfig(BaseSettings):
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     outage: OutageSettings = Field(default_factory=OutageSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:
@@ -205,6 +217,10 @@ class RouterConfig(BaseSettings):
             raise ValueError("'router' is reserved for routed requests; rename that model")
         if not (self.state == "memory" or self.state.startswith(("redis://", "rediss://", "unix://"))):
             raise ValueError(f"state must be 'memory' or a redis:// URL, got {self.state!r}")
+        if self.judge.mode == "llm" and self.judge.model not in names:
+            raise ValueError(
+                f"judge.mode 'llm' needs judge.model set to a model of the pool, got {self.judge.model!r}"
+            )
         return self
 
     @classmethod

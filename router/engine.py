@@ -157,6 +157,8 @@ class Engine:
                 self.unavailable[spec.name] = f"backend {spec.backend!r} cannot be built: {e}"
         self.dispatcher = Dispatcher(self.adapters, self.health, self.metrics, config.dispatch)
         self._starting: asyncio.Task | None = None
+        self._judging: set[asyncio.Task] = set()
+        self._judge_rng = np.random.default_rng()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -182,6 +184,8 @@ class Engine:
     async def aclose(self) -> None:
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
+        if self._judging:  # ratings in flight are feedback: let them land
+            await asyncio.wait(set(self._judging), timeout=self.config.dispatch.timeout_s)
         await self.embedder.aclose()
         for a in self.adapters.values():
             try:
@@ -429,6 +433,7 @@ class Engine:
             await self._failed(plan, adm, e)
             raise
         await self._settle(outcome, adm)
+        self._judge_later(outcome, req, result.text)
         model = outcome.model
         if self.caching.wanted(req):
             await self.caching.store(caller.scope, req, model, result)
@@ -524,6 +529,8 @@ class Engine:
             )
             status = "error" if err else "cancelled" if cancelled else "ok"
             await self._settle(handle.outcome, adm, status=status, error=err.message if err else None)
+            if status == "ok":
+                self._judge_later(handle.outcome, req, answer)
             if status == "ok" and self.caching.wanted(req):
                 result = ChatResult({"role": "assistant", "content": answer}, finish, handle.outcome.usage)
                 await self.caching.store(adm.caller.scope, req, opened.model, result)
@@ -628,6 +635,70 @@ class Engine:
         self.metrics.feedback.labels(rec.model or "none", source).inc()
         await self._learn(rec, rating)
         return fb
+
+    # ---- automatic judge -----------------------------------------------------------------------
+    def _judge_later(self, o: Outcome, req: ChatCompletionRequest, answer: str) -> None:
+        """Rate a routed answer in the background (config `judge`); the rating is feedback."""
+        j = self.config.judge
+        reference = req.routing.reference if req.routing is not None else None
+        if j.mode == "off" or not o.plan.routed or (j.mode != "llm" and reference is None):
+            return
+        if j.sample_rate < 1.0 and self._judge_rng.random() >= j.sample_rate:
+            return
+        task = asyncio.create_task(self._judge(o, answer, reference))
+        self._judging.add(task)
+        task.add_done_callback(self._judging.discard)
+
+    async def _judge(self, o: Outcome, answer: str, reference: str | None) -> None:
+        from router import judge
+
+        mode = self.config.judge.mode
+        try:
+            if mode == "exact":
+                rating = judge.exact(answer, reference or "")
+            elif mode == "contains":
+                rating = judge.contains(answer, reference or "")
+            else:
+                rating = await self._llm_grade(o, answer)
+            if rating is not None:
+                await self.feedback(o.request_id, rating, source="judge")
+        except Exception as e:  # noqa: BLE001 - a judge failure must never surface to a client
+            self.metrics.judge_failures.labels(mode).inc()
+            log.warning("judging %s failed: %s", o.request_id, getattr(e, "message", type(e).__name__))
+
+    async def _llm_grade(self, o: Outcome, answer: str) -> float | None:
+        from router import judge
+
+        name = self.config.judge.model
+        ask = ChatRequest(
+            messages=[{"role": "user", "content": judge.judge_prompt(o.plan.prompt, answer)}],
+            max_tokens=8,
+            temperature=0.0,
+        )
+        model, result, _, latency_ms = await self.dispatcher.chat([name], ask)
+        usage = result.usage or Usage(
+            C.estimate_tokens(ask.messages[0]["content"]), C.estimate_tokens(result.text)
+        )
+        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens)
+        self.metrics.cost.labels(model).inc(cost)
+        # the judge's own spend goes to the ledger like any call, under its own id
+        await self.store.log.record_request(
+            RequestRecord(
+                id=f"judge-{o.request_id}",
+                model=model,
+                policy=None,
+                prompt=f"[judge] {o.request_id}",
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost,
+                latency_ms=latency_ms,
+                key="judge",
+            )
+        )
+        grade = judge.parse_grade(result.text)
+        if grade is None:
+            self.metrics.judge_failures.labels("llm_unparsable").inc()
+        return grade
 
     async def _learn(self, rec: RequestRecord, rating: float) -> None:
         """Feed a rating to the online policy that routed the request (shared through the store)."""

@@ -96,6 +96,12 @@ class Metrics:
             ["policy", "model"],
             registry=r,
         )
+        self.judge_failures = Counter(
+            p + "judge_failures",
+            "Automatic judge: answers that could not be rated (error, or an unparsable grade)",
+            ["reason"],
+            registry=r,
+        )
         self.state_errors = Counter(
             p + "state_errors", "Shared-state (Redis) operations that failed and degraded", ["op"], registry=r
         )

@@ -19,6 +19,8 @@ class RoutingControls(BaseModel):
     allowed_models: list[str] | None = None
     excluded_models: list[str] = Field(default_factory=list)
     cache: bool | None = None  # opt in/out of the response caches (when configured)
+    # the expected answer, for an automatic judge in exact/contains mode (config `judge`)
+    reference: str | None = Field(None, max_length=10_000)
 
 
 class Message(BaseModel):
