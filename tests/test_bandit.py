@@ -150,6 +150,21 @@ async def test_replicas_share_one_bandit_through_redis_with_snapshots(redis_url)
         await c.aclose()
 
 
+async def test_concurrent_feedback_and_refreshes_count_each_observation_once(redis_url):
+    import asyncio
+
+    client = aioredis.from_url(redis_url)
+    state = RedisBanditState(client, Outage(None), refresh_s=0.0)
+    policy = ThompsonPolicy(dim=8).fit(ARMS)
+    obs = _observations(30)
+    await asyncio.gather(
+        *(state.record("ts", policy, m, x, y) for m, x, y in obs),
+        *(state.refresh("ts", policy) for _ in range(30)),
+    )
+    assert policy.n_.sum() == 30
+    await client.aclose()
+
+
 async def test_feedback_during_a_redis_outage_is_counted_once_when_it_returns():
     from tests.redis_server import RedisServer
 

@@ -24,6 +24,7 @@ and kept; when Redis returns it is taken back out and appended, so it is counted
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -89,6 +90,7 @@ class _Cursor:
         self.id = "0-0"
         self.last_refresh = float("-inf")
         self.pending: list[tuple[str, np.ndarray, float]] = []  # applied locally, not yet on Redis
+        self.lock = asyncio.Lock()  # one reader at a time: an entry must be added exactly once
 
 
 class RedisBanditState:
@@ -146,18 +148,23 @@ class RedisBanditState:
         async def down() -> None:
             return None
 
-        await self.outage.call("bandit_refresh", lambda: self._sync(name, policy, cur), down)
+        async def sync() -> None:
+            async with cur.lock:
+                await self._sync(name, policy, cur)
+
+        await self.outage.call("bandit_refresh", sync, down)
 
     async def _sync(self, name: str, policy: Any, cur: _Cursor) -> None:
         stream, snap = self._keys(name, policy)
         if cur.pending:  # feedback taken during an outage: append it, then count it from the stream
+            kept = list(cur.pending)
             pipe = self.redis.pipeline(transaction=True)
-            for model, x, y in cur.pending:
+            for model, x, y in kept:
                 pipe.xadd(stream, self._entry(model, x, y))
             await pipe.execute()
-            for model, x, y in cur.pending:
+            for model, x, y in kept:
                 policy.update(model, x, y, sign=-1.0)
-            cur.pending.clear()
+            del cur.pending[: len(kept)]
         snap_cursor = await self.redis.hget(snap, "cursor")
         if snap_cursor is not None and _newer(snap_cursor.decode(), cur.id):
             await self._load_snapshot(snap, policy, cur)
