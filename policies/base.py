@@ -61,6 +61,9 @@ class Policy:
 
     name: ClassVar[str] = "base"
     needs_embeddings: ClassVar[bool] = False
+    # online policies learn from feedback while serving and choose at random with known
+    # probabilities: they implement `observation`, `update`, `action_probabilities`, `sample_arm`
+    online: ClassVar[bool] = False
 
     models_: list[str]
 

@@ -283,7 +283,7 @@ class Engine:
                 raise _named_model_error(decision)
             return Plan(rid, decision, text, tokens, routed=False)
 
-        online = getattr(policy, "online", False)
+        online = policy.online
         if online:
             await self.store.bandits.refresh(name, policy)
         batch = await self._features(policy, text, tokens)
@@ -703,7 +703,7 @@ class Engine:
     async def _learn(self, rec: RequestRecord, rating: float) -> None:
         """Feed a rating to the online policy that routed the request (shared through the store)."""
         policy = self.policies.get(rec.policy) if rec.policy else None
-        if policy is None or not getattr(policy, "online", False) or rec.model not in policy.models_:
+        if policy is None or not policy.online or rec.model not in policy.models_:
             return
         batch = await self._features(policy, rec.prompt, rec.prompt_tokens)
         x, y = policy.observation(batch, rec.model, rating)

@@ -106,7 +106,7 @@ def ope(
     eligible = scored & np.isin(arms, [r["model"] for r in rows])
     probs = np.zeros((len(rows), len(arms)))
     for i, w in enumerate(weights):
-        if getattr(target, "online", False):  # a bandit's own exploration distribution
+        if target.online:  # a bandit's own exploration distribution
             idx = [arms.index(m) for m in target.models_]
             one = PromptBatch([texts[i]], embeddings=emb[i : i + 1], prompt_tokens=tokens[i : i + 1])
             probs[i, idx] = target.action_probabilities(one, cost[i, idx], eligible[idx], w)
