@@ -180,6 +180,8 @@ def load_policy(directory: str | Path, encoder: Any = None, **params: Any) -> Po
     if meta["type"] not in POLICIES:
         raise ValueError(f"{d}: unknown policy type {meta['type']!r}; known: {', '.join(sorted(POLICIES))}")
     cls = policy_class(meta["type"])
+    if hasattr(cls, "load_artifact"):  # its own layout (the fine-tuned LLM router): it loads itself
+        return cls.load_artifact(d, meta, **params)
     if meta.get("encoder") is not None:
         if encoder is None:
             from policies.encoders import PromptEncoder

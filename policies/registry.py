@@ -19,6 +19,7 @@ POLICIES: dict[str, str] = {
     "bt": "policies.bradley_terry:BradleyTerryPolicy",
     "cluster": "policies.cluster:ClusterPolicy",
     "cascade": "policies.cascade:CascadePolicy",
+    "llm": "policies.llm_router:LLMRouterPolicy",
     "linucb": "policies.bandit:LinUCBPolicy",
     "thompson": "policies.bandit:ThompsonPolicy",
 }

@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # command modules register themselves on `app` when imported
-from router.cli import config_cmd, export, keys, models, ope, route, serve, train  # noqa: E402,F401
+from router.cli import config_cmd, export, keys, llm_router, models, ope, route, serve, train  # noqa: E402,F401
 
 
 def main() -> None:
