@@ -1,7 +1,7 @@
 """Learned-policy benchmark on the shared routing data: one command, markdown tables out.
 
     python bench/quality.py [--data ../shared/data] [--sets arc,routerdc,mmlu,gsm8k]
-                            [--policies knn,logistic,mlp,mf,bt,cluster,cascade] [--json out.json]
+                            [--policies knn,logistic,mlp,mf,bt,cluster,cascade,pg] [--json out.json]
 
 - RouterBench ARC (11 models, real costs): train on the train split, evaluate on the test split:
   AIQ, max quality, cost at which the policy first reaches the best single model's quality.
@@ -196,7 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--sets", default="arc,routerdc,mmlu,gsm8k")
-    ap.add_argument("--policies", default="knn,logistic,mlp,mf,bt,cluster,cascade")
+    ap.add_argument("--policies", default="knn,logistic,mlp,mf,bt,cluster,cascade,pg")
     ap.add_argument("--encoder", default=None, help="prompt encoder (default: the bundled MiniLM)")
     ap.add_argument("--json", type=Path, default=None, help="write every report here")
     a = ap.parse_args()

@@ -20,6 +20,7 @@ POLICIES: dict[str, str] = {
     "cluster": "policies.cluster:ClusterPolicy",
     "cascade": "policies.cascade:CascadePolicy",
     "llm": "policies.llm_router:LLMRouterPolicy",
+    "pg": "policies.policy_gradient:PolicyGradientPolicy",
     "linucb": "policies.bandit:LinUCBPolicy",
     "thompson": "policies.bandit:ThompsonPolicy",
 }

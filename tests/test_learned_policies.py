@@ -19,7 +19,7 @@ from tests.conftest import make_config
 from tests.training_fixtures import MODELS, planted, planted_dataset, write_routerbench
 from training.jobs import run_eval, train
 
-LEARNED = ["knn", "logistic", "mlp", "mf", "bt", "cluster"]
+LEARNED = ["knn", "logistic", "mlp", "mf", "bt", "cluster", "pg"]
 FAST = {"calib_folds": 3}  # keep the suite quick; calibration still runs
 HELD_OUT = [
     ("Write a Python function that flattens a nested list.", "coder"),
