@@ -164,7 +164,7 @@ def compare_cmd(
         None, "--test", "-t", help="test data (default: a seeded 20% split of --data)"
     ),
     policies: str = typer.Option(
-        "knn,logistic,mlp,mf,cluster,bt", "--policies", help="comma-separated names"
+        "knn,logistic,mlp,mf,cluster,bt,pg", "--policies", help="comma-separated names"
     ),
     fmt: str | None = FormatOption,
     points: int = PointsOption,
