@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.conftest import make_config
 from tests.test_cli import config_file, run
 from training.ope import effective_sample_size, estimate, reward_model
 
@@ -105,3 +106,31 @@ def test_ope_command_without_propensities_is_one_line_error(tmp_path, upstream):
     assert r.returncode == 1
     assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert "no_propensity" in r.stderr
+
+
+def test_live_bandit_traffic_exports_with_propensities_and_is_evaluated(
+    tmp_path, upstream, start_gateway, redis_url
+):
+    gw = start_gateway(make_config(upstream.base_url, state=redis_url))
+    for i in range(12):
+        resp = gw.client.chat.completions.create(
+            model="router:thompson", messages=[{"role": "user", "content": f"Tell me fact number {i}."}]
+        )
+        rating = 1.0 if resp.model == "cheap" else 0.0
+        assert gw.post("/v1/feedback", json={"id": resp.id, "rating": rating}).status_code == 200
+    cfg = config_file(tmp_path, upstream.base_url)
+    env = {"MOE_ROUTER_STATE": redis_url}
+    log = tmp_path / "traffic.jsonl"
+    r = run("export", "--out", str(log), "--only-rated", "--config", str(cfg), env=env)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 12
+    assert all(row["policy"] == "thompson" and 0 < row["propensity"] <= 1 for row in rows)
+    assert all(row["cost_weight"] == 0.2 and row["quality"] in (0.0, 1.0) for row in rows)
+    out = tmp_path / "ope.json"
+    r = run("ope", "--log", str(log), "--policy", "cheapest", "--config", str(cfg), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["rows"] == 12
+    ips = report["estimates"]["ips"]
+    assert ips["low"] <= ips["value"] <= ips["high"]
