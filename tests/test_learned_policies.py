@@ -16,19 +16,11 @@ from policies.artifacts import load_policy, save_policy
 from policies.base import PromptBatch
 from policies.decision import choose
 from tests.conftest import make_config
-from tests.training_fixtures import MODELS, planted, planted_dataset, write_routerbench
+from tests.training_fixtures import HELD_OUT, MODELS, planted, planted_dataset, write_routerbench
 from training.jobs import run_eval, train
 
 LEARNED = ["knn", "logistic", "mlp", "mf", "bt", "cluster", "pg"]
 FAST = {"calib_folds": 3}  # keep the suite quick; calibration still runs
-HELD_OUT = [
-    ("Write a Python function that flattens a nested list.", "coder"),
-    ("Show me a SQL query that joins two tables on a key.", "coder"),
-    ("Give me a simple recipe for carrot cake.", "cheap"),
-    ("What spices go well with mushroom soup?", "cheap"),
-    ("What caused the American Civil War?", "big"),
-    ("Who were the main figures of the Glorious Revolution?", "big"),
-]
 
 
 @pytest.fixture(autouse=True)

@@ -12,22 +12,12 @@ from policies.artifacts import load_policy, save_policy
 from policies.base import PromptBatch
 from policies.decision import choose
 from policies.policy_gradient import group_advantages, pg_loss, rewards
-from tests.training_fixtures import MODELS, planted_dataset
+from tests.training_fixtures import HELD_OUT, MODELS, planted_dataset
 from training.jobs import train
 
 FAST = {"calib_folds": 3}
 NAN = np.nan
-CODE = [
-    "Write a Python function that flattens a nested list.",
-    "Show me a SQL query that joins two tables on a key.",
-]
-HELD_OUT = [
-    *zip(CODE, ["coder", "coder"], strict=True),
-    ("Give me a simple recipe for carrot cake.", "cheap"),
-    ("What spices go well with mushroom soup?", "cheap"),
-    ("What caused the American Civil War?", "big"),
-    ("Who were the main figures of the Glorious Revolution?", "big"),
-]
+CODE = [text for text, model in HELD_OUT if model == "coder"]
 
 
 @pytest.fixture(autouse=True)

@@ -83,6 +83,17 @@ TOPICS = {
 }
 
 
+# prompts none of the templates above produce, with the model the pattern sends them to
+HELD_OUT = [
+    ("Write a Python function that flattens a nested list.", "coder"),
+    ("Show me a SQL query that joins two tables on a key.", "coder"),
+    ("Give me a simple recipe for carrot cake.", "cheap"),
+    ("What spices go well with mushroom soup?", "cheap"),
+    ("What caused the American Civil War?", "big"),
+    ("Who were the main figures of the Glorious Revolution?", "big"),
+]
+
+
 def planted(seed: int = 0) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """(texts, topics, quality (n, 3), cost (n, 3)): the pattern, with a little label noise."""
     rng = np.random.default_rng(seed)
