@@ -64,6 +64,8 @@ class Policy:
     # online policies learn from feedback while serving and choose at random with known
     # probabilities: they implement `observation`, `update`, `action_probabilities`, `sample_arm`
     online: ClassVar[bool] = False
+    # predicting runs a model (e.g. an LM generating): the gateway calls it in a worker thread
+    blocking: ClassVar[bool] = False
 
     models_: list[str]
 

@@ -158,6 +158,7 @@ class LLMRouterPolicy(Policy):
     """Routes with a fine-tuned LM that names the model; see the module docstring."""
 
     name = "llm"
+    blocking = True  # generation: the gateway runs predictions in a worker thread
 
     def __init__(self, fallback: str = "strongest", max_new_tokens: int = 16, max_prompt_chars: int = 600):
         self.fallback = fallback

@@ -288,7 +288,10 @@ class Engine:
             await self.store.bandits.refresh(name, policy)
         batch = await self._features(policy, text, tokens)
         quality = np.zeros(len(names))
-        scored = policy.predict_quality(batch)[0]
+        if policy.blocking:  # keep the event loop serving other requests meanwhile
+            scored = (await asyncio.to_thread(policy.predict_quality, batch))[0]
+        else:
+            scored = policy.predict_quality(batch)[0]
         col = {m: j for j, m in enumerate(policy.models_)}
         for i, n in enumerate(names):
             if n in col:
