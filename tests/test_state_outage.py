@@ -109,3 +109,28 @@ async def test_gateway_keeps_serving_through_an_outage(private_redis, upstream, 
     assert [f.request_id async for f in admin.log.iter_feedback()] == [during.parse().id]
     assert gw.get("/ready").json()["status"] == "ok"
     await admin.aclose()
+
+
+async def test_spend_in_flight_across_an_empty_restart_is_booked_in_full(private_redis):
+    s = store_for(private_redis)
+    scope = [BudgetScope("key:y", 10.0, "daily")]
+    kept = await s.budgets.reserve(scope, 0.5)  # Redis keeps its data: the delta is settled
+    await s.budgets.settle(kept, 0.2)
+    assert await s.budgets.spent(scope) == pytest.approx([0.2])
+    in_flight = await s.budgets.reserve(scope, 0.5)
+    private_redis.stop()
+    await s.budgets.settle(in_flight, 0.3)  # the answer ends while Redis is down: queued
+    private_redis.start()  # back empty: the 0.5 reservation (and the 0.2) went with it
+    await asyncio.sleep(0.15)
+    assert await s.ping() is True
+    for _ in range(50):
+        if not s.degraded:
+            break
+        await asyncio.sleep(0.05)
+    # the request's real cost is booked in full, not as 0.3 - 0.5 on an empty counter
+    assert await s.budgets.spent(scope) == pytest.approx([0.3])
+    late = await s.budgets.reserve(scope, 1.0)
+    private_redis.client().flushdb()  # a restart between reserve and settle, without an outage seen
+    await s.budgets.settle(late, 0.4)
+    assert await s.budgets.spent(scope) == pytest.approx([0.4])
+    await s.aclose()

@@ -4,11 +4,17 @@ Before dispatch the engine *reserves* the request's predicted maximum cost in ev
 applies; the reservation fails as a whole if any scope would go over its limit (atomic: one Lua
 script on Redis). After the answer it *settles* the reservation to the real cost (or refunds it
 on failure). Amounts are integer micro-dollars so concurrent increments never drift.
+
+On Redis a reservation also carries the store's *epoch*, a token kept in Redis beside the
+counters. Settling adds `actual - reserved` while the epoch is the same, and the whole `actual`
+when it is not: a Redis that restarted empty lost the reservation with the counters, so a delta
+would under-count the spend of every request in flight across the restart.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,6 +44,7 @@ class Reservation:
     buckets: tuple[str, ...]
     micros: int
     offline: bool = False  # made while shared state was unreachable (fail-open): nothing was reserved
+    epoch: str | None = None  # the Redis data it was reserved in (see the module docstring)
 
     @property
     def usd(self) -> float:
@@ -85,21 +92,39 @@ class MemoryBudgets:
         return [self._spent.get(s.bucket(), 0) / MICROS for s in scopes]
 
 
-# KEYS: bucket keys. ARGV[1]: amount; ARGV[1+i]: limit of KEYS[i]; ARGV[1+n+i]: ttl of KEYS[i] (0 = none).
-# Returns 0 when reserved in every bucket, else the 1-based index of the first bucket that refused.
+# KEYS: bucket keys, then the epoch key. ARGV[1]: amount; ARGV[1+i]: limit of KEYS[i];
+# ARGV[1+n+i]: ttl of KEYS[i] (0 = none); ARGV[2+2n]: a new epoch token, used if there is none.
+# Returns {0, epoch} when reserved in every bucket, else {the 1-based index of the first bucket
+# that refused, epoch}.
 _RESERVE = """
-local n = #KEYS
+local n = #KEYS - 1
+local epoch = redis.call('GET', KEYS[n + 1])
+if not epoch then
+  epoch = ARGV[2 + 2 * n]
+  redis.call('SET', KEYS[n + 1], epoch)
+end
 local amount = tonumber(ARGV[1])
 for i = 1, n do
   local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if cur + amount > tonumber(ARGV[1 + i]) then return i end
+  if cur + amount > tonumber(ARGV[1 + i]) then return {i, epoch} end
 end
 for i = 1, n do
   redis.call('INCRBY', KEYS[i], amount)
   local ttl = tonumber(ARGV[1 + n + i])
   if ttl > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ttl) end
 end
-return 0
+return {0, epoch}
+"""
+
+# KEYS: bucket keys, then the epoch key. ARGV: reserved micros, actual micros, the reservation's epoch.
+_SETTLE = """
+local n = #KEYS - 1
+local add = tonumber(ARGV[2])
+if redis.call('GET', KEYS[n + 1]) == ARGV[3] then add = add - tonumber(ARGV[1]) end
+if add ~= 0 then
+  for i = 1, n do redis.call('INCRBY', KEYS[i], add) end
+end
+return add
 """
 
 
@@ -108,24 +133,28 @@ class RedisBudgets:
         self.redis = redis
         self.prefix = prefix
         self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self.epoch_key = prefix + "epoch"
 
     async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
         amount = to_micros(usd)
         buckets = [s.bucket() for s in scopes]
         keys = [self.prefix + b for b in buckets]
-        args = [amount, *(to_micros(s.limit_usd) for s in scopes), *(TTL[s.window] for s in scopes)]
-        refused = int(await self._reserve(keys=keys, args=args))
-        if refused:
-            return scopes[refused - 1]
-        return Reservation(tuple(buckets), amount)
+        args = [
+            amount,
+            *(to_micros(s.limit_usd) for s in scopes),
+            *(TTL[s.window] for s in scopes),
+            uuid.uuid4().hex,
+        ]
+        refused, epoch = await self._reserve(keys=[*keys, self.epoch_key], args=args)
+        if int(refused):
+            return scopes[int(refused) - 1]
+        return Reservation(tuple(buckets), amount, epoch=epoch.decode())
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        delta = to_micros(actual_usd) - reservation.micros
-        if delta:
-            async with self.redis.pipeline(transaction=True) as p:
-                for b in reservation.buckets:
-                    p.incrby(self.prefix + b, delta)
-                await p.execute()
+        keys = [self.prefix + b for b in reservation.buckets]
+        args = [reservation.micros, to_micros(actual_usd), reservation.epoch or ""]
+        await self._settle(keys=[*keys, self.epoch_key], args=args)
 
     async def spent(self, scopes: Sequence[BudgetScope]) -> list[float]:
         if not scopes:

@@ -143,7 +143,8 @@ class ResilientKeys:
 class ResilientBudgets:
     def __init__(self, primary: Budgets, outage: Outage, fail_open: bool):
         self.primary, self.outage, self.fail_open = primary, outage, fail_open
-        self._pending: list[tuple[tuple[str, ...], int]] = []  # spend to add once Redis is back
+        # settlements to make once Redis is back (with their reservations: see state.budgets on epochs)
+        self._pending: list[tuple[Reservation, float]] = []
         outage.on_recover(self.flush)
 
     async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
@@ -155,12 +156,12 @@ class ResilientBudgets:
         return await self.outage.call("budgets.reserve", lambda: self.primary.reserve(scopes, usd), offline)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        if reservation.offline:
-            self._pending.append((reservation.buckets, to_micros(actual_usd)))
+        if reservation.offline:  # nothing was reserved: the whole cost is owed
+            self._pending.append((reservation, actual_usd))
             return
 
         async def queue():
-            self._pending.append((reservation.buckets, to_micros(actual_usd) - reservation.micros))
+            self._pending.append((reservation, actual_usd))
 
         await self.outage.call("budgets.settle", lambda: self.primary.settle(reservation, actual_usd), queue)
 
@@ -174,8 +175,7 @@ class ResilientBudgets:
 
     async def flush(self) -> None:
         while self._pending:
-            buckets, micros = self._pending[0]
-            await self.primary.settle(Reservation(buckets, 0), micros / 1e6)
+            await self.primary.settle(*self._pending[0])
             self._pending.pop(0)
 
 
