@@ -37,6 +37,7 @@ from policies.learned import tail  # noqa: E402
 from training.embed_cache import EmbeddingCache  # noqa: E402
 from training.evaluate import predict  # noqa: E402
 from training.jobs import load, train  # noqa: E402
+from training.ope import estimate, reward_model  # noqa: E402
 
 
 def complete(ds):
@@ -48,16 +49,36 @@ def rewards(quality: np.ndarray, cost: np.ndarray, w: float) -> np.ndarray:
     return (1 - w) * quality - w * cost / cost.max(axis=1, keepdims=True)
 
 
-def run_bandit(policy, X, Q, C, w: float) -> np.ndarray:
-    """The arm chosen at each step of the stream, learning from the revealed score only."""
+def run_bandit(policy, X, Q, C, w: float) -> tuple[np.ndarray, np.ndarray]:
+    """The arm chosen at each step of the stream, learning from the revealed score only, and the
+    probability it had (the propensity the gateway logs)."""
     k = Q.shape[1]
     arms = np.empty(len(Q), dtype=int)
+    props = np.empty(len(Q))
     everyone = np.ones(k, dtype=bool)
     for t in range(len(Q)):
         batch = PromptBatch([""], embeddings=X[t : t + 1])
-        arms[t] = policy.sample_arm(policy.action_probabilities(batch, C[t], everyone, w))
+        probs = policy.action_probabilities(batch, C[t], everyone, w)
+        arms[t] = policy.sample_arm(probs)
+        props[t] = probs[arms[t]]
         policy.observe(batch, policy.models_[arms[t]], float(Q[t, arms[t]]))
-    return arms
+    return arms, props
+
+
+def off_policy(X, Q, arms, props, targets: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Estimate each target's mean quality from the bandit's log (one revealed score per prompt)
+    and compare with its true value, known here from the full table."""
+    rows = np.arange(len(Q))
+    r = Q[rows, arms]
+    q_hat = reward_model(X, arms, r, Q.shape[1])
+    out = {}
+    for name, pi in targets.items():
+        est = {k: e.as_dict() for k, e in estimate(r, arms, props, pi, q_hat).items()}
+        est.setdefault(
+            "snips", {"value": float("nan"), "low": float("nan"), "high": float("nan")}
+        )  # no support
+        out[name] = {"truth": float((pi * Q).sum(axis=1).mean())} | est
+    return out
 
 
 def main() -> None:
@@ -102,6 +123,9 @@ def main() -> None:
     curves_oracle: dict[str, list[np.ndarray]] = {n: [] for n in policies}
     test_reward: dict[str, list[float]] = {n: [] for n in policies}
     seconds: dict[str, float] = dict.fromkeys(policies, 0.0)
+    ope_runs: list[dict[str, dict]] = []
+    k = len(models)
+    fixed_te = int(r_te.mean(axis=0).argmax())
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         o_tr, o_te = rng.permutation(len(q_tr)), rng.permutation(len(q_te))
@@ -115,8 +139,19 @@ def main() -> None:
             if make is None:
                 got = R.mean(axis=1)  # expected reward of a uniform choice
             else:
-                arms = run_bandit(make(seed), X, Q, C, w)
+                arms, props = run_bandit(make(seed), X, Q, C, w)
                 got = R[np.arange(len(R)), arms]
+                if name == "thompson":  # its log of the test part, evaluated off-policy
+                    part = slice(len(q_tr), None)
+                    targets = {
+                        "mlp (offline)": np.eye(k)[mlp_arms[o_te]],
+                        f"always {models[fixed_te]}": np.eye(k)[np.full(len(o_te), fixed_te)],
+                        "always gpt-4-1106-preview": np.eye(k)[
+                            np.full(len(o_te), models.index("gpt-4-1106-preview"))
+                        ],
+                        "uniform random": np.full((len(o_te), k), 1.0 / k),
+                    }
+                    ope_runs.append(off_policy(X[part], Q[part], arms[part], props[part], targets))
             seconds[name] += time.perf_counter() - t0
             curves[name].append(np.cumsum(R[:, best_fixed] - got))
             curves_oracle[name].append(np.cumsum(R.max(axis=1) - got))
@@ -142,6 +177,31 @@ def main() -> None:
             for name in policies
         },
         "offline_reference": offline,
+        "off_policy_evaluation": {
+            "log": "thompson's choices on the test part of each stream (one revealed score each)",
+            "value": "mean quality of the target's choices",
+            "targets": {
+                t: {
+                    "truth": float(np.mean([run[t]["truth"] for run in ope_runs])),
+                    **{
+                        e: {
+                            "estimate": float(np.mean([run[t][e]["value"] for run in ope_runs])),
+                            "mean_ci_width": float(
+                                np.mean([run[t][e]["high"] - run[t][e]["low"] for run in ope_runs])
+                            ),
+                            "covered": int(
+                                sum(
+                                    run[t][e]["low"] <= run[t]["truth"] <= run[t][e]["high"]
+                                    for run in ope_runs
+                                )
+                            ),
+                        }
+                        for e in ("ips", "snips", "dm", "dr")
+                    },
+                }
+                for t in (ope_runs[0] if ope_runs else {})
+            },
+        },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -174,6 +234,15 @@ def main() -> None:
         )
     for name, v in offline.items():
         print(f"| {name} | - | - | {v:.4f} | |")
+    print()
+    print("| target (mean quality) | truth | IPS | SNIPS | DM | DR | covered (IPS/SNIPS/DR of seeds) |")
+    print("|---|---|---|---|---|---|---|")
+    for t, d in result["off_policy_evaluation"]["targets"].items():
+        cells = " | ".join(
+            f"{d[e]['estimate']:.4f} ± {d[e]['mean_ci_width'] / 2:.4f}" for e in ("ips", "snips", "dm", "dr")
+        )
+        cov = "/".join(str(d[e]["covered"]) for e in ("ips", "snips", "dr"))
+        print(f"| {t} | {d['truth']:.4f} | {cells} | {cov} of {args.seeds} |")
 
 
 if __name__ == "__main__":
