@@ -168,6 +168,25 @@ def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
         )
 
 
+def rebuild(
+    cls: type[Policy], d: Path, meta: dict[str, Any], params: dict[str, Any], encoder: Any = None
+) -> Policy:
+    """A policy of the artifact's hyper-parameters, with `params` overriding known ones only."""
+    import inspect
+
+    init = dict(meta["params"])
+    unknown = sorted(set(params) - set(init))
+    if unknown:
+        raise ValueError(f"unknown parameters for a {meta['type']} policy: {unknown}; known: {sorted(init)}")
+    init.update(params)
+    try:
+        if "encoder" in inspect.signature(cls.__init__).parameters:
+            init["encoder"] = encoder
+        return cls(**init)
+    except TypeError as e:
+        raise ValueError(f"{d}: cannot rebuild the {meta['type']} policy: {e}") from None
+
+
 def load_policy(directory: str | Path, encoder: Any = None, **params: Any) -> Policy:
     """Load a fitted policy. `encoder`: the encoder the caller will embed prompts with (checked
     against the one the policy was fitted with; for a policy that embeds, the encoder recorded in
@@ -200,17 +219,7 @@ def load_policy(directory: str | Path, encoder: Any = None, **params: Any) -> Po
     missing = sorted(set(meta["arrays"]) - set(arrays))
     if missing:
         raise ValueError(f"{d} is corrupt: arrays {missing} are missing")
-    init = dict(meta["params"])
-    unknown = sorted(set(params) - set(init))
-    if unknown:
-        raise ValueError(f"unknown parameters for a {meta['type']} policy: {unknown}; known: {sorted(init)}")
-    init.update(params)
-    try:
-        if "encoder" in __import__("inspect").signature(cls.__init__).parameters:
-            init["encoder"] = encoder
-        policy = cls(**init)
-    except TypeError as e:
-        raise ValueError(f"{d}: cannot rebuild the {meta['type']} policy: {e}") from None
+    policy = rebuild(cls, d, meta, params, encoder=encoder)
     for k, v in meta["state"].items():
         setattr(policy, k, v)
     for k, v in arrays.items():

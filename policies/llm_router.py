@@ -201,15 +201,9 @@ class LLMRouterPolicy(Policy):
         have = weight_hashes(model_dir)
         if not want or want != have:
             raise ValueError(f"{d} is corrupt: the weights in {model_dir.name}/ do not match policy.json")
-        init = dict(meta["params"])
-        unknown = sorted(set(params) - set(init))
-        if unknown:
-            raise ValueError(f"unknown parameters for an llm policy: {unknown}; known: {sorted(init)}")
-        init.update(params)
-        try:
-            policy = cls(**init)
-        except TypeError as e:
-            raise ValueError(f"{d}: cannot rebuild the llm policy: {e}") from None
+        from policies.artifacts import rebuild
+
+        policy = rebuild(cls, d, meta, params)
         policy.fit(roster_from_json(meta["roster"]), model_dir)
         policy.metrics_ = meta.get("metrics", {})
         return policy
