@@ -41,8 +41,8 @@ from training.ope import estimate, reward_model  # noqa: E402
 
 
 def complete(ds):
-    keep = np.asarray(ds.mask, dtype=bool).all(axis=1)
-    return [ds.texts[i] for i in np.flatnonzero(keep)], ds.quality[keep], ds.cost[keep]
+    """The prompts with every model's score and cost known (so regret is exact)."""
+    return ds.subset(ds.complete)
 
 
 def rewards(quality: np.ndarray, cost: np.ndarray, w: float) -> np.ndarray:
@@ -95,18 +95,16 @@ def main() -> None:
     te = load(args.data / "routerbench/arc_challenge_test.csv", "routerbench")
     enc = PromptEncoder()
     cache = EmbeddingCache(enc)
-    t_tr, q_tr, c_tr = complete(tr)
-    t_te, q_te, c_te = complete(te)
-    x_tr = cache.encode([tail(t, 400) for t in t_tr])
-    x_te = cache.encode([tail(t, 400) for t in t_te])
+    s_tr, s_te = complete(tr), complete(te)
+    q_tr, c_tr, q_te, c_te = s_tr.quality, s_tr.cost, s_te.quality, s_te.cost
+    x_tr = cache.encode([tail(t, 400) for t in s_tr.texts])
+    x_te = cache.encode([tail(t, 400) for t in s_te.texts])
     models = list(tr.models)
     catalog = [ModelInfo(m, quality={"default": 0.5}) for m in models]  # cold start: no prior knowledge
 
     # offline reference: full-information mlp trained on the train split, scored on the test part
     mlp = train("mlp", tr, enc, {"calib_folds": 3})
-    pred = predict(mlp, te, None)
-    keep = np.asarray(te.mask, dtype=bool).all(axis=1)
-    mlp_arms = choose(pred.quality[keep], c_te, w)
+    mlp_arms = choose(predict(mlp, s_te, None).quality, c_te, w)
     r_te = rewards(q_te, c_te, w)
     offline = {
         "mlp (offline, full information)": float(r_te[np.arange(len(r_te)), mlp_arms].mean()),

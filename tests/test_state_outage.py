@@ -25,6 +25,16 @@ def store_for(srv: RedisServer, fail_open: bool = True) -> RedisStore:
     return RedisStore(srv.url, timeout_s=0.3, retry_every_s=0.1, fail_open=fail_open)
 
 
+async def recovered(s: RedisStore) -> None:
+    """Wait until the store, with Redis back, has written what it buffered."""
+    await asyncio.sleep(0.15)
+    assert await s.ping() is True
+    for _ in range(50):
+        if not s.degraded:
+            break
+        await asyncio.sleep(0.05)
+
+
 async def test_outage_degrades_each_concern_then_reconciles(private_redis, tmp_path):
     s = store_for(private_redis)
     raw, rec = new_key("known")
@@ -49,12 +59,7 @@ async def test_outage_degrades_each_concern_then_reconciles(private_redis, tmp_p
     assert "m" in await s.health.snapshot(["m"])
 
     private_redis.start()  # back (empty: this test server keeps nothing on disk)
-    await asyncio.sleep(0.15)
-    assert await s.ping() is True
-    for _ in range(50):
-        if not s.degraded:
-            break
-        await asyncio.sleep(0.05)
+    await recovered(s)
     assert not s.degraded
     assert await s.budgets.spent(scope) == pytest.approx([0.3])  # the spend made during the outage
     assert [r.id async for r in s.log.iter_requests()] == ["during"]
@@ -121,12 +126,7 @@ async def test_spend_in_flight_across_an_empty_restart_is_booked_in_full(private
     private_redis.stop()
     await s.budgets.settle(in_flight, 0.3)  # the answer ends while Redis is down: queued
     private_redis.start()  # back empty: the 0.5 reservation (and the 0.2) went with it
-    await asyncio.sleep(0.15)
-    assert await s.ping() is True
-    for _ in range(50):
-        if not s.degraded:
-            break
-        await asyncio.sleep(0.05)
+    await recovered(s)
     # the request's real cost is booked in full, not as 0.3 - 0.5 on an empty counter
     assert await s.budgets.spent(scope) == pytest.approx([0.3])
     late = await s.budgets.reserve(scope, 1.0)
