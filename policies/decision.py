@@ -1,16 +1,32 @@
-"""One function turns a policy's predictions plus constraints into a choice.
+"""One rule turns a policy's predictions plus constraints into a choice.
 
-Every policy goes through here, in the gateway and in offline evaluation alike, so constraints,
-the quality/cost trade-off and fallback order behave the same for all of them.
+Every policy goes through here, in the gateway (`decide`: one prompt, constraints, exclusions, the
+full fallback order) and in offline evaluation (`choose`: a batch, one column per row) alike. Both
+order candidates with the same function, `rank`, so they always pick the same model for the same
+inputs, and constraints, the quality/cost trade-off and fallback order behave the same for all
+policies.
 
-Trade-off: each eligible candidate scores
+Trade-off: each candidate scores
 
     score = (1 - w) * quality - w * cost / c_ref
 
-with `w = cost_weight` in [0, 1] and `c_ref` the highest predicted cost among all candidates for
-that prompt, eligible or not (so the cost term is relative and unit-free, and excluding one model
-never changes the order of the others). w = 0 picks the best
-predicted quality, w = 1 the cheapest; ties go to the cheaper, then the faster model.
+with `w = cost_weight` in [0, 1] and `c_ref` the highest finite predicted cost among all candidates
+for that prompt, eligible or not (so the cost term is relative and unit-free, and excluding one
+model never changes the order of the others). w = 0 picks the best predicted quality, w = 1 the
+cheapest.
+
+Order (`rank`), best first; every step only breaks the ties left by the ones before it:
+
+1. eligible candidates before ineligible ones;
+2. candidates with a score before those without one (no predicted quality: `None`/NaN, e.g. a
+   model named explicitly, which bypasses routing; or a NaN cost);
+3. higher score, where scores equal after rounding to 12 decimals (`TIE_DECIMALS`) are ties; the
+   rounding is what makes "tie" an equivalence, so the order is well defined and the same in
+   both forms;
+4. lower predicted cost (exact; NaN counts as +inf);
+5. lower predicted latency (exact; unknown latency, `None` or NaN, counts as +inf: a model known
+   to be fast wins a tie against one whose speed is unknown);
+6. lower column index (the order of `models`).
 """
 
 from __future__ import annotations
@@ -56,13 +72,23 @@ class Constraints:
     excluded_models: frozenset[str] = frozenset()
 
 
+def _finite(x: float | None, ndigits: int | None = None) -> float | None:
+    """`x` as a JSON-safe float: None for None, NaN and infinities."""
+    if x is None:
+        return None
+    x = float(x)
+    if not np.isfinite(x):
+        return None
+    return x if ndigits is None else round(x, ndigits)
+
+
 @dataclass
 class Candidate:
     model: str
-    quality: float
+    quality: float | None  # None: no prediction (a named model, which bypasses routing)
     cost_usd: float
     latency_ms: float | None
-    score: float | None = None
+    score: float | None = None  # None when excluded or when there is no predicted quality
     excluded: list[Exclusion] = field(default_factory=list)
 
     @property
@@ -70,14 +96,15 @@ class Candidate:
         return not self.excluded
 
     def as_dict(self) -> dict:
+        """JSON-safe (`json.dumps(..., allow_nan=False)`): unknown or non-finite numbers are null."""
         d = {
             "model": self.model,
-            "predicted_quality": round(float(self.quality), 6),
-            "predicted_cost_usd": float(self.cost_usd),
-            "predicted_latency_ms": None if self.latency_ms is None else round(float(self.latency_ms), 3),
+            "predicted_quality": _finite(self.quality, 6),
+            "predicted_cost_usd": _finite(self.cost_usd),
+            "predicted_latency_ms": _finite(self.latency_ms, 3),
         }
         if self.eligible:
-            d["score"] = None if self.score is None else round(float(self.score), 6)
+            d["score"] = _finite(self.score, 6)
         else:
             d["excluded"] = [{"reason": e.code, "message": e.message} for e in self.excluded]
         return d
@@ -117,22 +144,69 @@ class Decision:
         chosen = self.chosen
         return {
             "policy": self.policy,
-            "cost_weight": self.cost_weight,
+            "cost_weight": _finite(self.cost_weight),
             "model": chosen.model if chosen else None,
             "candidates": [c.as_dict() for c in self.ranked],
             "excluded": [c.as_dict() for c in self.excluded],
         }
 
 
+# Scores equal after rounding to this many decimals are ties (then cost, latency, index decide).
+TIE_DECIMALS = 12
+
+
 def scores(quality: np.ndarray, cost: np.ndarray, cost_weight: float, eligible: np.ndarray) -> np.ndarray:
-    """Vectorised trade-off score, shape (n_prompts, n_models); ineligible cells are -inf."""
+    """Vectorised trade-off score, shape (n_prompts, n_models); ineligible cells are -inf.
+
+    NaN where there is no predicted quality (NaN) or cost (NaN)."""
     q = np.asarray(quality, dtype=float)
     c = np.asarray(cost, dtype=float)
     w = float(np.clip(cost_weight, 0.0, 1.0))
     c_ref = np.where(np.isfinite(c), c, -np.inf).max(axis=-1, keepdims=True)
     c_ref = np.where(np.isfinite(c_ref) & (c_ref > 0), c_ref, 1.0)
-    s = (1.0 - w) * q - w * c / c_ref
+    # w = 0 ignores cost entirely (no 0 * inf = NaN for an unbounded cost)
+    s = (1.0 - w) * q - (w * c / c_ref if w > 0 else 0.0)
     return np.where(eligible, s, -np.inf)
+
+
+def rank(
+    quality: np.ndarray,
+    cost: np.ndarray,
+    cost_weight: float,
+    eligible: np.ndarray | None = None,
+    latency: np.ndarray | None = None,
+) -> np.ndarray:
+    """The rule: (n, m) column indices per row, best first (see the module docstring).
+
+    `quality` is (n, m) (a 1-d row is read as one prompt); `cost`, `eligible` and `latency`
+    broadcast to it. NaN quality means no prediction: eligible, but after every scored column.
+    Ineligible columns come last (in the same order among themselves); use `eligible` to cut
+    them off."""
+    q = np.atleast_2d(np.asarray(quality, dtype=float))
+    c = np.broadcast_to(np.asarray(cost, dtype=float), q.shape)
+    elig = (
+        np.ones(q.shape, dtype=bool)
+        if eligible is None
+        else np.broadcast_to(np.asarray(eligible, bool), q.shape)
+    )
+    lat = (
+        np.full(q.shape, np.inf)
+        if latency is None
+        else np.broadcast_to(np.asarray(latency, dtype=float), q.shape)
+    )
+    # scored over every column: c_ref includes ineligible candidates
+    s = scores(q, c, cost_weight, np.ones(q.shape, dtype=bool))
+    unscored = np.isnan(s)
+    neg = -np.round(np.where(unscored, 0.0, s), TIE_DECIMALS) + 0.0  # + 0.0: no -0.0
+    keys = (
+        np.where(np.isnan(lat), np.inf, lat),  # least significant
+        np.where(np.isnan(c), np.inf, c),
+        neg,
+        unscored,
+        ~elig,  # most significant
+    )
+    # lexsort is stable, so full ties keep the column order
+    return np.lexsort(keys, axis=-1)
 
 
 def choose(
@@ -142,27 +216,29 @@ def choose(
     eligible: np.ndarray | None = None,
     latency: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Batch form of `decide` for offline evaluation: the chosen column per row (-1: none eligible)."""
-    q = np.asarray(quality, dtype=float)
-    c = np.broadcast_to(np.asarray(cost, dtype=float), q.shape)
-    elig = np.ones_like(q, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
-    s = scores(q, c, cost_weight, elig)
-    best = s.max(axis=1, keepdims=True)
-    # ties (within float noise) go to the cheaper, then the faster model
-    tie = np.isfinite(s) & (s >= best - 1e-12)
-    ct = np.where(tie, c, np.inf)
-    tie &= ct <= ct.min(axis=1, keepdims=True)
-    if latency is not None:
-        lt = np.where(tie, np.broadcast_to(np.asarray(latency, dtype=float), q.shape), np.inf)
-        out = lt.argmin(axis=1)
-    else:
-        out = tie.argmax(axis=1)
-    return np.where(np.isfinite(best[:, 0]), out, -1)
+    """Batch form of `decide` for offline evaluation: `rank`'s first column per row (-1: none eligible)."""
+    q = np.atleast_2d(np.asarray(quality, dtype=float))
+    elig = (
+        np.ones(q.shape, dtype=bool)
+        if eligible is None
+        else np.broadcast_to(np.asarray(eligible, bool), q.shape)
+    )
+    if q.shape[-1] == 0:
+        return np.full(q.shape[0], -1)
+    best = rank(q, cost, cost_weight, elig, latency)[:, 0]
+    return np.where(elig.any(axis=-1), best, -1)
+
+
+def _quality(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if np.isnan(x) else x
 
 
 def decide(
     models: Sequence[str],
-    quality: Sequence[float],
+    quality: Sequence[float | None],
     cost: Sequence[float],
     latency: Sequence[float | None],
     constraints: Constraints = Constraints(),
@@ -170,28 +246,36 @@ def decide(
     blocked: Mapping[str, Sequence[Exclusion]] | None = None,
     policy: str = "",
 ) -> Decision:
-    """Apply constraints, score the survivors, and rank them (best first = fallback order).
+    """Apply constraints, score every candidate, and rank the survivors with `rank`
+    (best first = fallback order).
 
+    A quality of None (or NaN) means no prediction (a named model): the candidate has no score,
+    is ranked after the scored ones by cost then latency, and fails any `min_quality`.
     `blocked` carries exclusions decided outside the predictions (availability, circuit
     breakers, context window, capabilities, key permissions, budgets)."""
     blocked = blocked or {}
     cands: list[Candidate] = []
     for i, m in enumerate(models):
-        cand = Candidate(
-            m, float(quality[i]), float(cost[i]), None if latency[i] is None else float(latency[i])
-        )
+        lat = None if latency[i] is None or np.isnan(float(latency[i])) else float(latency[i])
+        cand = Candidate(m, _quality(quality[i]), float(cost[i]), lat)
         cand.excluded.extend(blocked.get(m, ()))
         k = constraints
         if k.allowed_models is not None and m not in k.allowed_models:
             cand.excluded.append(Exclusion("allowed_models", f"{m} is not in allowed_models"))
         if m in k.excluded_models:
             cand.excluded.append(Exclusion("excluded_models", f"{m} is in excluded_models"))
-        if k.min_quality is not None and cand.quality < k.min_quality:
-            cand.excluded.append(
-                Exclusion(
-                    "min_quality", f"{m} predicted quality {cand.quality:.3f} < min_quality {k.min_quality:g}"
+        if k.min_quality is not None:
+            if cand.quality is None:
+                cand.excluded.append(
+                    Exclusion("min_quality", f"{m} has no predicted quality; min_quality {k.min_quality:g}")
                 )
-            )
+            elif cand.quality < k.min_quality:
+                cand.excluded.append(
+                    Exclusion(
+                        "min_quality",
+                        f"{m} predicted quality {cand.quality:.3f} < min_quality {k.min_quality:g}",
+                    )
+                )
         if k.max_cost_usd is not None and cand.cost_usd > k.max_cost_usd:
             cand.excluded.append(
                 Exclusion(
@@ -212,17 +296,19 @@ def decide(
             )
         cands.append(cand)
 
+    ranked: list[Candidate] = []
     if cands:
-        q = np.array([[c.quality for c in cands]])
-        s = scores(q, np.array([[c.cost_usd for c in cands]]), cost_weight, np.ones_like(q, dtype=bool))[0]
+        q = np.array([[np.nan if c.quality is None else c.quality for c in cands]])
+        c = np.array([[c.cost_usd for c in cands]])
+        lat = np.array([[np.nan if c.latency_ms is None else c.latency_ms for c in cands]])
+        elig = np.array([[c.eligible for c in cands]])
+        s = scores(q, c, cost_weight, np.ones_like(elig))[0]
         for cand, sc in zip(cands, s, strict=True):
-            cand.score = float(sc) if cand.eligible else None
-    eligible = [c for c in cands if c.eligible]
-    if eligible:
-        eligible.sort(key=lambda c: (-c.score, c.cost_usd, c.latency_ms if c.latency_ms is not None else 0.0))
+            cand.score = _finite(sc) if cand.eligible else None
+        ranked = [cands[j] for j in rank(q, c, cost_weight, elig, lat)[0] if cands[j].eligible]
     return Decision(
         policy=policy,
         cost_weight=float(cost_weight),
-        ranked=eligible,
+        ranked=ranked,
         excluded=[c for c in cands if not c.eligible],
     )
