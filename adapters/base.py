@@ -26,8 +26,9 @@ class Usage:
 class ChatRequest:
     """What a backend needs to answer: OpenAI-style messages and sampling options.
 
-    `extra` carries OpenAI fields the router does not interpret (tools, response_format, seed, ...);
-    HTTP adapters pass them through, local adapters ignore what they cannot honour.
+    `extra` carries OpenAI fields the router does not interpret (tools, response_format, seed, ...),
+    already checked against the gateway's allowlist; HTTP adapters pass them through, local adapters
+    ignore what they cannot honour.
     """
 
     messages: list[dict[str, Any]]
@@ -49,6 +50,21 @@ class ChatResult:
     @property
     def text(self) -> str:
         return self.message.get("content") or ""
+
+
+def merge_params(request: ChatRequest, configured: dict[str, Any]) -> dict[str, Any]:
+    """A request's parameters *under* the configured ones: configuration always wins, except that
+    the output cap is the smaller of the two (the router's budget reservation assumed it)."""
+    out: dict[str, Any] = dict(request.extra)
+    for key in ("max_tokens", "temperature", "top_p", "stop"):
+        value = getattr(request, key)
+        if value is not None:
+            out[key] = value
+    out.update(configured)
+    caps = [v for v in (request.max_tokens, configured.get("max_tokens")) if v is not None]
+    if caps:
+        out["max_tokens"] = min(caps)
+    return out
 
 
 @dataclass

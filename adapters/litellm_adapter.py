@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage
+from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage, merge_params
 from adapters.errors import (
     BackendError,
     BackendNotConfigured,
@@ -52,18 +52,13 @@ class LiteLLMAdapter:
 
     def _kwargs(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         kw: dict[str, Any] = {
-            **self.params,
-            **request.extra,
+            **merge_params(request, self.params),
             "model": self.model,
             "messages": request.messages,
             "timeout": self.timeout,
             "num_retries": 0,
             "stream": stream,
         }
-        for key in ("max_tokens", "temperature", "top_p", "stop"):
-            value = getattr(request, key)
-            if value is not None:
-                kw[key] = value
         if stream:
             kw["stream_options"] = {"include_usage": True}
         else:

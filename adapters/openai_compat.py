@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage
+from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage, merge_params
 from adapters.errors import (
     BackendError,
     BackendNotConfigured,
@@ -84,15 +84,10 @@ class OpenAICompatAdapter:
     # ---- requests ------------------------------------------------------------------------------
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
-            **self._params,
-            **request.extra,
+            **merge_params(request, self._params),
             "model": self.model,
             "messages": request.messages,
         }
-        for key in ("max_tokens", "temperature", "top_p", "stop"):
-            value = getattr(request, key)
-            if value is not None:
-                body[key] = value
         if stream:
             body["stream"] = True
             if self._stream_usage:

@@ -19,7 +19,9 @@ import numpy as np
 
 from adapters import ChatResult, Usage
 from policies.encoders import PromptEncoder
+from router.access import Caller
 from router.config import CacheSettings
+from router.constraints import encodable
 from router.schemas import ChatCompletionRequest
 from router.state.cache import ResponseCache, exact_key
 
@@ -45,9 +47,11 @@ class ResponseCaching:
         self.cache = cache
         self.encoder = encoder
 
-    def wanted(self, req: ChatCompletionRequest) -> bool:
+    def wanted(self, req: ChatCompletionRequest, caller: Caller) -> bool:
         if not (self.s.exact.enabled or self.s.semantic.enabled):
             return False
+        if caller.key is None and not caller.admin and not self.s.shared_anonymous:
+            return False  # anonymous callers could read each other's answers: opt-in only
         asked = req.routing.cache if req.routing is not None else None
         return self.s.default if asked is None else asked
 
@@ -62,7 +66,7 @@ class ResponseCaching:
         return f"{scope}:{req.model}:{_prefix_hash(req)}"
 
     async def _vector(self, req: ChatCompletionRequest) -> np.ndarray:
-        return (await asyncio.to_thread(self.encoder.encode, [req.messages[-1].text()]))[0]
+        return (await asyncio.to_thread(self.encoder.encode, [encodable(req.messages[-1].text())]))[0]
 
     async def lookup(self, scope: str, req: ChatCompletionRequest) -> CacheHit | None:
         if self.s.exact.enabled:

@@ -2,7 +2,7 @@
 
 Precedence, highest first: environment (`MOE_ROUTER_*`, nested with `__`, e.g.
 `MOE_ROUTER_ROUTING__DEFAULT_POLICY=cheapest`), then the YAML file, then the defaults here.
-Two short forms are accepted for operators: `MOE_ROUTER_STATE` and `MOE_ROUTER_REQUIRE_KEYS`.
+Short forms for operators: `MOE_ROUTER_STATE`, `MOE_ROUTER_REQUIRE_KEYS`, `MOE_ROUTER_MASTER_KEY`.
 
 Secrets in model params are written LiteLLM-style as `os.environ/NAME` and resolved only when
 the adapter is built; a model whose variables are unset is listed as unavailable, never an error.
@@ -20,8 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.base import ModelInfo
+from router.params import DESTINATION_FIELDS, OPENAI_PARAMS
 
 ENV_REF = "os.environ/"
+# the documented default output cap for in-process models (requests asking more get this)
+LOCAL_MAX_OUTPUT_TOKENS = 512
 
 
 class _Strict(BaseModel):
@@ -39,11 +42,30 @@ class ModelSpec(_Strict):
     context_window: int = Field(8192, gt=0)
     max_output_tokens: int | None = Field(None, gt=0)
     expected_output_tokens: int = Field(256, gt=0)  # for cost prediction when max_tokens is not given
+    # the most prompt tokens one image may cost at this provider (budgets reserve this much per image)
+    max_image_tokens: int = Field(2000, ge=0)
     capabilities: list[str] = Field(default_factory=list)  # tools, vision, json
     tags: list[str] = Field(default_factory=list)
     quality: dict[str, float] = Field(default_factory=lambda: {"default": 0.5})  # prior per category, 0..1
     latency_ms: float | None = Field(None, gt=0)  # prior typical latency until measured
     description: str = ""
+    # request parameters beyond the OpenAI set that clients may send to this model (they reach
+    # its backend only); names that choose a destination, credentials or headers are refused
+    allow_params: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_params")
+    @classmethod
+    def _no_destination_params(cls, v: list[str]) -> list[str]:
+        bad = sorted(set(v) & DESTINATION_FIELDS)
+        if bad:
+            raise ValueError(f"allow_params may not include {bad}: they choose a destination or credentials")
+        return sorted(set(v) - OPENAI_PARAMS)
+
+    @model_validator(mode="after")
+    def _local_output_cap(self) -> ModelSpec:
+        if self.backend == "transformers" and self.max_output_tokens is None:
+            self.max_output_tokens = LOCAL_MAX_OUTPUT_TOKENS
+        return self
 
     @field_validator("quality")
     @classmethod
@@ -100,10 +122,13 @@ class ServerSettings(_Strict):
     port: int = 8080
     max_body_bytes: int = Field(1_048_576, gt=0)  # larger bodies get 413
     max_messages: int = Field(1024, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)  # a request body not received in full by then gets 408
 
 
 class DispatchSettings(_Strict):
-    timeout_s: float = Field(120.0, gt=0)  # per upstream attempt
+    # the request's one deadline: every attempt, retry and fallback until the answer (or a stream's
+    # first token) shares it, and a stream that then stalls this long between chunks is ended
+    timeout_s: float = Field(120.0, gt=0)
     retries: int = Field(1, ge=0)  # extra attempts on the same model for retryable errors
     backoff_s: float = Field(0.2, ge=0)  # first retry delay; doubles each time
     max_backoff_s: float = Field(5.0, ge=0)
@@ -128,8 +153,30 @@ class EncoderSettings(_Strict):
 
 class AuthSettings(_Strict):
     require_keys: bool = False
-    # operator key for admin endpoints and key management over HTTP; `os.environ/NAME` allowed
+    # operator key: accepted wherever an API key is, and the only key for operator routes
+    # (`/metrics` unless public); `os.environ/NAME` allowed, or MOE_ROUTER_MASTER_KEY
     master_key: SecretStr | None = None
+    public_metrics: bool = False  # serve /metrics without a key (for a scraper inside the network)
+
+    def master(self) -> str | None:
+        if self.master_key is None:
+            return None
+        raw = self.master_key.get_secret_value()
+        return (os.environ.get(raw[len(ENV_REF) :]) if raw.startswith(ENV_REF) else raw) or None
+
+
+class FeedbackSettings(_Strict):
+    rpm: int = Field(60, gt=0)  # ratings per minute per key (anonymous callers share one allowance)
+
+
+class LogSettings(_Strict):
+    """What the request log keeps, and for how long (see docs/security.md, docs/state.md)."""
+
+    # none: no prompt text; hash: sha256 of it; truncated: the first `prompt_chars`; full: all of it
+    prompts: Literal["none", "hash", "truncated", "full"] = "truncated"
+    prompt_chars: int = Field(200, gt=0)
+    request_ttl_s: int = Field(7 * 86400, gt=0)  # the per-request record feedback is joined to
+    max_entries: int = Field(1_000_000, gt=0)  # ledger and feedback streams, each (approximate cap)
 
 
 class BudgetSpec(_Strict):
@@ -163,6 +210,9 @@ class SemanticCacheSettings(_Strict):
 class CacheSettings(_Strict):
     # with a cache enabled, do requests use it without asking (`routing.cache` overrides per request)?
     default: bool = False
+    # anonymous callers (keys not required) have no identity to scope a cache by: they get no
+    # cache unless the operator opts into one cache shared by all of them
+    shared_anonymous: bool = False
     exact: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
@@ -170,7 +220,10 @@ class CacheSettings(_Strict):
 class OutageSettings(_Strict):
     """What the gateway does while Redis is unreachable (it keeps serving either way)."""
 
-    budgets: Literal["open", "closed"] = "open"  # open: serve and reconcile spend later; closed: 503
+    # allowance: each replica may spend `allowance` of the last known remaining budget, then 503;
+    # open: serve without a bound and reconcile later; closed: 503 for requests with a budget
+    budgets: Literal["allowance", "open", "closed"] = "allowance"
+    allowance: float = Field(0.1, ge=0, le=1)
     timeout_s: float = Field(0.5, gt=0)  # per Redis operation
     retry_every_s: float = Field(2.0, gt=0)  # while down, try Redis again this often
     spill_path: str | None = None  # where buffered records go past 100k entries (default ~/.cache/moe-router)
@@ -205,6 +258,8 @@ class RouterConfig(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     outage: OutageSettings = Field(default_factory=OutageSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:
@@ -246,10 +301,13 @@ class _ShortEnv(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        auth: dict[str, Any] = {}
         v = os.environ.get("MOE_ROUTER_REQUIRE_KEYS")
-        if v is None:
-            return {}
-        return {"auth": {"require_keys": v.strip().lower() in {"1", "true", "yes", "on"}}}
+        if v is not None:
+            auth["require_keys"] = v.strip().lower() in {"1", "true", "yes", "on"}
+        if os.environ.get("MOE_ROUTER_MASTER_KEY"):
+            auth["master_key"] = os.environ["MOE_ROUTER_MASTER_KEY"]
+        return {"auth": auth} if auth else {}
 
 
 def _walk_strings(obj: Any):

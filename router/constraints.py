@@ -7,6 +7,7 @@ availability, open circuits, key permissions. The request's own routing controls
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 
@@ -30,6 +31,35 @@ def prompt_tokens(messages: Sequence[Message]) -> int:
     return sum(estimate_tokens(m.text()) + TOKENS_PER_MESSAGE for m in messages)
 
 
+def prompt_bytes(req: ChatCompletionRequest) -> int:
+    """An upper bound on the prompt's tokens, images aside: the UTF-8 bytes of everything the
+    backend turns into prompt tokens (messages with their JSON framing, tools, output format).
+
+    Byte-level BPE tokenizers (GPT, Llama 3, Qwen, ...) and SentencePiece with byte fallback never
+    make more tokens than bytes, so a reservation made with this bound covers the real prompt
+    whatever the text is (a chars/4 estimate can be beaten 4x by crafted text)."""
+    n = 0
+    for m in req.messages:
+        d = m.model_dump(exclude_none=True)
+        if m.has_image():
+            d["content"] = [p for p in d["content"] if p.get("type") != "image_url"]
+        n += _json_bytes(d)
+    for extra in (req.tools, req.tool_choice, req.response_format):
+        if extra is not None:
+            n += _json_bytes(extra if isinstance(extra, str | list) else extra.model_dump(exclude_none=True))
+    return n
+
+
+def _json_bytes(obj) -> int:
+    if isinstance(obj, list):
+        obj = [x.model_dump(exclude_none=True) if hasattr(x, "model_dump") else x for x in obj]
+    return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def image_count(messages: Sequence[Message]) -> int:
+    return sum(m.images() for m in messages)
+
+
 def routing_text(messages: Sequence[Message], max_chars: int = 2000) -> str:
     """The text a policy sees: the last user message (what needs answering now).
 
@@ -37,10 +67,20 @@ def routing_text(messages: Sequence[Message], max_chars: int = 2000) -> str:
     pasted document ("... summarise the above"), the context at the start.
     """
     text = next((m.text() for m in reversed(messages) if m.role == "user"), messages[-1].text())
-    if len(text) <= max_chars:
-        return text
-    half = max_chars // 2
-    return text[:half] + "\n...\n" + text[-half:]
+    if len(text) > max_chars:
+        half = max_chars // 2
+        text = text[:half] + "\n...\n" + text[-half:]
+    return encodable(text)
+
+
+def encodable(text: str) -> str:
+    """`text` with lone surrogates replaced: what a tokenizer can take (the HTTP edge already
+    refuses them; Python callers of the SDK can still pass them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def required_capabilities(req: ChatCompletionRequest) -> set[str]:
@@ -49,7 +89,7 @@ def required_capabilities(req: ChatCompletionRequest) -> set[str]:
         caps.add("tools")
     if any(m.has_image() for m in req.messages):
         caps.add("vision")
-    if req.response_format and req.response_format.get("type") in {"json_object", "json_schema"}:
+    if req.response_format and req.response_format.type in {"json_object", "json_schema"}:
         caps.add("json")
     return caps
 

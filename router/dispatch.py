@@ -4,12 +4,26 @@ For each candidate in order: skip it if its circuit is open; try it, retrying re
 with exponential backoff (or the backend's Retry-After, up to a cap); on final failure move to the
 next candidate. A stream falls back only before its first content token; after that a failure
 ends the stream (the caller turns it into an error event).
+
+One deadline per request: every attempt, retry wait and fallback shares `dispatch.timeout_s` from
+the moment dispatch starts (until the answer, or a stream's first token). A retry that cannot
+finish before the deadline is not started.
+
+What counts against a model's circuit breaker. Unreachable, overloaded, rate-limited or
+misconfigured backends count at once. Answers that might be the *request's* fault — a 5xx or a
+malformed answer, a timeout — count only once another candidate has answered the same request
+(so the request was fine); a request that fails on every candidate is not held against any of
+them, and a client cannot open every breaker with requests crafted to fail.
+
+Clients see stable, sanitized errors (the models and an error code per model); the upstream's
+own message, URLs and status text go to the server log with the request id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -17,13 +31,34 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from adapters import Adapter, BackendError, ChatChunk, ChatRequest, ChatResult
-from adapters.errors import BackendRateLimited, BackendRejected, BackendTimeout, BackendUnavailable
+from adapters.errors import (
+    BackendNotConfigured,
+    BackendRateLimited,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+)
 from router.config import DispatchSettings
 from router.errors import RouterError, ServiceUnavailable, UpstreamFailed
 from router.health import ModelHealth
 from router.metrics import Metrics
 
 T = TypeVar("T")
+log = logging.getLogger("moe_router.dispatch")
+
+# failures that are the model's whatever the request was: they count against its breaker at once
+_MODELS_FAULT = (BackendUnavailable, BackendRateLimited, BackendNotConfigured)
+
+
+def error_code(err: BackendError) -> str:
+    """A stable code per failure class, for clients (never the upstream's text)."""
+    return {
+        BackendTimeout: "upstream_timeout",
+        BackendUnavailable: "upstream_unavailable",
+        BackendRateLimited: "upstream_rate_limited",
+        BackendRejected: "upstream_rejected",
+        BackendNotConfigured: "upstream_not_configured",
+    }.get(type(err), "upstream_error")
 
 
 @dataclass
@@ -33,6 +68,7 @@ class Attempts:
     fallbacks: list[str] = field(default_factory=list)  # models given up on, in order
     errors: list[tuple[str, BackendError]] = field(default_factory=list)
     skipped_open: list[str] = field(default_factory=list)  # skipped: circuit open
+    deferred: list[str] = field(default_factory=list)  # failures counted only if another model answers
 
     def failure(self) -> RouterError:
         if not self.errors:
@@ -40,7 +76,7 @@ class Attempts:
                 f"no candidate could be tried: circuit open for {', '.join(self.skipped_open) or 'all models'}",
                 code="circuit_open",
             )
-        summary = "; ".join(f"{m}: {type(e).__name__}: {e.message}" for m, e in self.errors[-4:])
+        summary = ", ".join(f"{m} ({error_code(e)})" for m, e in self.errors[-4:])
         last = self.errors[-1][1]
         if isinstance(last, BackendRejected):
             return RouterError(
@@ -87,6 +123,10 @@ class Dispatcher:
         self.settings = settings
         self._sleep = sleep
 
+    def deadline(self) -> float:
+        """The loop-time deadline of a request whose dispatch starts now."""
+        return asyncio.get_running_loop().time() + self.settings.timeout_s
+
     def _delay(self, err: BackendError, attempt: int) -> float | None:
         """Seconds to wait before retrying the same model, or None to give up on it."""
         if not err.retryable or attempt >= self.settings.retries:
@@ -96,12 +136,27 @@ class Dispatcher:
         base = min(self.settings.backoff_s * 2**attempt, self.settings.max_backoff_s)
         return base * (0.5 + random.random() / 2)
 
-    async def _failed(self, model: str, err: BackendError) -> None:
+    async def _failed(self, model: str, err: BackendError, attempts: Attempts | None = None) -> None:
         self.metrics.upstream_errors.labels(model, type(err).__name__).inc()
         if isinstance(err, BackendRejected):
             await self.health.release(model)  # the request was bad, not the model
+        elif attempts is not None and not isinstance(err, _MODELS_FAULT):
+            await self.health.release(model)  # judged once the request's fate is known
+            attempts.deferred.append(model)
         else:
-            await self.health.record_failure(model)
+            await self._count_failure(model)
+
+    async def _count_failure(self, model: str) -> None:
+        await self.health.record_failure(model)
+        status = await self.health.snapshot([model])
+        self.metrics.breaker_open.labels(model).set(0.0 if status[model].routable else 1.0)
+
+    async def _succeeded(self, model: str, latency_ms: float, attempts: Attempts) -> None:
+        await self.health.record_success(model, latency_ms)
+        self.metrics.breaker_open.labels(model).set(0.0)
+        for other in dict.fromkeys(attempts.deferred):  # the request was fine: those were the models'
+            if other != model:
+                await self._count_failure(other)
 
     def _candidates(self, ranked: Sequence[str]) -> list[str]:
         return list(ranked[: 1 + self.settings.max_fallbacks])
@@ -111,31 +166,43 @@ class Dispatcher:
         self.metrics.fallbacks.labels(model, type(err).__name__ if err else "circuit_open").inc()
 
     async def _first_success(
-        self, ranked: Sequence[str], attempt: Callable[[str], Awaitable[T]]
+        self,
+        ranked: Sequence[str],
+        attempt: Callable[[str], Awaitable[T]],
+        deadline: float,
+        request_id: str,
     ) -> tuple[str, T, Attempts, float]:
         """Run `attempt(model)` down the candidates until one succeeds: (model, value, attempts, t0)."""
+        loop = asyncio.get_running_loop()
         attempts = Attempts()
         for model in self._candidates(ranked):
+            if loop.time() >= deadline:
+                break
             err: BackendError | None = None
             n = 0
             while await self.health.acquire(model):
                 t0 = time.perf_counter()
                 try:
-                    async with asyncio.timeout(self.settings.timeout_s):
+                    async with asyncio.timeout_at(deadline):
                         value = await attempt(model)
                 except TimeoutError:
-                    err = BackendTimeout(f"no answer within {self.settings.timeout_s:g} s")
+                    err = BackendTimeout(
+                        f"no answer within the request's deadline ({self.settings.timeout_s:g} s)"
+                    )
                 except BackendError as e:
                     err = e
-                except asyncio.CancelledError:
+                except BaseException:
                     await self.health.release(model)
                     raise
                 else:
                     return model, value, attempts, t0
+                log.warning(
+                    "request %s: %s failed: %s: %s", request_id, model, type(err).__name__, err.message
+                )
                 attempts.errors.append((model, err))
-                await self._failed(model, err)
+                await self._failed(model, err, attempts)
                 delay = self._delay(err, n)
-                if delay is None:
+                if delay is None or loop.time() + delay >= deadline:
                     break
                 self.metrics.retries.labels(model).inc()
                 await self._sleep(delay)
@@ -147,21 +214,38 @@ class Dispatcher:
         raise attempts.failure()
 
     async def chat(
-        self, ranked: Sequence[str], request: ChatRequest
+        self,
+        ranked: Sequence[str],
+        request: Callable[[str], ChatRequest],
+        *,
+        deadline: float | None = None,
+        request_id: str = "-",
     ) -> tuple[str, ChatResult, Attempts, float]:
-        """(model, result, attempts, latency_ms) from the first candidate that answers."""
+        """(model, result, attempts, latency_ms) from the first candidate that answers.
+
+        `request(model)` is what that model is sent (its own output cap)."""
         model, result, attempts, t0 = await self._first_success(
-            ranked, lambda m: self.adapters[m].chat(request)
+            ranked,
+            lambda m: self.adapters[m].chat(request(m)),
+            deadline if deadline is not None else self.deadline(),
+            request_id,
         )
         latency_ms = (time.perf_counter() - t0) * 1000
-        await self.health.record_success(model, latency_ms)
+        await self._succeeded(model, latency_ms, attempts)
         return model, result, attempts, latency_ms
 
-    async def open_stream(self, ranked: Sequence[str], request: ChatRequest) -> OpenStream:
+    async def open_stream(
+        self,
+        ranked: Sequence[str],
+        request: Callable[[str], ChatRequest],
+        *,
+        deadline: float | None = None,
+        request_id: str = "-",
+    ) -> OpenStream:
         """Start streaming from the first candidate that yields content; fall back before that."""
 
         async def first_content(model: str) -> tuple[list[ChatChunk], AsyncIterator[ChatChunk]]:
-            it = self.adapters[model].stream(request).__aiter__()
+            it = self.adapters[model].stream(request(model)).__aiter__()
             head: list[ChatChunk] = []
             try:
                 while (chunk := await anext(it, None)) is not None:
@@ -173,19 +257,28 @@ class Dispatcher:
                 raise
             return head, it
 
-        model, (head, rest), attempts, t0 = await self._first_success(ranked, first_content)
+        model, (head, rest), attempts, t0 = await self._first_success(
+            ranked, first_content, deadline if deadline is not None else self.deadline(), request_id
+        )
         return OpenStream(model, attempts, head, rest, t0)
 
     async def finish_stream(
-        self, stream: OpenStream, err: BackendError | None, cancelled: bool = False
+        self, stream: OpenStream, err: BackendError | None, cancelled: bool = False, request_id: str = "-"
     ) -> float:
         """Record the outcome of a committed stream; returns its latency in ms."""
         latency_ms = (time.perf_counter() - stream.started) * 1000
         if cancelled:
             await self.health.release(stream.model)
         elif err is None:
-            await self.health.record_success(stream.model, latency_ms)
+            await self._succeeded(stream.model, latency_ms, stream.attempts)
         else:
+            log.warning(
+                "request %s: %s failed mid-stream: %s: %s",
+                request_id,
+                stream.model,
+                type(err).__name__,
+                err.message,
+            )
             await self._failed(stream.model, err)
         return latency_ms
 

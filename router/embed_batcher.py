@@ -3,6 +3,9 @@
 Encoding 32 prompts in one forward pass costs far less than 32 passes of one. The batcher adds no
 wait at low load: a prompt that arrives while the encoder is idle is encoded at once, alone; the
 prompts that arrive while that pass runs are encoded together in the next one.
+
+A failure stays with the prompt that caused it: when a batch fails, each of its prompts is encoded
+again alone, so only the one the encoder cannot take gets the error.
 """
 
 from __future__ import annotations
@@ -42,15 +45,30 @@ class EmbedBatcher:
                 continue
             try:
                 vectors = await asyncio.to_thread(self.encoder.encode, [t for t, _ in live])
-            except Exception as e:  # noqa: BLE001 - hand the failure to every waiting request
-                for _, f in live:
-                    if not f.done():
-                        f.set_exception(e)
+            except Exception as e:  # noqa: BLE001 - isolate the failing prompt (below)
+                if len(live) == 1:
+                    _settle(live[0][1], error=e)
+                    continue
+                for t, f in live:  # one bad prompt must not fail its neighbours
+                    try:
+                        vector = await asyncio.to_thread(self.encoder.encode, [t])
+                    except Exception as alone:  # noqa: BLE001 - this prompt's own failure
+                        _settle(f, error=alone)
+                    else:
+                        _settle(f, vector[:1])
                 continue
             for i, (_, f) in enumerate(live):
-                if not f.done():
-                    f.set_result(vectors[i : i + 1])
+                _settle(f, vectors[i : i + 1])
 
     async def aclose(self) -> None:
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
+
+
+def _settle(fut: asyncio.Future, value: np.ndarray | None = None, error: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)

@@ -78,3 +78,15 @@ class UpstreamFailed(RouterError):
 
 class ServiceUnavailable(RouterError):
     status, type, code = 503, "service_unavailable", "no_model_available"
+
+
+class UnknownParameter(BadRequest):
+    code = "unknown_parameter"
+
+
+class ForbiddenParameter(BadRequest):
+    code = "forbidden_parameter"
+
+
+class RequestTimeout(RouterError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"

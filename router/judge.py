@@ -4,8 +4,9 @@
   articles and whitespace ignored): 1.0 or 0.0.
 - `contains`: the normalised reference appears in the normalised answer as whole words (for
   answers that explain around the expected one): 1.0 or 0.0.
-- `llm`: a model of the pool grades the answer 0-10 from a fixed rubric; the first number in its
-  reply, divided by 10. A reply without a number is no rating (nothing is learned from it).
+- `llm`: a model of the pool grades the answer 0-10 from a fixed rubric. The reply must hold
+  exactly one number (a "/10" after it is allowed), of at most two integer digits; it is divided
+  by 10 and clamped to 0..1 ("10.5" rates 1.0). Any other reply is no rating (nothing is learned).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import string
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
-_NUMBER = re.compile(r"(?<![\d.])(10|\d)(?:\.\d+)?(?![\d])")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_OUT_OF_TEN = re.compile(r"/\s*10(?![\d.])")
 
 RUBRIC = (
     "You grade answers. Read the user's request and the assistant's answer, then reply with one "
@@ -39,9 +41,11 @@ def contains(answer: str, reference: str) -> float:
 
 
 def parse_grade(reply: str) -> float | None:
-    """The first integer 0..10 in a judge's reply, as a rating in 0..1."""
-    m = _NUMBER.search(reply)
-    return None if m is None else float(m.group(0)) / 10.0
+    """A judge's reply as a rating in 0..1, or None when it is not exactly one grade."""
+    numbers = _NUMBER.findall(_OUT_OF_TEN.sub(" ", reply))
+    if len(numbers) != 1 or len(numbers[0].partition(".")[0]) > 2:
+        return None
+    return min(1.0, max(0.0, float(numbers[0]) / 10.0))
 
 
 def judge_prompt(prompt: str, answer: str, limit: int = 6000) -> str:

@@ -102,6 +102,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.state_faults = Counter(
+            p + "state_faults",
+            "Shared-state (Redis) operations that Redis answered with an error (not an outage): 500s",
+            ["op"],
+            registry=r,
+        )
         self.state_errors = Counter(
             p + "state_errors", "Shared-state (Redis) operations that failed and degraded", ["op"], registry=r
         )

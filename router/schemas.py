@@ -1,58 +1,182 @@
-"""Typed request bodies at the HTTP edge (OpenAI chat-completions shape + our routing controls)."""
+"""Typed request bodies at the HTTP edge: the OpenAI chat-completions shape plus our routing controls.
+
+Every field that can reach a backend is typed here (see `router.params` for the trust boundary).
+Nested objects (messages, content parts, tools) refuse unknown fields; the top level keeps them in
+`model_extra` so the engine can refuse them with a 400 that names them, or pass the ones an
+operator allowed for a model.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.params import FORWARDED
 
-class RoutingControls(BaseModel):
-    """`extra_body={"routing": {...}}`: per-request constraints and trade-off."""
 
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class RoutingControls(_Strict):
+    """`extra_body={"routing": {...}}`: per-request constraints and trade-off."""
 
     max_cost_usd: float | None = Field(None, ge=0)
     max_latency_ms: float | None = Field(None, gt=0)
     min_quality: float | None = Field(None, ge=0, le=1)
     cost_weight: float | None = Field(None, ge=0, le=1)
-    allowed_models: list[str] | None = None
-    excluded_models: list[str] = Field(default_factory=list)
+    allowed_models: list[str] | None = Field(None, max_length=256)
+    excluded_models: list[str] = Field(default_factory=list, max_length=256)
     cache: bool | None = None  # opt in/out of the response caches (when configured)
     # the expected answer, for an automatic judge in exact/contains mode (config `judge`)
     reference: str | None = Field(None, max_length=10_000)
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# ---- messages ------------------------------------------------------------------------------------
+IMAGE_SCHEMES = ("https://", "data:image/")
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        # a backend fetches the URL itself: a local vLLM server must not be pointed at the
+        # operator's network (http://10.0.0.1/...) or files by a client
+        if not v.startswith(IMAGE_SCHEMES):
+            raise ValueError("image URLs must be https:// or data:image/... URLs")
+        return v
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class RefusalPart(_Strict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[TextPart | ImagePart | RefusalPart, Field(discriminator="type")]
+
+
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCall] | None = None  # assistant
+    tool_call_id: str | None = Field(None, max_length=256)  # tool
+    refusal: str | None = None  # assistant
 
     @model_validator(mode="after")
-    def _content_needed(self) -> Message:
-        if self.content is None and self.role in {"system", "developer", "user"}:
-            raise ValueError(f"a {self.role} message needs content")
+    def _shape(self) -> Message:
+        role = self.role
+        if self.content is None and role in {"system", "developer", "user", "tool"}:
+            raise ValueError(f"a {role} message needs content")
+        if role == "assistant" and self.content is None and not self.tool_calls and self.refusal is None:
+            raise ValueError("an assistant message needs content, tool_calls or refusal")
+        if role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        if role != "tool" and self.tool_call_id is not None:
+            raise ValueError("only tool messages carry tool_call_id")
+        if role != "assistant" and (self.tool_calls is not None or self.refusal is not None):
+            raise ValueError("only assistant messages carry tool_calls or refusal")
+        if isinstance(self.content, list):
+            kinds = {p.type for p in self.content}
+            allowed = {"user": {"text", "image_url"}, "assistant": {"text", "refusal"}}.get(role, {"text"})
+            if kinds - allowed:
+                raise ValueError(
+                    f"a {role} message may not contain {', '.join(sorted(kinds - allowed))} parts"
+                )
         return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return " ".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+            return " ".join(p.text for p in self.content if isinstance(p, TextPart))
         return self.content or ""
 
     def has_image(self) -> bool:
-        return isinstance(self.content, list) and any(
-            p.get("type") in {"image_url", "input_image", "image"} for p in self.content
-        )
+        return isinstance(self.content, list) and any(isinstance(p, ImagePart) for p in self.content)
+
+    def images(self) -> int:
+        return sum(isinstance(p, ImagePart) for p in self.content) if isinstance(self.content, list) else 0
+
+
+# ---- tools and output formats --------------------------------------------------------------------
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+# ---- requests ------------------------------------------------------------------------------------
+def stop_list(v: str | list[str] | None) -> list[str] | None:
+    v = [v] if isinstance(v, str) else v
+    if v is not None and len(v) > 4:
+        raise ValueError("at most 4 stop sequences")
+    return v
 
 
 class ChatCompletionRequest(BaseModel):
-    """Fields we act on are typed; other OpenAI fields pass through to the backend (`extra`)."""
+    """The documented chat-completions parameters, typed; anything else lands in `model_extra`
+    and is refused by the engine unless the operator allowed it for a model (`allow_params`)."""
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -60,29 +184,41 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1)
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
-    user: str | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=1024)
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    user: str | None = Field(None, max_length=256)
     routing: RoutingControls | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
-        return [v] if isinstance(v, str) else v
+    _stop = field_validator("stop")(classmethod(lambda cls, v: stop_list(v)))
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def passthrough(self) -> dict[str, Any]:
-        """OpenAI fields the router does not interpret, for the backend."""
-        out = dict(self.model_extra or {})
-        for k in ("tools", "response_format"):
+    def forwarded(self) -> dict[str, Any]:
+        """The OpenAI parameters the router does not act on itself, as a backend receives them."""
+        out = {}
+        for k in FORWARDED:
             v = getattr(self, k)
             if v is not None:
-                out[k] = v
+                out[k] = v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
+        if self.tools is not None:
+            out["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
         return out
+
+    def extra_params(self) -> dict[str, Any]:
+        """Body fields outside the OpenAI set (refused unless allowed per model)."""
+        return dict(self.model_extra or {})
 
 
 class CompletionRequest(BaseModel):
@@ -90,17 +226,23 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    user: str | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(None, max_length=1024)
+    user: str | None = Field(None, max_length=256)
     routing: RoutingControls | None = None
+
+    _stop = field_validator("stop")(classmethod(lambda cls, v: stop_list(v)))
 
     @field_validator("prompt")
     @classmethod
@@ -112,30 +254,21 @@ class CompletionRequest(BaseModel):
         return v
 
     def as_chat(self) -> ChatCompletionRequest:
-        return ChatCompletionRequest(
-            model=self.model,
-            messages=[Message(role="user", content=self.prompt)],
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stream=self.stream,
-            stream_options=self.stream_options,
-            stop=self.stop,
-            user=self.user,
-            routing=self.routing,
-        )
+        fields = self.model_dump(exclude={"prompt"}, exclude_none=True)
+        return ChatCompletionRequest(**fields, messages=[Message(role="user", content=self.prompt)])
 
 
 class RouteRequest(ChatCompletionRequest):
     """`POST /v1/route`: the body of a chat completion (model defaults to "router"); nothing is dispatched."""
 
-    model: str = Field("router", min_length=1)
+    model: str = Field("router", min_length=1, max_length=256)
 
 
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, description="the response id returned by /v1/chat/completions")
+class FeedbackRequest(_Strict):
+    id: str = Field(
+        min_length=1, max_length=128, description="the response id returned by /v1/chat/completions"
+    )
     rating: float = Field(ge=0, le=1, description="quality of the answer, 0 (bad) .. 1 (good)")
     comment: str | None = Field(None, max_length=4000)
-    source: Literal["user", "judge"] = "user"
+    # clients rate as users; only the gateway's own judge records `judge` ratings
+    source: Literal["user"] = "user"

@@ -141,7 +141,7 @@ class Router:
                 yield chunk.delta["content"]
 
     def feedback(self, response_id: str, rating: float, comment: str | None = None) -> None:
-        self._run(self.engine.feedback(response_id, rating, "user", comment))
+        self._run(self.engine.feedback(None, response_id, rating, comment))
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -28,7 +28,12 @@ def test_routing_text_of_a_long_message_keeps_head_and_tail():
 def test_required_capabilities_follow_the_request():
     req = ChatCompletionRequest(
         model="router",
-        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+            }
+        ],
         tools=[{"type": "function", "function": {"name": "f"}}],
         response_format={"type": "json_object"},
     )

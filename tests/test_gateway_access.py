@@ -192,6 +192,7 @@ async def test_ledger_records_every_request_with_its_key(replicas, admin):
         r["key"] == "ledgered" and r["cost_usd"] > 0 and r["reserved_usd"] >= r["cost_usd"] for r in reqs
     )
     assert [e["id"] for e in events if e["kind"] == "reserve"] == ids
-    # feedback sent to either replica reaches the shared log
-    assert b.post("/v1/feedback", json={"id": ids[0], "rating": 0.5}).status_code == 200
+    # feedback sent to either replica reaches the shared log (from the key that made the request)
+    auth = {"authorization": f"Bearer {key}"}
+    assert b.post("/v1/feedback", json={"id": ids[0], "rating": 0.5}, headers=auth).status_code == 200
     assert [f.request_id async for f in admin.log.iter_feedback()] == [ids[0]]

@@ -44,13 +44,28 @@ def test_malformed_json_is_400(gateway):
         ({"model": "router", "messages": MSG, "temperature": 5}, "temperature"),
         ({"model": "router", "messages": MSG, "max_tokens": 0}, "max_tokens"),
         ({"model": "router", "messages": MSG, "n": 2}, "n"),
-        ({"model": "router", "messages": MSG, "routing": {"max_cost": 1}}, "routing.max_cost"),
         ({"model": "router", "messages": MSG, "routing": {"cost_weight": 2}}, "routing.cost_weight"),
         ({"messages": MSG}, "model"),
     ],
 )
 def test_schema_errors_are_422_naming_the_field(gateway, body, param):
     err = assert_openai_error(gateway.post("/v1/chat/completions", json=body), 422, "invalid_request_schema")
+    assert err["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "router", "messages": MSG, "routing": {"max_cost": 1}}, "routing.max_cost"),
+        ({"model": "router", "messages": MSG, "temprature": 0.5}, "temprature"),
+        (
+            {"model": "router", "messages": [{"role": "user", "content": "x", "colour": 1}]},
+            "messages.0.colour",
+        ),
+    ],
+)
+def test_unknown_fields_are_400_naming_the_field(gateway, body, param):
+    err = assert_openai_error(gateway.post("/v1/chat/completions", json=body), 400, "unknown_parameter")
     assert err["param"] == param
 
 

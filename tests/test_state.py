@@ -116,10 +116,33 @@ async def test_rate_limit_sliding_window(kind, prefix):
         clock.t += 15  # 25 s in: weighs 1.75 -> one more fits
         assert (await lim.hit("k", 3, None, 0)).allowed is True
         # tokens: 100 per minute, corrected after the fact
-        assert (await lim.hit("t", None, 100, 80)).allowed
+        first = await lim.hit("t", None, 100, 80)
+        assert first.allowed
         assert (await lim.hit("t", None, 100, 30)).limit == "tpm"
-        await lim.adjust_tokens("t", -60)  # the first request really used 20
+        await lim.adjust_tokens("t", -60, first.window)  # the first request really used 20
         assert (await lim.hit("t", None, 100, 30)).allowed
+    finally:
+        keys = [k async for k in r.scan_iter(match=prefix + "*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_token_correction_goes_to_the_minute_that_was_charged(kind, prefix):
+    clock = Clock(1_699_999_980.0 + 59)  # one second before the minute ends
+    r = aioredis.from_url(REDIS_URL)
+    lim = MemoryRateLimiter(clock) if kind == "memory" else RedisRateLimiter(r, prefix, clock)
+    try:
+        d = await lim.hit("t", None, 1000, 900)  # admitted with 900 tokens estimated ...
+        clock.t += 2  # ... answered in the next minute, having used 100
+        await lim.adjust_tokens("t", -800, d.window)
+        # the new minute was not credited 800 tokens: it sees only the previous one's 100, weighted
+        assert (await lim.hit("t", None, 1000, 960)).limit == "tpm"
+        assert (await lim.hit("t", None, 1000, 890)).allowed
+        if kind == "redis":  # every rate key expires
+            for k in [k async for k in r.scan_iter(match=prefix + "*")]:
+                assert await r.ttl(k) > 0
     finally:
         keys = [k async for k in r.scan_iter(match=prefix + "*")]
         if keys:

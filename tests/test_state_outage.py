@@ -21,8 +21,8 @@ def private_redis():
     srv.stop()
 
 
-def store_for(srv: RedisServer, fail_open: bool = True) -> RedisStore:
-    return RedisStore(srv.url, timeout_s=0.3, retry_every_s=0.1, fail_open=fail_open)
+def store_for(srv: RedisServer, budgets: str = "open") -> RedisStore:
+    return RedisStore(srv.url, timeout_s=0.3, retry_every_s=0.1, budgets=budgets)
 
 
 async def recovered(s: RedisStore) -> None:
@@ -67,7 +67,7 @@ async def test_outage_degrades_each_concern_then_reconciles(private_redis, tmp_p
 
 
 async def test_fail_closed_refuses_budgeted_work(private_redis):
-    s = store_for(private_redis, fail_open=False)
+    s = store_for(private_redis, budgets="closed")
     private_redis.stop()
     with pytest.raises(StateUnavailable):
         await s.budgets.reserve([BudgetScope("key:x", 1.0)], 0.1)
@@ -89,17 +89,15 @@ async def test_gateway_keeps_serving_through_an_outage(private_redis, upstream, 
     assert during.status_code == 200
     ready = gw.get("/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "degraded"
-    fb = gw.post(
-        "/v1/feedback",
-        json={"id": during.parse().id, "rating": 1.0},
-        headers={"authorization": f"Bearer {raw}"},
-    )
-    assert fb.status_code == 200  # the record made during the outage is in the local buffer
+    rate = {"json": {"id": during.parse().id, "rating": 1.0}, "headers": {"authorization": f"Bearer {raw}"}}
+    fb = gw.post("/v1/feedback", **rate)
+    # the rating it would replace is only known to Redis: refused, to be sent again, never lost
+    assert fb.status_code == 503 and fb.json()["error"]["code"] == "state_unavailable"
     unknown = openai.OpenAI(base_url=gw.url + "/v1", api_key=new_key("x")[0], max_retries=0)
     with pytest.raises(openai.InternalServerError) as e:
         unknown.chat.completions.create(model="router", messages=msgs)
     assert e.value.status_code == 503 and e.value.body["code"] == "state_unavailable"
-    assert "moe_router_state_errors_total" in gw.get("/metrics").text
+    assert "moe_router_state_errors_total" in gw.get("/metrics", headers=rate["headers"]).text
 
     private_redis.start()
     await asyncio.sleep(0.2)
@@ -111,6 +109,7 @@ async def test_gateway_keeps_serving_through_an_outage(private_redis, upstream, 
             break
         await asyncio.sleep(0.05)
     assert during.parse().id in ids and first.id not in ids  # the restarted server lost only pre-outage data
+    assert gw.post("/v1/feedback", **rate).status_code == 200  # the client's retry lands
     assert [f.request_id async for f in admin.log.iter_feedback()] == [during.parse().id]
     assert gw.get("/ready").json()["status"] == "ok"
     await admin.aclose()

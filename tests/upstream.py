@@ -7,7 +7,11 @@ It stands in for paid providers. Every model name it is asked for exists; by def
     up.script("gpt-big", Fail(500), Fail(429, retry_after=0.2))   # the next two calls fail, then normal
     up.behave("gpt-big", delay=0.3)                               # every call waits 0.3 s
     up.behave("gpt-big", break_stream_after=2)                    # streams die after 2 chunks
+    up.behave("gpt-big", stall_after=2)                           # streams go silent after 2 chunks
+    up.behave("gpt-big", chunk_delay=0.05)                        # each stream chunk waits 50 ms
+    up.behave("gpt-big", prompt_usage="bytes")                    # a worst-case tokenizer: 1 token/byte
     up.calls("gpt-big")                                           # requests received, in order
+    up.abandoned("gpt-big")                                       # streams the client left unfinished
 
 Run alone (for benchmarks or the example config): `python -m tests.upstream --port 9000`.
 """
@@ -49,6 +53,9 @@ class Behaviour:
     break_stream_after: int | None = None  # drop the connection after N content chunks
     usage: bool = True  # report token usage
     fail_status: int | None = None  # every call fails with this status
+    stall_after: int | None = None  # streams stop sending (but stay open) after N content chunks
+    chunk_delay: float = 0.0  # seconds before each streamed content chunk
+    prompt_usage: str = "words"  # words | bytes (a worst-case tokenizer: one token per UTF-8 byte)
 
 
 def _words(messages: list[dict[str, Any]]) -> int:
@@ -58,6 +65,17 @@ def _words(messages: list[dict[str, Any]]) -> int:
         if isinstance(c, list):
             c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
         n += len(str(c).split()) + 1
+    return n
+
+
+def _bytes(messages: list[dict[str, Any]]) -> int:
+    """One token per UTF-8 byte of text, plus 4 per message: what a worst-case tokenizer counts."""
+    n = 0
+    for m in messages:
+        c = m.get("content") or ""
+        if isinstance(c, list):
+            c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
+        n += len(str(c).encode()) + 4
     return n
 
 
@@ -80,6 +98,7 @@ class MockUpstream:
     _behaviour: dict[str, Behaviour] = field(default_factory=lambda: defaultdict(Behaviour))
     _calls: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     _times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    _abandoned: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- scripting -------------------------------------------------------------------------
@@ -105,6 +124,11 @@ class MockUpstream:
                 return [c for cs in self._calls.values() for c in cs]
             return list(self._calls[model])
 
+    def abandoned(self, model: str) -> int:
+        """Streams for `model` whose client went away before the end."""
+        with self._lock:
+            return self._abandoned[model]
+
     def call_times(self, model: str) -> list[float]:
         """time.monotonic() at which each request for `model` arrived."""
         with self._lock:
@@ -116,6 +140,7 @@ class MockUpstream:
             self._behaviour.clear()
             self._calls.clear()
             self._times.clear()
+            self._abandoned.clear()
 
     # ---- HTTP ------------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -161,7 +186,8 @@ class MockUpstream:
         words = text.split(" ")
         if max_tokens:
             words = words[:max_tokens]
-        prompt_tokens, completion_tokens = _words(messages), len(words)
+        prompt_tokens = _bytes(messages) if b.prompt_usage == "bytes" else _words(messages)
+        completion_tokens = len(words)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -199,17 +225,28 @@ class MockUpstream:
                 }
                 return f"data: {json.dumps(c)}\n\n".encode()
 
-            yield chunk({"role": "assistant", "content": ""})
-            for i, w in enumerate(words):
-                if b.break_stream_after is not None and i >= b.break_stream_after:
-                    raise ConnectionError("scripted broken stream")
-                yield chunk({"content": w if i == 0 else " " + w})
-            yield chunk({}, "stop")
-            if include_usage:
-                u = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-                u |= {"choices": [], "usage": usage}
-                yield f"data: {json.dumps(u)}\n\n".encode()
-            yield b"data: [DONE]\n\n"
+            finished = False
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                for i, w in enumerate(words):
+                    if b.break_stream_after is not None and i >= b.break_stream_after:
+                        raise ConnectionError("scripted broken stream")
+                    if b.stall_after is not None and i >= b.stall_after:
+                        await asyncio.sleep(3600)
+                    if b.chunk_delay:
+                        await asyncio.sleep(b.chunk_delay)
+                    yield chunk({"content": w if i == 0 else " " + w})
+                yield chunk({}, "stop")
+                if include_usage:
+                    u = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+                    u |= {"choices": [], "usage": usage}
+                    yield f"data: {json.dumps(u)}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+                finished = True
+            finally:
+                if not finished:
+                    with self._lock:
+                        self._abandoned[model] += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

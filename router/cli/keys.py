@@ -63,9 +63,18 @@ def create(
         unknown = sorted(set(allowed) - known)
         if unknown:
             raise UserError(f"unknown model(s) for --models: {', '.join(unknown)}")
-    raw, rec = new_key(
-        name, budget_usd=budget_usd, budget_window=budget_window, rpm=rpm, tpm=tpm, models=allowed, team=team
-    )
+    try:
+        raw, rec = new_key(
+            name,
+            budget_usd=budget_usd,
+            budget_window=budget_window,
+            rpm=rpm,
+            tpm=tpm,
+            models=allowed,
+            team=team,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
     async def op(store):
         try:

@@ -1,4 +1,8 @@
-"""The OpenAI-compatible HTTP gateway, built by a factory from a config (no global state)."""
+"""The OpenAI-compatible HTTP gateway, built by a factory from a config (no global state).
+
+Authentication, body limits and read timeouts happen once, at the edge (`middleware.Edge`), for
+every route but the public ones; routes read the authenticated caller from the request state.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +19,36 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters import BackendError
 from router.access import Caller
 from router.config import RouterConfig, load_config
+from router.dispatch import error_code
 from router.engine import Engine, StreamHandle
-from router.errors import RouterError, ServiceUnavailable, UpstreamFailed
+from router.errors import RouterError, UpstreamFailed
 from router.gateway import openai_format as fmt
-from router.gateway.middleware import BodyLimit, RequestMetrics
+from router.gateway.middleware import Edge, RequestMetrics, state_error
+from router.gateway.strict_json import StrictJSONRoute, unknown_field_error
+from router.params import DESTINATION_FIELDS
 from router.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest, RouteRequest
 from router.state import StateUnavailable
+from router.state.degrade import StateFault
 
 log = logging.getLogger("moe_router.gateway")
+
+PUBLIC_PATHS = ("/health", "/ready")
+OPERATOR_PATHS = ("/metrics",)
+
+
+class SettledStreamingResponse(StreamingResponse):
+    """A stream response that ends its engine stream however the response ends — even if the
+    body was never iterated (the client left before the first byte)."""
+
+    def __init__(self, handle: StreamHandle, content, **kw):
+        super().__init__(content, **kw)
+        self.handle = handle
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.handle.finish()  # synchronous: cannot be cancelled
 
 
 def create_app(config: RouterConfig | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -38,6 +64,7 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
             await engine.aclose()
 
     app = FastAPI(title="moe-router", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.router.route_class = StrictJSONRoute
     app.state.engine = engine
 
     def error_response(err: RouterError) -> JSONResponse:
@@ -49,10 +76,9 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
         return error_response(err)
 
     @app.exception_handler(StateUnavailable)
-    async def _state_down(request: Request, err: StateUnavailable):
-        return error_response(
-            ServiceUnavailable(str(err), code="state_unavailable", headers={"retry-after": "2"})
-        )
+    @app.exception_handler(StateFault)
+    async def _state_error(request: Request, err: Exception):
+        return error_response(state_error(err))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -60,6 +86,9 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
         if any(e.get("type") == "json_invalid" for e in errors):
             msg = next(e.get("ctx", {}).get("error", "") for e in errors if e.get("type") == "json_invalid")
             return error_response(RouterError(f"malformed JSON body: {msg}", status=400, code="invalid_json"))
+        unknown = unknown_field_error(errors, DESTINATION_FIELDS)
+        if unknown is not None:
+            return error_response(unknown)
         first = errors[0] if errors else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
@@ -78,19 +107,9 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
         err.type = "invalid_request_error"
         return error_response(err)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s", request.url.path)
-        return error_response(RouterError("internal error; the gateway's log has details"))
-
-    async def caller(request: Request) -> Caller:
-        """The API key from `Authorization: Bearer`, `x-api-key` or `api-key` (OpenAI/Anthropic/Azure styles)."""
-        h = request.headers
-        auth = h.get("authorization", "")
-        raw = (
-            auth[7:].strip() if auth.lower().startswith("bearer ") else h.get("x-api-key") or h.get("api-key")
-        )
-        return await engine.authenticate(raw or None)
+    def caller(request: Request) -> Caller:
+        """Who is calling: authenticated by the edge before any route runs."""
+        return request.state.caller
 
     # ---- OpenAI endpoints ----------------------------------------------------------------------
     @app.post("/v1/chat/completions")
@@ -104,11 +123,12 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
     async def _answer(req: ChatCompletionRequest, who: Caller, legacy: bool) -> Response:
         if req.stream:
             handle = await engine.stream(req, who)
-            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks)
             if handle.cache is not None:
                 headers |= fmt.cache_headers(handle.cache)
-            return StreamingResponse(
+            return SettledStreamingResponse(
+                handle,
                 _sse(handle, include_usage, legacy),
                 media_type="text/event-stream",
                 headers=headers | {"cache-control": "no-cache"},
@@ -125,13 +145,13 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
                     yield fmt.sse(fmt.chunk_body(rid, handle.model, created, chunk, legacy))
         except BackendError as e:
             # after the first token there is no falling back: end the stream with an error event
-            err = UpstreamFailed(f"{handle.model} failed mid-stream: {e.message}", status=e.status)
+            err = UpstreamFailed(f"{handle.model} failed mid-stream ({error_code(e)})", status=e.status)
             metrics.errors.labels(err.type, err.code).inc()
             yield fmt.sse(err.body())
             yield fmt.SSE_DONE
             return
         except Exception:  # noqa: BLE001 - never leak a traceback into a stream
-            log.exception("stream relay failed")
+            log.exception("request %s: stream relay failed", rid)
             err = RouterError("internal error while streaming")
             metrics.errors.labels(err.type, err.code).inc()
             yield fmt.sse(err.body())
@@ -191,7 +211,7 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, who: Caller = Depends(caller)):
-        fb = await engine.feedback(body.id, body.rating, body.source, body.comment)
+        fb = await engine.feedback(who, body.id, body.rating, body.comment)
         return {
             "object": "feedback",
             "id": fb.request_id,
@@ -214,6 +234,15 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
     async def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.add_middleware(BodyLimit, max_bytes=engine.config.server.max_body_bytes, metrics=metrics)
+    auth = engine.config.auth
+    app.add_middleware(
+        Edge,
+        authenticate=engine.authenticate,
+        public_paths=PUBLIC_PATHS + (OPERATOR_PATHS if auth.public_metrics else ()),
+        operator_paths=() if auth.public_metrics else OPERATOR_PATHS,
+        max_bytes=engine.config.server.max_body_bytes,
+        body_timeout_s=engine.config.server.body_timeout_s,
+        metrics=metrics,
+    )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

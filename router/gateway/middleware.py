@@ -1,38 +1,85 @@
-"""Pure-ASGI middleware: request-body size limit (413) and per-endpoint request metrics."""
+"""The edge, as pure-ASGI middleware: every request passes here before any route sees it.
+
+- `RequestMetrics` (outermost): counts and times requests by endpoint and status, and is the last
+  resort for errors: an exception no handler turned into an answer becomes an OpenAI-format 500
+  with an error id (details in the log under that id), and the connection stays usable.
+- `Edge`: refuses bodies over `server.max_body_bytes` (413, by Content-Length or while reading)
+  and bodies not received within `server.body_timeout_s` (408); authenticates every route except
+  an explicit list of public paths (fail closed: a route added later is protected without anyone
+  remembering to protect it) and hands the caller to the routes in `scope["state"]["caller"]`;
+  reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import secrets
 import time
+from collections.abc import Awaitable, Callable, Collection
 
-from router.errors import PayloadTooLarge
+from router.errors import PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
 from router.metrics import Metrics
+from router.state import StateUnavailable
+from router.state.degrade import StateFault
+
+log = logging.getLogger("moe_router.gateway")
+
+Authenticate = Callable[[str | None, bool], Awaitable[object]]
 
 
-async def _send_error(send, err) -> None:
+def internal_error(exc: BaseException) -> RouterError:
+    """A 500 for the client that says nothing of `exc`; the log gets it under the error id."""
+    error_id = secrets.token_hex(6)
+    log.error("internal error %s", error_id, exc_info=exc)
+    return RouterError(f"internal error (id {error_id}); the gateway's log has the details")
+
+
+def state_error(exc: BaseException) -> RouterError:
+    if isinstance(exc, StateUnavailable):
+        return ServiceUnavailable(str(exc), code="state_unavailable", headers={"retry-after": "2"})
+    return internal_error(exc)
+
+
+async def send_error(send, err: RouterError, metrics: Metrics | None = None) -> None:
+    if metrics is not None:
+        metrics.errors.labels(err.type, err.code or "none").inc()
     body = json.dumps(err.body()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": err.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimit:
-    """Refuse bodies over `max_bytes` with an OpenAI-format 413, by Content-Length or while reading."""
+def api_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key from `Authorization: Bearer`, `x-api-key` or `api-key` (OpenAI/Anthropic/Azure styles)."""
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    raw = headers.get(b"x-api-key") or headers.get(b"api-key")
+    return raw.decode("latin-1").strip() or None if raw else None
 
-    def __init__(self, app, max_bytes: int, metrics: Metrics | None = None):
+
+class Edge:
+    def __init__(
+        self,
+        app,
+        *,
+        authenticate: Authenticate,
+        public_paths: Collection[str],
+        operator_paths: Collection[str],
+        max_bytes: int,
+        body_timeout_s: float,
+        metrics: Metrics | None = None,
+    ):
         self.app = app
+        self.authenticate = authenticate
+        self.public_paths = frozenset(public_paths)
+        self.operator_paths = frozenset(operator_paths)
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
-
-    def _error(self) -> PayloadTooLarge:
-        if self.metrics is not None:
-            self.metrics.errors.labels("invalid_request_error", "request_too_large").inc()
-        return PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -40,22 +87,38 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_error(send, self._error())
-        # Read the whole body first (the gateway needs all of it anyway), so an oversized chunked
-        # body is refused before any handler starts parsing it.
+            return await send_error(send, self._too_large(), self.metrics)
+        path = scope["path"]
+        if path not in self.public_paths:
+            try:
+                caller = await self.authenticate(api_key(headers), path in self.operator_paths)
+            except RouterError as e:
+                return await send_error(send, e, self.metrics)
+            except (StateUnavailable, StateFault) as e:
+                return await send_error(send, state_error(e), self.metrics)
+            scope.setdefault("state", {})["caller"] = caller
+        # Read the whole body first (the gateway needs all of it anyway), so an oversized or a
+        # stalled body is refused before any handler starts parsing it.
         chunks: list[bytes] = []
         seen = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            seen += len(body)
-            if seen > self.max_bytes:
-                return await _send_error(send, self._error())
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body = message.get("body", b"")
+                    seen += len(body)
+                    if seen > self.max_bytes:
+                        return await send_error(send, self._too_large(), self.metrics)
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            err = RequestTimeout(f"the request body was not received within {self.body_timeout_s:g} s")
+            return await send_error(send, err, self.metrics)
+        if scope["method"] == "POST" and seen:
+            scope = _as_json(scope, headers)
         replayed = False
 
         async def replay():
@@ -66,6 +129,18 @@ class BodyLimit:
             return await receive()  # after the body: wait for the disconnect, as servers do
 
         await self.app(scope, replay, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+
+
+def _as_json(scope, headers: dict[bytes, bytes]):
+    """Every POST body here is JSON: say so when the client's Content-Type did not."""
+    ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if ctype == b"application/json" or ctype.endswith(b"+json"):
+        return scope
+    rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    return {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
 
 
 class RequestMetrics:
@@ -80,15 +155,23 @@ class RequestMetrics:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = 500
+        started = False
 
         async def tracking_send(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, tracking_send)
+        except Exception as e:  # noqa: BLE001 - the last resort: an answer, not a dropped connection
+            if isinstance(e, StateFault):
+                e = e.__cause__ or e
+            if not started:
+                await send_error(tracking_send, internal_error(e), self.metrics)
+            else:
+                log.error("error after the response started on %s", scope.get("path"), exc_info=e)
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"

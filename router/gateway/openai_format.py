@@ -8,7 +8,8 @@ from typing import Any
 
 from adapters import ChatChunk, ChatResult, Usage
 from router.caching import CacheHit
-from router.engine import Outcome, Plan
+from router.executor import Outcome
+from router.planner import Plan
 
 HEADER_PREFIX = "x-moe-router-"
 MAX_EXPERT_HEADER = 4096

@@ -48,15 +48,21 @@ def fingerprint(policy: Any) -> str:
 
 
 class BanditState(Protocol):
-    async def record(self, name: str, policy: Any, model: str, x: np.ndarray, y: float) -> None: ...
+    async def record(
+        self, name: str, policy: Any, model: str, x: np.ndarray, y: float, sign: float = 1.0
+    ) -> None:
+        """Add (sign 1) or take back (sign -1, a replaced rating) one observation."""
+
     async def refresh(self, name: str, policy: Any, force: bool = False) -> None: ...
 
 
 class MemoryBanditState:
     """One process: feedback updates the policy in place."""
 
-    async def record(self, name: str, policy: Any, model: str, x: np.ndarray, y: float) -> None:
-        policy.update(model, x, y)
+    async def record(
+        self, name: str, policy: Any, model: str, x: np.ndarray, y: float, sign: float = 1.0
+    ) -> None:
+        policy.update(model, x, y, sign=sign)
 
     async def refresh(self, name: str, policy: Any, force: bool = False) -> None:
         return None
@@ -89,7 +95,7 @@ class _Cursor:
     def __init__(self) -> None:
         self.id = "0-0"
         self.last_refresh = float("-inf")
-        self.pending: list[tuple[str, np.ndarray, float]] = []  # applied locally, not yet on Redis
+        self.pending: list[tuple[str, np.ndarray, float, float]] = []  # applied locally, not yet on Redis
         self.lock = asyncio.Lock()  # one reader at a time: an entry must be added exactly once
 
 
@@ -119,20 +125,25 @@ class RedisBanditState:
         return base + ":stream", base + ":snapshot"
 
     @staticmethod
-    def _entry(model: str, x: np.ndarray, y: float) -> dict[str, Any]:
-        return {"m": model, "x": np.asarray(x, dtype="<f8").tobytes(), "y": repr(float(y))}
+    def _entry(model: str, x: np.ndarray, y: float, sign: float = 1.0) -> dict[str, Any]:
+        entry = {"m": model, "x": np.asarray(x, dtype="<f8").tobytes(), "y": repr(float(y))}
+        if sign != 1.0:
+            entry["s"] = repr(float(sign))
+        return entry
 
-    async def record(self, name: str, policy: Any, model: str, x: np.ndarray, y: float) -> None:
+    async def record(
+        self, name: str, policy: Any, model: str, x: np.ndarray, y: float, sign: float = 1.0
+    ) -> None:
         cur = self._cursors.setdefault(name, _Cursor())
         stream, _ = self._keys(name, policy)
 
         async def append() -> bool:
-            await self.redis.xadd(stream, self._entry(model, x, y))
+            await self.redis.xadd(stream, self._entry(model, x, y, sign))
             return True
 
         async def keep() -> bool:
-            policy.update(model, x, y)  # learn locally now; appended when Redis is back
-            cur.pending.append((model, np.asarray(x, dtype=float), float(y)))
+            policy.update(model, x, y, sign=sign)  # learn locally now; appended when Redis is back
+            cur.pending.append((model, np.asarray(x, dtype=float), float(y), float(sign)))
             return False
 
         if await self.outage.call("bandit_record", append, keep):
@@ -159,11 +170,11 @@ class RedisBanditState:
         if cur.pending:  # feedback taken during an outage: append it, then count it from the stream
             kept = list(cur.pending)
             pipe = self.redis.pipeline(transaction=True)
-            for model, x, y in kept:
-                pipe.xadd(stream, self._entry(model, x, y))
+            for model, x, y, sign in kept:
+                pipe.xadd(stream, self._entry(model, x, y, sign))
             await pipe.execute()
-            for model, x, y in kept:
-                policy.update(model, x, y, sign=-1.0)
+            for model, x, y, sign in kept:
+                policy.update(model, x, y, sign=-sign)
             del cur.pending[: len(kept)]
         snap_cursor = await self.redis.hget(snap, "cursor")
         if snap_cursor is not None and _newer(snap_cursor.decode(), cur.id):
@@ -174,7 +185,10 @@ class RedisBanditState:
             for entry_id, fields in entries:
                 model = fields[b"m"].decode()
                 if model in policy.models_:
-                    policy.update(model, np.frombuffer(fields[b"x"], dtype="<f8"), float(fields[b"y"]))
+                    sign = float(fields.get(b"s", 1.0))
+                    policy.update(
+                        model, np.frombuffer(fields[b"x"], dtype="<f8"), float(fields[b"y"]), sign=sign
+                    )
                 cur.id = entry_id.decode()
             if len(entries) < self.batch:
                 break
@@ -199,6 +213,6 @@ class RedisBanditState:
         policy.A_ = np.frombuffer(h[b"A"], dtype="<f8").reshape(policy.A_.shape).copy()
         policy.b_ = np.frombuffer(h[b"b"], dtype="<f8").reshape(policy.b_.shape).copy()
         policy.n_ = np.frombuffer(h[b"n"], dtype="<f8").copy()
-        for model, x, y in cur.pending:
-            policy.update(model, x, y)
+        for model, x, y, sign in cur.pending:
+            policy.update(model, x, y, sign=sign)
         cur.id = h[b"cursor"].decode()

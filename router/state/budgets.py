@@ -45,6 +45,7 @@ class Reservation:
     micros: int
     offline: bool = False  # made while shared state was unreachable (fail-open): nothing was reserved
     epoch: str | None = None  # the Redis data it was reserved in (see the module docstring)
+    left: tuple[int, ...] = ()  # micro-USD left in each bucket once reserved (an outage's allowance)
 
     @property
     def usd(self) -> float:
@@ -81,7 +82,8 @@ class MemoryBudgets:
                 return s
         for b in buckets:
             self._spent[b] = self._spent.get(b, 0) + amount
-        return Reservation(tuple(buckets), amount)
+        left = tuple(to_micros(s.limit_usd) - self._spent[b] for s, b in zip(scopes, buckets, strict=True))
+        return Reservation(tuple(buckets), amount, left=left)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
         delta = to_micros(actual_usd) - reservation.micros
@@ -94,8 +96,8 @@ class MemoryBudgets:
 
 # KEYS: bucket keys, then the epoch key. ARGV[1]: amount; ARGV[1+i]: limit of KEYS[i];
 # ARGV[1+n+i]: ttl of KEYS[i] (0 = none); ARGV[2+2n]: a new epoch token, used if there is none.
-# Returns {0, epoch} when reserved in every bucket, else {the 1-based index of the first bucket
-# that refused, epoch}.
+# Returns {0, epoch, counters...} when reserved in every bucket (the counters after reserving),
+# else {the 1-based index of the first bucket that refused, epoch}.
 _RESERVE = """
 local n = #KEYS - 1
 local epoch = redis.call('GET', KEYS[n + 1])
@@ -108,12 +110,13 @@ for i = 1, n do
   local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
   if cur + amount > tonumber(ARGV[1 + i]) then return {i, epoch} end
 end
+local out = {0, epoch}
 for i = 1, n do
-  redis.call('INCRBY', KEYS[i], amount)
+  out[2 + i] = redis.call('INCRBY', KEYS[i], amount)
   local ttl = tonumber(ARGV[1 + n + i])
   if ttl > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ttl) end
 end
-return {0, epoch}
+return out
 """
 
 # KEYS: bucket keys, then the epoch key. ARGV: reserved micros, actual micros, the reservation's epoch.
@@ -146,10 +149,11 @@ class RedisBudgets:
             *(TTL[s.window] for s in scopes),
             uuid.uuid4().hex,
         ]
-        refused, epoch = await self._reserve(keys=[*keys, self.epoch_key], args=args)
+        refused, epoch, *counters = await self._reserve(keys=[*keys, self.epoch_key], args=args)
         if int(refused):
             return scopes[int(refused) - 1]
-        return Reservation(tuple(buckets), amount, epoch=epoch.decode())
+        left = tuple(to_micros(s.limit_usd) - int(c) for s, c in zip(scopes, counters, strict=True))
+        return Reservation(tuple(buckets), amount, epoch=epoch.decode(), left=left)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
         keys = [self.prefix + b for b in reservation.buckets]

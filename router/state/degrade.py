@@ -5,7 +5,9 @@ Redis down for `retry_every_s` (requests stop paying a timeout each) and counts 
 each concern degrades its own way:
 
 - keys: keys seen before keep working (last known good); unknown keys get 503
-- budgets: fail-open reserves nothing and queues the spend; fail-closed answers 503
+- budgets: `allowance` (default) lets each replica spend a share of each budget's last known
+  remaining amount, then answers 503; `open` reserves nothing and queues the spend; `closed`
+  answers 503
 - rate limits: a per-replica in-memory limiter takes over
 - ledger, request log, feedback: buffered in memory (spilled to a JSONL file past a cap)
 - model health: a per-replica in-memory breaker/latency tracker takes over
@@ -13,6 +15,11 @@ each concern degrades its own way:
 
 On the first successful operation after an outage the queued spend is added to the budget
 counters and the buffered records are written, in order: nothing is dropped.
+
+Only an unreachable Redis is an outage: connection errors, timeouts, a closed transport, a replica
+that is read-only or still loading. Any other error from Redis (a script error, a wrong type, out
+of memory) is a fault, not an outage: it raises `StateFault` (500 at the gateway), is logged and
+counted, and never switches budgets to their outage behaviour.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.health import MemoryHealth
 from router.metrics import Metrics
@@ -42,6 +51,27 @@ T = TypeVar("T")
 
 class StateUnavailable(Exception):
     """Shared state is unreachable and this operation has no safe local answer."""
+
+
+class StateFault(Exception):
+    """Redis answered with an error (not an outage): a bug or a misconfiguration to look at."""
+
+
+def is_outage(e: BaseException) -> bool:
+    """Does `e` mean Redis cannot be reached (as opposed to Redis answering with an error)?"""
+    if isinstance(
+        e,
+        RedisConnectionError
+        | RedisTimeoutError
+        | BusyLoadingError
+        | ReadOnlyError
+        | OSError
+        | EOFError
+        | asyncio.IncompleteReadError,
+    ):
+        return True
+    # asyncio raises RuntimeError when a write meets a transport the peer already closed
+    return isinstance(e, RuntimeError) and any(w in str(e).lower() for w in ("transport", "closed"))
 
 
 class Outage:
@@ -68,7 +98,14 @@ class Outage:
             return await fallback()
         try:
             result = await primary()
-        except (RedisError, OSError) as e:
+        except Exception as e:
+            if not is_outage(e):
+                if isinstance(e, RedisError):
+                    if self.metrics is not None:
+                        self.metrics.state_faults.labels(op).inc()
+                    log.error("shared state error in %s: %s: %s", op, type(e).__name__, e)
+                    raise StateFault(f"shared state error in {op}") from e
+                raise
             if self.metrics is not None:
                 self.metrics.state_errors.labels(op).inc()
             if not self._was_down:
@@ -84,8 +121,9 @@ class Outage:
         try:
             for hook in self._recover_hooks:
                 await hook()
-        except (RedisError, OSError) as e:
-            log.warning("reconciling after the outage failed (%s); will retry", type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - a failed reconciliation is retried, never lost
+            report = log.warning if is_outage(e) else log.error
+            report("reconciling after the outage failed (%s: %s); will retry", type(e).__name__, e)
             self._down_until = self._clock() + self.retry_every_s
             return
         self._was_down = False
@@ -141,22 +179,64 @@ class ResilientKeys:
 
 
 class ResilientBudgets:
-    def __init__(self, primary: Budgets, outage: Outage, fail_open: bool):
-        self.primary, self.outage, self.fail_open = primary, outage, fail_open
+    """Budgets through an outage (config `outage.budgets`):
+
+    - `allowance`: a replica remembers each budget bucket's remaining amount from its last
+      successful Redis call; during an outage it may reserve at most `allowance` times that amount
+      per bucket (a bucket it has never seen gets nothing), then answers 503;
+    - `open`: reserve nothing, serve, and add the spend when Redis returns;
+    - `closed`: 503 for every request with a budget.
+    Spend made during the outage is added to the counters when Redis returns."""
+
+    def __init__(self, primary: Budgets, outage: Outage, mode: str = "allowance", allowance: float = 0.1):
+        self.primary, self.outage, self.mode, self.allowance = primary, outage, mode, allowance
         # settlements to make once Redis is back (with their reservations: see state.budgets on epochs)
         self._pending: list[tuple[Reservation, float]] = []
+        self._known_left: dict[str, int] = {}  # bucket -> micro-USD left at the last successful call
+        self._offline_left: dict[str, int] | None = None  # this outage's allowance per bucket
         outage.on_recover(self.flush)
 
-    async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
-        async def offline():
-            if not self.fail_open:
-                raise StateUnavailable("budgets cannot be checked right now (shared state unreachable)")
-            return Reservation(tuple(s.bucket() for s in scopes), to_micros(usd), offline=True)
+    def _remember(self, scopes: Sequence[BudgetScope], left: Sequence[int]) -> None:
+        for s, x in zip(scopes, left, strict=True):
+            self._known_left[s.bucket()] = x
 
-        return await self.outage.call("budgets.reserve", lambda: self.primary.reserve(scopes, usd), offline)
+    def _allowance(self) -> dict[str, int]:
+        if self._offline_left is None:
+            self._offline_left = {b: int(self.allowance * max(0, x)) for b, x in self._known_left.items()}
+        return self._offline_left
+
+    async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
+        amount = to_micros(usd)
+
+        async def online():
+            got = await self.primary.reserve(scopes, usd)
+            if isinstance(got, Reservation) and got.left:
+                self._remember(scopes, got.left)
+            return got
+
+        async def offline():
+            buckets = tuple(s.bucket() for s in scopes)
+            if self.mode == "closed":
+                raise StateUnavailable("budgets cannot be checked right now (shared state unreachable)")
+            if self.mode == "allowance":
+                left = self._allowance()
+                if any(left.get(b, 0) < amount for b in buckets):
+                    raise StateUnavailable(
+                        "budgets cannot be checked right now (shared state unreachable) and this "
+                        "replica's outage allowance cannot cover the request"
+                    )
+                for b in buckets:
+                    left[b] -= amount
+            return Reservation(buckets, amount, offline=True)
+
+        return await self.outage.call("budgets.reserve", online, offline)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        if reservation.offline:  # nothing was reserved: the whole cost is owed
+        if reservation.offline:  # nothing was reserved in Redis: the whole cost is owed
+            if self._offline_left is not None:  # give back what was reserved but not spent
+                for b in reservation.buckets:
+                    if b in self._offline_left:
+                        self._offline_left[b] += reservation.micros - to_micros(actual_usd)
             self._pending.append((reservation, actual_usd))
             return
 
@@ -166,17 +246,26 @@ class ResilientBudgets:
         await self.outage.call("budgets.settle", lambda: self.primary.settle(reservation, actual_usd), queue)
 
     async def spent(self, scopes: Sequence[BudgetScope]) -> list[float]:
-        async def unknown():
-            if not self.fail_open:
-                raise StateUnavailable("budgets cannot be checked right now (shared state unreachable)")
-            return [0.0] * len(scopes)
+        async def online():
+            got = await self.primary.spent(scopes)
+            self._remember(scopes, [to_micros(s.limit_usd - x) for s, x in zip(scopes, got, strict=True)])
+            return got
 
-        return await self.outage.call("budgets.spent", lambda: self.primary.spent(scopes), unknown)
+        async def unknown():
+            if self.mode == "closed":
+                raise StateUnavailable("budgets cannot be checked right now (shared state unreachable)")
+            if self.mode == "open":
+                return [0.0] * len(scopes)
+            left = self._allowance()
+            return [s.limit_usd - left.get(s.bucket(), 0) / 1e6 for s in scopes]
+
+        return await self.outage.call("budgets.spent", online, unknown)
 
     async def flush(self) -> None:
         while self._pending:
             await self.primary.settle(*self._pending[0])
             self._pending.pop(0)
+        self._offline_left = None
 
 
 class ResilientLimiter:
@@ -191,11 +280,11 @@ class ResilientLimiter:
             lambda: self.local.hit(key_id, rpm, tpm, tokens),
         )
 
-    async def adjust_tokens(self, key_id: str, delta: int) -> None:
+    async def adjust_tokens(self, key_id: str, delta: int, window: int) -> None:
         await self.outage.call(
             "limits.adjust",
-            lambda: self.primary.adjust_tokens(key_id, delta),
-            lambda: self.local.adjust_tokens(key_id, delta),
+            lambda: self.primary.adjust_tokens(key_id, delta, window),
+            lambda: self.local.adjust_tokens(key_id, delta, window),
         )
 
 
@@ -246,6 +335,18 @@ class ResilientLog:
 
     async def record_feedback(self, feedback: FeedbackRecord) -> None:
         await self._through("log.feedback", "feedback", feedback)
+
+    async def rate(self, feedback: FeedbackRecord) -> FeedbackRecord | None:
+        # the rating it replaces is only known to Redis: without it the old rating could not be
+        # taken back out of what learns from it, so a rating waits for Redis (503: retry)
+        async def unknown():
+            raise StateUnavailable(
+                "ratings cannot be recorded right now (shared state unreachable); retry shortly"
+            )
+
+        if self._buffer:
+            return await unknown()
+        return await self.outage.call("log.rate", lambda: self.primary.rate(feedback), unknown)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         for kind, item in reversed(self._buffer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,17 @@ from typing import Any
 
 PREFIX = "sk-mr-"
 WINDOWS = ("daily", "monthly", "total")
+# names appear in logs, ledgers, metrics and Redis keys: printable, no separators, no wildcards
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid key name {name!r}: 1-64 characters, letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 @dataclass
@@ -68,6 +80,7 @@ def new_key(
     team: str | None = None,
 ) -> tuple[str, KeyRecord]:
     """(raw key, record to store). The raw key is never stored."""
+    check_name(name)
     if budget_window not in WINDOWS:
         raise ValueError(f"budget window must be one of {', '.join(WINDOWS)}")
     key_id = secrets.token_hex(6)

@@ -1,8 +1,13 @@
 """The spend ledger, the request index (for feedback joins) and feedback.
 
 Redis: every event is appended to the `moe:ledger` stream (`kind` = reserve | request), every
-feedback to `moe:feedback`; request records are also kept by id for a week so feedback can find
-them. Streams are capped (approximately) at `max_entries`.
+feedback to `moe:feedback`; request records are also kept by id for `request_ttl_s` (config
+`log.request_ttl_s`) so feedback can find them. Streams are capped (approximately) at
+`max_entries` (`log.max_entries`).
+
+Ratings: one per (request, rater). `rate` stores a rating and returns the one it replaced, in one
+atomic step (`SET ... GET` on Redis), so concurrent ratings on different replicas each replace
+exactly the previous one: what learns from them can take the old rating back out.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ class RequestLog(Protocol):
     async def record_event(self, kind: str, data: dict[str, Any]) -> None: ...
     async def get_request(self, request_id: str) -> RequestRecord | None: ...
     async def record_feedback(self, feedback: FeedbackRecord) -> None: ...
+    async def rate(self, feedback: FeedbackRecord) -> FeedbackRecord | None:
+        """Record `feedback` as its rater's rating of the request; the rating it replaced, if any."""
+
     def iter_requests(self) -> AsyncIterator[RequestRecord]: ...
     def iter_feedback(self) -> AsyncIterator[FeedbackRecord]: ...
     def iter_events(self) -> AsyncIterator[dict[str, Any]]: ...
@@ -30,6 +38,7 @@ class RequestLog(Protocol):
 class MemoryLog:
     def __init__(self, max_entries: int = 100_000):
         self._requests: OrderedDict[str, RequestRecord] = OrderedDict()
+        self._ratings: OrderedDict[tuple[str, str], FeedbackRecord] = OrderedDict()
         self._events: deque[dict[str, Any]] = deque(maxlen=max_entries)
         self._feedback: deque[FeedbackRecord] = deque(maxlen=max_entries)
         self.max_entries = max_entries
@@ -49,6 +58,15 @@ class MemoryLog:
     async def record_feedback(self, feedback: FeedbackRecord) -> None:
         self._feedback.append(feedback)
 
+    async def rate(self, feedback: FeedbackRecord) -> FeedbackRecord | None:
+        key = (feedback.request_id, feedback.rater)
+        previous = self._ratings.pop(key, None)
+        self._ratings[key] = feedback
+        while len(self._ratings) > self.max_entries:
+            self._ratings.popitem(last=False)
+        self._feedback.append(feedback)
+        return previous
+
     async def iter_requests(self) -> AsyncIterator[RequestRecord]:
         for r in list(self._requests.values()):
             yield r
@@ -63,10 +81,13 @@ class MemoryLog:
 
 
 class RedisLog:
-    def __init__(self, redis, prefix: str = "moe:", max_entries: int = 1_000_000):
+    def __init__(
+        self, redis, prefix: str = "moe:", max_entries: int = 1_000_000, request_ttl_s: int = REQUEST_TTL_S
+    ):
         self.redis = redis
         self.p = prefix
         self.max_entries = max_entries
+        self.request_ttl_s = request_ttl_s
 
     async def record_request(self, record: RequestRecord) -> None:
         data = json.dumps(record.to_dict())
@@ -77,7 +98,7 @@ class RedisLog:
                 maxlen=self.max_entries,
                 approximate=True,
             )
-            pipe.set(f"{self.p}req:{record.id}", data, ex=REQUEST_TTL_S)
+            pipe.set(f"{self.p}req:{record.id}", data, ex=self.request_ttl_s)
             await pipe.execute()
 
     async def record_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -99,6 +120,19 @@ class RedisLog:
             maxlen=self.max_entries,
             approximate=True,
         )
+
+    async def rate(self, feedback: FeedbackRecord) -> FeedbackRecord | None:
+        data = json.dumps(feedback.to_dict())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(
+                f"{self.p}rating:{feedback.request_id}:{feedback.rater}",
+                data,
+                ex=self.request_ttl_s,
+                get=True,
+            )
+            pipe.xadd(f"{self.p}feedback", {"data": data}, maxlen=self.max_entries, approximate=True)
+            previous, _ = await pipe.execute()
+        return FeedbackRecord.from_dict(json.loads(previous)) if previous else None
 
     async def _stream(self, name: str) -> AsyncIterator[dict[bytes, bytes]]:
         start = "-"

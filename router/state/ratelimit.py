@@ -21,6 +21,7 @@ class RateDecision:
     allowed: bool
     limit: str | None = None  # "rpm" | "tpm" when refused
     retry_after_s: float = 0.0
+    window: int | None = None  # the minute the request was counted in (its tokens are corrected there)
 
 
 def _window(now: float) -> tuple[int, float]:
@@ -65,8 +66,9 @@ def check(
 class RateLimiter(Protocol):
     async def hit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision: ...
 
-    async def adjust_tokens(self, key_id: str, delta: int) -> None:
-        """Correct the tokens counted at admission by the real usage once known."""
+    async def adjust_tokens(self, key_id: str, delta: int, window: int) -> None:
+        """Correct the tokens counted at admission, in the window that counted them, by the real
+        usage once known (a window no longer in the sliding estimate is left alone)."""
 
 
 class MemoryRateLimiter:
@@ -92,11 +94,13 @@ class MemoryRateLimiter:
             c[(key_id, "t", w)] = c.get((key_id, "t", w), 0) + tokens
             for k in [k for k in c if k[2] < w - 1]:
                 del c[k]
+            d.window = w
         return d
 
-    async def adjust_tokens(self, key_id: str, delta: int) -> None:
+    async def adjust_tokens(self, key_id: str, delta: int, window: int) -> None:
         w, _ = _window(self._clock())
-        self._counts[(key_id, "t", w)] = self._counts.get((key_id, "t", w), 0) + delta
+        if delta and window >= w - 1:
+            self._counts[(key_id, "t", window)] = self._counts.get((key_id, "t", window), 0) + delta
 
 
 # KEYS: req cur, req prev, tok cur, tok prev. ARGV: rpm (-1 none), tpm (-1 none), tokens, frac.
@@ -131,14 +135,19 @@ class RedisRateLimiter:
             args=[-1 if rpm is None else rpm, -1 if tpm is None else tpm, tokens, frac],
         )
         if int(res[0]) == 0:
-            return RateDecision(True)
+            return RateDecision(True, window=w)
         which, cur, prev = int(res[0]), float(res[1]), float(res[2])
         limit, need = (rpm, 1) if which == 1 else (tpm, tokens)
         return RateDecision(
             False, "rpm" if which == 1 else "tpm", math.ceil(_retry_after(cur, prev, frac, need, limit))
         )
 
-    async def adjust_tokens(self, key_id: str, delta: int) -> None:
-        if delta:
-            w, _ = _window(self._clock())
-            await self.redis.incrby(self._keys(key_id, w)[2], delta)
+    async def adjust_tokens(self, key_id: str, delta: int, window: int) -> None:
+        w, _ = _window(self._clock())
+        if not delta or window < w - 1:  # that minute no longer counts
+            return
+        key = self._keys(key_id, window)[2]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, delta)
+            pipe.expire(key, 150)
+            await pipe.execute()

@@ -14,20 +14,24 @@ class RequestRecord:
     id: str
     model: str | None  # the model that answered (None when all failed)
     policy: str | None  # None when the caller named a model (routing bypassed)
-    prompt: str  # the text the router embedded (the last user message)
+    prompt: str  # the routing text as config `log.prompts` keeps it (none | hash | truncated | full)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
     latency_ms: float = 0.0
-    status: str = "ok"  # ok | error | cancelled (client went away)
+    status: str = "ok"  # ok | error | client_closed (the client went away before the end)
     error: str | None = None
     key: str | None = None  # API key name, when keys are in use
+    owner: str = "anonymous"  # who may rate it: the API key's id (`Caller.scope`)
     fallbacks: list[str] = field(default_factory=list)  # models that failed before `model` answered
     predicted: dict[str, float | None] = field(default_factory=dict)  # quality / cost_usd / latency_ms
     cost_weight: float | None = None
     propensity: float | None = None  # probability the policy gave the chosen model (bandits)
     reserved_usd: float | None = None  # budget reserved before dispatch (settled to cost_usd)
     cache: str | None = None  # exact | semantic when answered from a cache
+    # online policies: what feedback on this request teaches them (the context vector and the
+    # prior quality of each model), so a rating is learned without keeping or re-reading the prompt
+    learn: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,11 +45,14 @@ class RequestRecord:
 
 @dataclass
 class FeedbackRecord:
+    """One rater's rating of one request; a later rating by the same rater replaces it."""
+
     request_id: str
     rating: float  # 0..1
     source: str = "user"  # user | judge
     model: str | None = None
     comment: str | None = None
+    rater: str = "anonymous"  # the caller's scope (key id), "admin" or "judge"
     created: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:

@@ -81,10 +81,13 @@ class RedisStore(Store):
         *,
         metrics: Metrics | None = None,
         timeout_s: float = 0.5,
-        fail_open: bool = True,
+        budgets: str = "allowance",  # outage behaviour of budgets: allowance | open | closed
+        allowance: float = 0.1,
         retry_every_s: float = 2.0,
         spill_path: str | None = None,
         prefix: str = "moe:",
+        max_entries: int = 1_000_000,
+        request_ttl_s: int = 7 * 86400,
     ):
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -104,9 +107,9 @@ class RedisStore(Store):
         self.outage = Outage(metrics, retry_every_s)
         r, o = self.redis, self.outage
         self.keys = ResilientKeys(RedisKeys(r, prefix), o)
-        self.budgets = ResilientBudgets(RedisBudgets(r, prefix + "budget:"), o, fail_open)
+        self.budgets = ResilientBudgets(RedisBudgets(r, prefix + "budget:"), o, budgets, allowance)
         self.limits = ResilientLimiter(RedisRateLimiter(r, prefix + "rate:"), o)
-        self.log = ResilientLog(RedisLog(r, prefix), o, spill_path=spill_path)
+        self.log = ResilientLog(RedisLog(r, prefix, max_entries, request_ttl_s), o, spill_path=spill_path)
         self.cache = ResilientCache(RedisCache(r, prefix + "cache:"), o)
         from router.state.redis_health import RedisHealth
 

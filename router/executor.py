@@ -1,0 +1,231 @@
+"""Plan -> answer: dispatch a planned request (plain, streamed, or as a two-step cascade).
+
+The executor builds what each candidate is sent (the request's allowlisted parameters and its
+output cap), runs the dispatcher under the request's one deadline, and turns what came back into
+an `Outcome` (model, usage, cost, latency). It moves no money: the account settles outcomes.
+
+A committed stream is a `LiveStream`: the relay hands out its chunks, keeps what it needs for
+settlement (text, usage, finish reason), ends the stream when the upstream stalls longer than the
+deadline, and calls `on_end` exactly once when the stream ends for any reason — completed, failed,
+or abandoned by its consumer — without awaiting anything, so a cancelled consumer cannot skip it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters import BackendError, ChatChunk, ChatRequest, ChatResult, Usage
+from adapters.errors import BackendTimeout
+from router import constraints as C
+from router.caching import CacheHit
+from router.config import ModelSpec, RouterConfig
+from router.dispatch import Attempts, Dispatcher, OpenStream
+from router.errors import RouterError
+from router.metrics import Metrics
+from router.planner import Plan
+from router.policy_set import PolicySet
+from router.schemas import ChatCompletionRequest
+
+
+@dataclass
+class Outcome:
+    """What happened: the answering model, spend and timing (headers, logs and the SDK read this)."""
+
+    plan: Plan
+    model: str
+    usage: Usage
+    cost_usd: float
+    latency_ms: float
+    fallbacks: list[str] = field(default_factory=list)
+    expert_usage: dict[str, list[int]] | None = None
+    cache: CacheHit | None = None
+    budget_left_usd: float | None = None
+    cascade: str | None = None  # "accepted:<first>" | "escalated:<first>" | "escalation_failed:<first>"
+
+    @property
+    def request_id(self) -> str:
+        return self.plan.request_id
+
+    @property
+    def predicted(self):
+        return next((c for c in self.plan.decision.ranked if c.model == self.model), None)
+
+
+@dataclass
+class LiveStream:
+    """A committed stream and what it has produced so far."""
+
+    opened: OpenStream
+    on_end: Callable[[LiveStream], Any]
+    text: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    expert_usage: dict[str, list[int]] | None = None
+    error: BackendError | None = None
+    completed: bool = False
+    ended: bool = False
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.completed else "error" if self.error else "client_closed"
+
+    def take(self, chunk: ChatChunk) -> None:
+        self.text.append(chunk.delta.get("content") or "")
+        self.usage = chunk.usage or self.usage
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.expert_usage = chunk.expert_usage or self.expert_usage
+
+    def end(self) -> None:
+        """Idempotent and synchronous: safe in any `finally`, cancelled or not."""
+        if not self.ended:
+            self.ended = True
+            self.on_end(self)
+
+
+@dataclass
+class StreamHandle:
+    """A committed stream. `model` is known before the first byte goes out; `outcome` after the end."""
+
+    plan: Plan
+    model: str
+    fallbacks: list[str]
+    chunks: AsyncIterator[ChatChunk] | None = None
+    outcome: Outcome | None = None
+    cache: CacheHit | None = None
+    live: LiveStream | None = None
+    done: asyncio.Future | None = None  # resolves once the stream is settled
+
+    def finish(self) -> None:
+        """End the stream if its consumer never will (e.g. the response was never sent)."""
+        if self.live is not None:
+            self.live.end()
+
+
+class Executor:
+    def __init__(self, config: RouterConfig, dispatcher: Dispatcher, policies: PolicySet, metrics: Metrics):
+        self.config = config
+        self.specs: dict[str, ModelSpec] = {m.name: m for m in config.models}
+        self.dispatcher = dispatcher
+        self.policies = policies
+        self.metrics = metrics
+
+    @staticmethod
+    def request_for(req: ChatCompletionRequest, plan: Plan) -> Callable[[str], ChatRequest]:
+        """What each candidate is sent: the messages, sampling options, the allowlisted parameters
+        and the output cap its reservation assumed (so an answer never costs more than reserved)."""
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        extra = req.forwarded() | req.extra_params()
+
+        def build(model: str) -> ChatRequest:
+            return ChatRequest(
+                messages=messages,
+                max_tokens=plan.output_caps[model],
+                temperature=req.temperature,
+                top_p=req.top_p,
+                stop=req.stop,
+                extra=extra,
+            )
+
+        return build
+
+    def outcome(
+        self,
+        plan: Plan,
+        model: str,
+        usage: Usage | None,
+        text: str,
+        latency_ms: float,
+        attempts: Attempts,
+        experts: dict[str, list[int]] | None,
+    ) -> Outcome:
+        if usage is None:  # backend did not report usage: estimate from the texts
+            usage = Usage(plan.prompt_tokens, C.estimate_tokens(text))
+        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens)
+        return Outcome(plan, model, usage, cost, latency_ms, list(attempts.fallbacks), experts)
+
+    async def chat(self, plan: Plan, req: ChatCompletionRequest) -> tuple[ChatResult, Outcome]:
+        deadline = self.dispatcher.deadline()
+        if plan.cascade is not None:
+            return await self._cascade(plan, req, deadline)
+        model, result, attempts, latency_ms = await self.dispatcher.chat(
+            plan.candidates(), self.request_for(req, plan), deadline=deadline, request_id=plan.request_id
+        )
+        return result, self.outcome(
+            plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
+        )
+
+    async def _cascade(
+        self, plan: Plan, req: ChatCompletionRequest, deadline: float
+    ) -> tuple[ChatResult, Outcome]:
+        """Two-step dispatch: the cheap model answers; a scorer decides whether to ask the strong one.
+
+        The first step falls back to the strong model if the cheap one fails. An escalation that
+        fails leaves the first answer standing. Cost and latency add up over both steps, which
+        share the request's deadline.
+        """
+        cp = plan.cascade
+        request = self.request_for(req, plan)
+        rest = [m for m in plan.candidates() if m not in (cp.first, cp.escalate_to)]
+        order = [cp.first, cp.escalate_to, *rest][: 1 + self.config.dispatch.max_fallbacks]
+        model, result, attempts, latency_ms = await self.dispatcher.chat(
+            order, request, deadline=deadline, request_id=plan.request_id
+        )
+        first = self.outcome(
+            plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
+        )
+        if model != cp.first:
+            return result, first
+        policy = self.policies.get(plan.decision.policy)
+        escalate = await asyncio.to_thread(policy.should_escalate, plan.prompt, result.text)
+        self.metrics.cascade.labels(plan.decision.policy, "escalated" if escalate else "accepted").inc()
+        if not escalate:
+            first.cascade = f"accepted:{cp.first}"
+            return result, first
+        try:
+            model2, result2, attempts2, latency2 = await self.dispatcher.chat(
+                [cp.escalate_to], request, deadline=deadline, request_id=plan.request_id
+            )
+        except RouterError:
+            first.cascade = f"escalation_failed:{cp.first}"
+            return result, first
+        second = self.outcome(
+            plan, model2, result2.usage, result2.text, latency2, attempts2, result2.expert_usage
+        )
+        second.cost_usd += first.cost_usd
+        second.latency_ms += first.latency_ms
+        second.cascade = f"escalated:{cp.first}"
+        return result2, second
+
+    async def open_stream(self, plan: Plan, req: ChatCompletionRequest) -> OpenStream:
+        """Commit to the first candidate that yields content before the deadline."""
+        return await self.dispatcher.open_stream(
+            plan.candidates(), self.request_for(req, plan), request_id=plan.request_id
+        )
+
+    async def relay(self, live: LiveStream) -> AsyncIterator[ChatChunk]:
+        """The stream's chunks; a stall longer than `dispatch.timeout_s` ends it with a timeout."""
+        stall = self.config.dispatch.timeout_s
+        try:
+            for chunk in live.opened.head:
+                live.take(chunk)
+                yield chunk
+            rest = live.opened.rest
+            while True:
+                try:
+                    async with asyncio.timeout(stall):
+                        chunk = await anext(rest, None)
+                except TimeoutError:
+                    raise BackendTimeout(f"the stream stalled for {stall:g} s") from None
+                if chunk is None:
+                    break
+                live.take(chunk)
+                yield chunk
+            live.completed = True
+        except BackendError as e:
+            live.error = e
+            raise
+        finally:
+            live.end()

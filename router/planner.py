@@ -1,0 +1,308 @@
+"""Request -> plan: which model answers, the fallback order, and what the answer may cost.
+
+The planner calls no model and moves no money: it reads model health and the caller's remaining
+budget, asks the policy for predictions, and applies the one decision rule
+(`policies.decision.decide`). What it returns is everything the account (reservation) and the
+executor (dispatch) need: the ranked candidates, each one's output cap, and the most each may cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies.base import Policy, PromptBatch
+from policies.decision import BUDGET, REQUEST, SERVICE, Decision, Exclusion, decide
+from router import constraints as C
+from router.access import Access, Caller
+from router.config import ModelSpec, RouterConfig
+from router.embed_batcher import EmbedBatcher
+from router.errors import (
+    BadRequest,
+    BudgetExceeded,
+    ConstraintsUnsatisfiable,
+    ContextTooLong,
+    Forbidden,
+    ForbiddenParameter,
+    NotFound,
+    RouterError,
+    ServiceUnavailable,
+    UnknownParameter,
+)
+from router.health import ModelHealth
+from router.metrics import Metrics
+from router.params import ParamError, models_allowing
+from router.policy_set import PolicySet
+from router.schemas import ChatCompletionRequest
+from router.state.bandit import BanditState
+
+
+def new_request_id() -> str:
+    """Response ids are unguessable (128 random bits): knowing one is what lets a caller rate it."""
+    return f"chatcmpl-{secrets.token_hex(16)}"
+
+
+@dataclass
+class Plan:
+    """A routing decision for one request, before dispatch."""
+
+    request_id: str
+    decision: Decision
+    prompt: str  # the routing text (in memory only; the log keeps what `log.prompts` says)
+    prompt_tokens: int  # estimate (predictions, context windows)
+    routed: bool  # False when the caller named a model
+    cascade: Any = None  # policies.cascade.CascadePlan when the policy asks for a two-step dispatch
+    propensity: float | None = None  # probability the policy gave its chosen model (1.0 if deterministic)
+    output_caps: dict[str, int] = field(default_factory=dict)  # per candidate: max_tokens sent upstream
+    max_costs: dict[str, float] = field(default_factory=dict)  # per candidate: the most it may cost
+    learn: dict[str, Any] | None = None  # online policies: what a rating of this request teaches them
+    max_fallbacks: int = 2
+
+    @property
+    def policy(self) -> str | None:
+        return self.decision.policy if self.routed else None
+
+    def candidates(self) -> list[str]:
+        """The models dispatch may try, in order (the chosen one, then its fallbacks)."""
+        return [c.model for c in self.decision.ranked][: 1 + self.max_fallbacks]
+
+    def reservation_usd(self) -> float:
+        """Enough for the dearest model this request may end up on, or both steps of a cascade."""
+        need = max(self.max_costs[m] for m in self.candidates())
+        if self.cascade is not None:
+            need = max(need, self.max_costs[self.cascade.first] + self.max_costs[self.cascade.escalate_to])
+        return need
+
+
+class Planner:
+    def __init__(
+        self,
+        config: RouterConfig,
+        policies: PolicySet,
+        embedder: EmbedBatcher,
+        health: ModelHealth,
+        access: Access,
+        bandits: BanditState,
+        metrics: Metrics,
+        unavailable: Mapping[str, str],
+    ):
+        self.config = config
+        self.specs: dict[str, ModelSpec] = {m.name: m for m in config.models}
+        self.policies = policies
+        self.embedder = embedder
+        self.health = health
+        self.access = access
+        self.bandits = bandits
+        self.metrics = metrics
+        self.unavailable = unavailable
+        self._allow = {m.name: frozenset(m.allow_params) for m in config.models}
+
+    def resolve(self, model: str) -> tuple[Policy | None, str]:
+        """`router` / `router:<policy>` -> (policy, name); a configured model name -> (None, model)."""
+        if model == "router" or model.startswith("router:"):
+            name = model.partition(":")[2] or self.policies.default
+            policy = self.policies.get(name)
+            if policy is None:
+                raise NotFound(
+                    f"unknown routing policy {name!r}; available: {', '.join(self.policies.names)}",
+                    param="model",
+                    code="policy_not_found",
+                )
+            return policy, name
+        if model not in self.specs:
+            raise NotFound(
+                f"the model {model!r} does not exist; use 'router' or one of: {', '.join(self.specs)}",
+                param="model",
+            )
+        return None, model
+
+    def check(self, req: ChatCompletionRequest) -> set[str] | None:
+        """Refuse what no backend may receive (400, nothing sent anywhere); the models that accept
+        the request's extra parameters (None: it has none)."""
+        if len(req.messages) > self.config.server.max_messages:
+            raise BadRequest(f"too many messages (max {self.config.server.max_messages})", param="messages")
+        try:
+            return models_allowing(req.extra_params(), self._allow)
+        except ParamError as e:
+            cls = ForbiddenParameter if e.forbidden else UnknownParameter
+            raise cls(str(e), param=e.name) from None
+
+    async def features(self, policy: Policy, text: str, tokens: int) -> PromptBatch:
+        batch = PromptBatch([text], prompt_tokens=np.array([tokens]))
+        if policy.needs_embeddings:
+            batch.embeddings = await self.embedder.encode(text)
+        return batch
+
+    async def plan(self, req: ChatCompletionRequest, caller: Caller | None = None) -> Plan:
+        """Choose (and rank fallbacks) without calling any model. Raises a RouterError when nothing fits."""
+        caller = caller or Caller()
+        t0 = time.perf_counter()
+        policy, name = self.resolve(req.model)
+        accepting = self.check(req)
+        text = C.routing_text(req.messages)
+        tokens = C.prompt_tokens(req.messages)
+        bound, images = C.prompt_bytes(req), C.image_count(req.messages)
+        out_tokens = req.output_limit()
+        names = [name] if policy is None else list(self.specs)
+        status = await self.health.snapshot(names)
+        for n in names:
+            self.metrics.breaker_open.labels(n).set(0.0 if status[n].routable else 1.0)
+        blocked = C.exclusions(
+            [self.specs[n] for n in names],
+            unavailable=self.unavailable,
+            status=status,
+            prompt_tokens=tokens,
+            output_tokens=out_tokens,
+            capabilities=C.required_capabilities(req) if policy is not None else set(),
+            key_models=caller.models,
+        )
+        if accepting is not None:
+            for n in names:
+                if n not in accepting:
+                    extra = ", ".join(sorted(req.extra_params()))
+                    blocked[n].append(Exclusion("params", f"{n} does not accept the parameter(s) {extra}"))
+        caps = {n: self.access.output_cap(self.specs[n], out_tokens) for n in names}
+        max_costs = {n: self.access.max_cost(self.specs[n], bound, images, out_tokens) for n in names}
+        room = await self.access.room(caller)
+        if room is not None:
+            for n in names:
+                if max_costs[n] > room:
+                    blocked[n].append(
+                        Exclusion(
+                            "budget",
+                            f"{n} may cost up to ${max_costs[n]:.6g}; ${max(room, 0):.6g} of budget left",
+                            BUDGET,
+                        )
+                    )
+        cost = [self._predicted_cost(self.specs[n], tokens, out_tokens) for n in names]
+        latency = [status[n].ewma_ms or self.specs[n].latency_ms for n in names]
+        plan = Plan(
+            new_request_id(),
+            Decision("", 0.0, [], []),
+            text,
+            tokens,
+            routed=policy is not None,
+            output_caps=caps,
+            max_costs=max_costs,
+            max_fallbacks=self.config.dispatch.max_fallbacks,
+        )
+        if policy is None:
+            plan.decision = decide(names, [None], cost, latency, blocked=blocked, policy="")
+            if not plan.decision.ranked:
+                raise _named_model_error(plan.decision)
+            return plan
+
+        if policy.online:
+            await self.bandits.refresh(name, policy)
+        batch = await self.features(policy, text, tokens)
+        quality = np.zeros(len(names))
+        if policy.blocking:  # keep the event loop serving other requests meanwhile
+            scored = (await asyncio.to_thread(policy.predict_quality, batch))[0]
+        else:
+            scored = policy.predict_quality(batch)[0]
+        col = {m: j for j, m in enumerate(policy.models_)}
+        for i, n in enumerate(names):
+            if n in col:
+                quality[i] = scored[col[n]]
+            else:
+                blocked[n].append(
+                    Exclusion("not_scored", f"policy {name!r} has no prediction for {n}", SERVICE)
+                )
+        pcost = policy.predict_cost(batch)
+        if pcost is not None:
+            cost = [float(pcost[0, col[n]]) if n in col else cost[i] for i, n in enumerate(names)]
+        plat = policy.predict_latency(batch)
+        if plat is not None:
+            latency = [float(plat[0, col[n]]) if n in col else latency[i] for i, n in enumerate(names)]
+        weight = self.config.routing.cost_weight
+        if req.routing is not None and req.routing.cost_weight is not None:
+            weight = req.routing.cost_weight
+        decision = decide(
+            names,
+            quality,
+            cost,
+            latency,
+            constraints=C.to_constraints(req.routing),
+            cost_weight=weight,
+            blocked=blocked,
+            policy=name,
+        )
+        if not decision.ranked:
+            kind, message, param = decision.failure()
+            if kind == REQUEST:
+                raise ConstraintsUnsatisfiable(message, param=param)
+            if kind == BUDGET:
+                raise BudgetExceeded(message)
+            raise ServiceUnavailable(message)
+        plan.decision = decision
+        plan.propensity = 1.0
+        if policy.online:
+            plan.propensity = self._explore(policy, batch, decision)
+            plan.learn = _what_feedback_teaches(policy, batch)
+        plan.cascade = self._cascade_plan(policy, batch, decision)
+        self.metrics.decision_latency.labels(name).observe(time.perf_counter() - t0)
+        self.metrics.choices.labels(name, decision.chosen.model).inc()
+        return plan
+
+    @staticmethod
+    def _explore(policy: Any, batch: PromptBatch, decision: Decision) -> float:
+        """An online policy draws its arm among the eligible candidates; the others stay in
+        fallback order. Returns the drawn arm's probability (logged for off-policy evaluation)."""
+        by_model = {c.model: c for c in decision.ranked}
+        every = {c.model: c.cost_usd for c in decision.excluded} | {
+            m: c.cost_usd for m, c in by_model.items()
+        }
+        models = policy.models_
+        cost = np.array([every.get(m, 0.0) for m in models])
+        eligible = np.array([m in by_model for m in models])
+        probs = policy.action_probabilities(batch, cost, eligible, decision.cost_weight)
+        arm = policy.sample_arm(probs)
+        chosen = by_model[models[arm]]
+        decision.ranked.remove(chosen)
+        decision.ranked.insert(0, chosen)
+        return float(probs[arm])
+
+    @staticmethod
+    def _cascade_plan(policy: Policy, batch: PromptBatch, decision: Decision) -> Any:
+        """A cascade policy's two-step plan, when both of its models are allowed for this request."""
+        if not hasattr(policy, "cascade_plan"):
+            return None
+        cp = policy.cascade_plan(batch)[0]
+        allowed = {c.model for c in decision.ranked}
+        return cp if cp.first != cp.escalate_to and {cp.first, cp.escalate_to} <= allowed else None
+
+    @staticmethod
+    def _predicted_cost(spec: ModelSpec, prompt_tokens: int, out_tokens: int | None) -> float:
+        expected = min(out_tokens, spec.expected_output_tokens) if out_tokens else spec.expected_output_tokens
+        return spec.info().cost_usd(prompt_tokens, expected)
+
+
+def _what_feedback_teaches(policy: Any, batch: PromptBatch) -> dict[str, Any]:
+    """The context vector and per-model prior quality of this prompt: with them a rating is
+    learned (and a replaced rating taken back) without the prompt. float32 keeps it small."""
+    x = policy.contexts(batch)[0].astype(np.float32)
+    prior = policy.prior_quality(batch)[0]
+    return {
+        "x": [float(v) for v in x],
+        "prior": {m: float(q) for m, q in zip(policy.models_, prior, strict=True)},
+    }
+
+
+def _named_model_error(decision: Decision) -> RouterError:
+    (cand,) = decision.excluded
+    first = cand.excluded[0]
+    if first.code == "context_window":
+        return ContextTooLong(first.message, param="messages")
+    if first.code == "key_models":
+        return Forbidden(first.message, param="model")
+    if first.kind == BUDGET:
+        return BudgetExceeded(first.message)
+    if first.kind == REQUEST:
+        return BadRequest(first.message, param=first.param)
+    return ServiceUnavailable(first.message, code=first.code)
