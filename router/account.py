@@ -61,11 +61,14 @@ class Account:
         self.metrics = metrics
         self.log_settings = log_settings
         self._running: set[asyncio.Task] = set()
+        self._open: set[int] = set()  # tickets admitted and not yet settled (by id())
 
     async def admit(self, caller: Caller, tokens: int) -> Ticket:
         """Rate limits (429 when over). Nothing to settle yet if this raises."""
         window = await self.access.admit(caller, tokens)
-        return Ticket(caller, tokens, window)
+        ticket = Ticket(caller, tokens, window)
+        self._open.add(id(ticket))
+        return ticket
 
     async def reserve(self, ticket: Ticket, usd: float, request_id: str) -> None:
         """Hold `usd` in every budget scope of the caller (429 when one cannot cover it)."""
@@ -86,6 +89,7 @@ class Account:
         None: the request ended before any model was asked (refund everything, no record)."""
         if ticket.settlement is None:
             ticket.settlement = self.spawn(self._settle(ticket, charge))
+            self._open.discard(id(ticket))
         return ticket.settlement
 
     def spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -143,7 +147,16 @@ class Account:
         return ""
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
-        """Let settlements in flight finish (server shutdown); a stream ending spawns its own."""
+        """Server shutdown: wait until every admitted request has settled (requests the server
+        cancelled settle as they unwind), then for the settlements to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._open and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._open:
+            log.error(
+                "%d admitted requests had not settled %g s into the shutdown", len(self._open), timeout_s
+            )
         while self._running:
             done, _ = await asyncio.wait(set(self._running), timeout=timeout_s)
             if not done:

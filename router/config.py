@@ -166,7 +166,7 @@ class AuthSettings(_Strict):
 
 
 class FeedbackSettings(_Strict):
-    rpm: int = Field(60, gt=0)  # ratings per minute per key (anonymous callers share one allowance)
+    rpm: int = Field(600, gt=0)  # ratings per minute per key (anonymous callers share one allowance)
 
 
 class LogSettings(_Strict):

@@ -108,6 +108,7 @@ class Engine:
             config, self.store, self.policies, self.access, self.account, self.dispatcher, self.metrics
         )
         self._starting: asyncio.Task | None = None
+        self._streams: set[LiveStream] = set()  # committed streams not yet ended
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,7 +134,9 @@ class Engine:
     async def aclose(self) -> None:
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
-        await self.account.aclose()  # settlements in flight (streams cut by the shutdown included)
+        for live in list(self._streams):  # streams the shutdown cut: end (and settle) them now
+            live.end()
+        await self.account.aclose()  # then every admitted request's settlement
         await self.feedbacks.aclose(self.config.dispatch.timeout_s)
         await self.embedder.aclose()
         for a in self.adapters.values():
@@ -225,6 +228,7 @@ class Engine:
         handle.done = asyncio.get_running_loop().create_future()
 
         def ended(live: LiveStream) -> None:
+            self._streams.discard(live)
             # what the stream produced is known now (the final usage chunk needs it at once);
             # closing the upstream, health and settlement need awaits: they run on their own
             latency_ms = (time.perf_counter() - live.opened.started) * 1000
@@ -241,6 +245,7 @@ class Engine:
             task.add_done_callback(lambda _: handle.done.done() or handle.done.set_result(None))
 
         handle.live = LiveStream(opened, ended)
+        self._streams.add(handle.live)
         handle.chunks = self.executor.relay(handle.live)
         return handle
 

@@ -54,7 +54,7 @@ class Outcome:
         return next((c for c in self.plan.decision.ranked if c.model == self.model), None)
 
 
-@dataclass
+@dataclass(eq=False)
 class LiveStream:
     """A committed stream and what it has produced so far."""
 

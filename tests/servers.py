@@ -16,9 +16,23 @@ def free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, lifespan: str = "on"):
+    def __init__(
+        self,
+        app,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lifespan: str = "on",
+        graceful_s: float | None = None,
+    ):
         self.host, self.port = host, port or free_port()
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="error", lifespan=lifespan)
+        config = uvicorn.Config(
+            app,
+            host=self.host,
+            port=self.port,
+            log_level="error",
+            lifespan=lifespan,
+            timeout_graceful_shutdown=graceful_s,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
