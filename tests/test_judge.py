@@ -32,6 +32,9 @@ def test_normalisation_and_matchers():
         ("0", 0.0),
         ("100", None),
         ("great", None),
+        ("10.5", 1.0),  # clamped: a rating never leaves 0..1
+        ("7 or 8", None),  # not one grade
+        ("Grade: 7/10", 0.7),
     ],
 )
 def test_llm_grade_parsing(reply, grade):

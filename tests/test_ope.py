@@ -118,6 +118,8 @@ def test_live_bandit_traffic_exports_with_propensities_and_is_evaluated(
         )
         rating = 1.0 if resp.model == "cheap" else 0.0
         assert gw.post("/v1/feedback", json={"id": resp.id, "rating": rating}).status_code == 200
+    # the caller changes its mind about the last answer: the export carries the new rating only
+    assert gw.post("/v1/feedback", json={"id": resp.id, "rating": 1.0 - rating}).status_code == 200
     cfg = config_file(tmp_path, upstream.base_url)
     env = {"MOE_ROUTER_STATE": redis_url}
     log = tmp_path / "traffic.jsonl"
@@ -127,6 +129,7 @@ def test_live_bandit_traffic_exports_with_propensities_and_is_evaluated(
     assert len(rows) == 12
     assert all(row["policy"] == "thompson" and 0 < row["propensity"] <= 1 for row in rows)
     assert all(row["cost_weight"] == 0.2 and row["quality"] in (0.0, 1.0) for row in rows)
+    assert next(row["quality"] for row in rows if row["request_id"] == resp.id) == 1.0 - rating
     out = tmp_path / "ope.json"
     r = run("ope", "--log", str(log), "--policy", "cheapest", "--config", str(cfg), "--json", str(out))
     assert r.returncode == 0, r.stderr

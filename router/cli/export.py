@@ -23,7 +23,7 @@ def export(
     config: Path | None = ConfigOption,
     only_rated: bool = typer.Option(False, help="keep only requests that received feedback"),
 ) -> None:
-    """Write one row per answered request: prompt, model, quality (mean feedback rating, or null),
+    """Write one row per answered request: prompt, model, quality (mean of each rater's latest rating, or null),
     cost, latency and tokens — the canonical format `moe-router train --format jsonl` reads — plus
     the routing policy, its propensity and cost weight, which `moe-router ope` reads."""
     from router.engine import build_store
@@ -37,9 +37,13 @@ def export(
 
     async def run() -> tuple[int, int]:
         try:
-            ratings: dict[str, list[float]] = {}
+            # each rater's latest rating counts (a later rating replaces an earlier one)
+            latest: dict[tuple[str, str], float] = {}
             async for fb in store.log.iter_feedback():
-                ratings.setdefault(fb.request_id, []).append(fb.rating)
+                latest[(fb.request_id, fb.rater)] = fb.rating
+            ratings: dict[str, list[float]] = {}
+            for (rid, _), rating in latest.items():
+                ratings.setdefault(rid, []).append(rating)
             n = rated = 0
             with out.open("w") as f:
                 async for r in store.log.iter_requests():
