@@ -127,20 +127,27 @@ class Router:
         """Yield the answer's text as it is generated."""
         handle = await self._arun(self.engine.stream(_request(messages, model, routing, stream=True, **kw)))
         it = handle.chunks.__aiter__()
-        while (chunk := await self._arun(anext(it, None))) is not None:
-            if chunk.delta.get("content"):
-                yield chunk.delta["content"]
+        try:
+            while (chunk := await self._arun(anext(it, None))) is not None:
+                if chunk.delta.get("content"):
+                    yield chunk.delta["content"]
+        finally:  # a caller that stops early ends (and settles) the stream at once
+            self._loop.call_soon_threadsafe(handle.finish)
 
     def stream(
         self, messages: Messages, *, model: str = "router", routing: dict | None = None, **kw: Any
     ) -> Iterator[str]:
         handle = self._run(self.engine.stream(_request(messages, model, routing, stream=True, **kw)))
         it = handle.chunks.__aiter__()
-        while (chunk := self._run(anext(it, None))) is not None:
-            if chunk.delta.get("content"):
-                yield chunk.delta["content"]
+        try:
+            while (chunk := self._run(anext(it, None))) is not None:
+                if chunk.delta.get("content"):
+                    yield chunk.delta["content"]
+        finally:  # a caller that stops early ends (and settles) the stream at once
+            self._loop.call_soon_threadsafe(handle.finish)
 
     def feedback(self, response_id: str, rating: float, comment: str | None = None) -> None:
+        """Rate an answer this Router gave (a second rating replaces the first)."""
         self._run(self.engine.feedback(None, response_id, rating, comment))
 
     # ---- lifecycle -----------------------------------------------------------------------------

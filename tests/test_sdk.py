@@ -53,3 +53,19 @@ def test_async_and_streaming(sdk):
     assert r.model == "cheap"
     assert "".join(parts) == "cheap: one two three" and len(parts) > 1
     assert "".join(sdk.stream("a b", model="cheap")) == "cheap: a b"
+
+
+def test_a_stream_left_early_is_settled_at_once(sdk):
+    import time
+
+    words = sdk.stream("one two three four five six", model="cheap")
+    assert next(words)
+    words.close()  # the caller stops reading: the stream ends and is settled now, not at GC
+    log = sdk.engine.store.log
+    for _ in range(100):
+        records = list(log._requests.values())
+        if records:
+            break
+        time.sleep(0.02)
+    (rec,) = records
+    assert rec.status == "client_closed" and rec.model == "cheap" and rec.completion_tokens >= 1
