@@ -32,7 +32,7 @@ log = logging.getLogger("moe_router.account")
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
     caller: Caller
     tokens: int  # counted against the key's tokens-per-minute at admission
@@ -61,13 +61,13 @@ class Account:
         self.metrics = metrics
         self.log_settings = log_settings
         self._running: set[asyncio.Task] = set()
-        self._open: set[int] = set()  # tickets admitted and not yet settled (by id())
+        self._open: set[Ticket] = set()  # admitted and not yet settled
 
     async def admit(self, caller: Caller, tokens: int) -> Ticket:
         """Rate limits (429 when over). Nothing to settle yet if this raises."""
         window = await self.access.admit(caller, tokens)
         ticket = Ticket(caller, tokens, window)
-        self._open.add(id(ticket))
+        self._open.add(ticket)
         return ticket
 
     async def reserve(self, ticket: Ticket, usd: float, request_id: str) -> None:
@@ -89,7 +89,7 @@ class Account:
         None: the request ended before any model was asked (refund everything, no record)."""
         if ticket.settlement is None:
             ticket.settlement = self.spawn(self._settle(ticket, charge))
-            self._open.discard(id(ticket))
+            self._open.discard(ticket)
         return ticket.settlement
 
     def spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

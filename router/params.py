@@ -11,35 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-# Typed by `ChatCompletionRequest`; those the router does not act on itself go to the backend.
-OPENAI_PARAMS = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "n",
-        "stream",
-        "stream_options",
-        "stop",
-        "seed",
-        "frequency_penalty",
-        "presence_penalty",
-        "logprobs",
-        "top_logprobs",
-        "logit_bias",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "reasoning_effort",
-        "user",
-    }
-)
-
-# The OpenAI parameters a backend receives as they are (the rest the router interprets itself).
+# The OpenAI parameters a backend receives as they are.
 FORWARDED = (
     "seed",
     "frequency_penalty",
@@ -53,6 +25,24 @@ FORWARDED = (
     "response_format",
     "reasoning_effort",
     "user",
+)
+
+# Every parameter `ChatCompletionRequest` types: those the router acts on itself (the output cap
+# and sampling options go to the backend through `ChatRequest`), plus the forwarded ones.
+OPENAI_PARAMS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        *FORWARDED,
+    }
 )
 
 # Fields that would choose a destination, credentials, headers or the client library's behaviour

@@ -207,18 +207,20 @@ class ChatCompletionRequest(BaseModel):
 
     def forwarded(self) -> dict[str, Any]:
         """The OpenAI parameters the router does not act on itself, as a backend receives them."""
-        out = {}
-        for k in FORWARDED:
-            v = getattr(self, k)
-            if v is not None:
-                out[k] = v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
-        if self.tools is not None:
-            out["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
-        return out
+        out = {k: getattr(self, k) for k in FORWARDED if getattr(self, k) is not None}
+        return {k: _plain(v) for k, v in out.items()}
 
     def extra_params(self) -> dict[str, Any]:
         """Body fields outside the OpenAI set (refused unless allowed per model)."""
         return dict(self.model_extra or {})
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, BaseModel):
+        return v.model_dump(exclude_none=True)
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
 
 
 class CompletionRequest(BaseModel):

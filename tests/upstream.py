@@ -58,35 +58,24 @@ class Behaviour:
     prompt_usage: str = "words"  # words | bytes (a worst-case tokenizer: one token per UTF-8 byte)
 
 
+def _text(message: dict[str, Any]) -> str:
+    c = message.get("content") or ""
+    if isinstance(c, list):
+        c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
+    return str(c)
+
+
 def _words(messages: list[dict[str, Any]]) -> int:
-    n = 0
-    for m in messages:
-        c = m.get("content") or ""
-        if isinstance(c, list):
-            c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
-        n += len(str(c).split()) + 1
-    return n
+    return sum(len(_text(m).split()) + 1 for m in messages)
 
 
 def _bytes(messages: list[dict[str, Any]]) -> int:
     """One token per UTF-8 byte of text, plus 4 per message: what a worst-case tokenizer counts."""
-    n = 0
-    for m in messages:
-        c = m.get("content") or ""
-        if isinstance(c, list):
-            c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
-        n += len(str(c).encode()) + 4
-    return n
+    return sum(len(_text(m).encode()) + 4 for m in messages)
 
 
 def _last_user(messages: list[dict[str, Any]]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            c = m.get("content") or ""
-            if isinstance(c, list):
-                c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
-            return str(c)
-    return ""
+    return next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 @dataclass
