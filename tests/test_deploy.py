@@ -195,6 +195,44 @@ def test_compose_balances_over_every_gateway_and_prometheus_scrapes_each():
     assert any(v.startswith("./prometheus.yml:") for v in prom_service["volumes"])
 
 
+# ---- Redis: persistence and a memory bound, never eviction -----------------------------------------
+REDIS_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+K8S_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def redis_flags(argv: list[str]) -> dict[str, str]:
+    """`--name value` pairs of a redis-server command line (its arguments after the binary)."""
+    args = [str(a) for a in argv]
+    if args and not args[0].startswith("--"):
+        args = args[1:]
+    assert len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]), args
+    return {k[2:]: v for k, v in zip(args[::2], args[1::2], strict=True)}
+
+
+def redis_bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", size).groups()
+    return int(number) * REDIS_UNITS[unit.lower()]
+
+
+def assert_persistent_bounded_noeviction(flags: dict[str, str]) -> int:
+    assert flags["appendonly"] == "yes"
+    assert flags["appendfsync"] == "everysec"
+    assert flags["maxmemory-policy"] == "noeviction"  # evicting would drop API keys and budgets
+    maxmemory = redis_bytes(flags["maxmemory"])
+    assert maxmemory >= 2**30  # sized from bench/memory.py, see the test below
+    return maxmemory
+
+
+def test_compose_redis_persists_to_its_volume_with_a_memory_bound_and_no_eviction():
+    redis = SERVICES[REDIS]
+    flags = redis_flags(redis["command"])
+    assert_persistent_bounded_noeviction(flags)
+    data_dir = flags.get("dir", "/data")  # the image's working directory
+    assert any(
+        v.split(":")[1] == data_dir and v.split(":")[0] in COMPOSE["volumes"] for v in redis["volumes"]
+    )
+
+
 # ---- Kubernetes ------------------------------------------------------------------------------------
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 
@@ -299,6 +337,47 @@ def test_service_hpa_and_pdb_point_at_the_deployment():
     assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]  # HPA needs it
     pdb = one("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_redis_persists_to_a_volume_with_a_memory_bound_and_no_eviction():
+    pod = one("Deployment", "redis")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    flags = redis_flags(c["args"])
+    maxmemory = assert_persistent_bounded_noeviction(flags)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (aof,) = [volumes[m["name"]] for m in c["volumeMounts"] if m["mountPath"] == flags["dir"]]
+    assert "emptyDir" in aof or "persistentVolumeClaim" in aof  # the root filesystem is read-only
+    limit = c["resources"]["limits"]["memory"]
+    assert int(limit[:-2]) * K8S_UNITS[limit[-2:]] > maxmemory  # room for buffers and the AOF fork
+    # compose and Kubernetes agree
+    assert flags["maxmemory"] == redis_flags(SERVICES[REDIS]["command"])["maxmemory"]
+
+
+def test_redis_maxmemory_holds_the_capped_streams_as_measured():
+    """bench/memory.py measured the bytes per ledger entry and feedback entry: with the k8s config's
+    `log.max_entries`, both streams at their cap must fit in maxmemory with room to spare for the
+    request records (bounded by `log.request_ttl_s`)."""
+    from router.config import load_config
+
+    bench = json.loads((ROOT / "bench" / "results" / "memory.json").read_text())
+    runs = {r["run"]: r for r in bench["runs"]}
+    log = load_config(K8S / "config.yaml").log
+    ledger_entry = runs["prompts=truncated"]["ledger_bytes_per_request"] / 2  # request + reserve
+    rated = next(r["ratings"] for r in bench["runs"] if "ratings" in r)
+    streams = log.max_entries * (ledger_entry + rated["feedback_stream_bytes_per_rating"])
+    maxmemory = redis_bytes(redis_flags(SERVICES[REDIS]["command"])["maxmemory"])
+    assert streams < maxmemory / 2
+
+
+def test_k8s_config_bounds_the_request_log_and_spends_an_allowance_in_outages(monkeypatch):
+    from router.config import LogSettings, load_config
+
+    monkeypatch.delenv("MOE_ROUTER_STATE", raising=False)
+    raw = yaml.safe_load((K8S / "config.yaml").read_text())
+    assert set(raw["log"]) == set(LogSettings.model_fields)  # every retention knob spelled out
+    cfg = load_config(K8S / "config.yaml")
+    assert cfg.log.prompts == "truncated" and cfg.log.prompt_chars == 200
+    assert cfg.outage.budgets == "allowance" and 0 < cfg.outage.allowance <= 0.5
 
 
 def test_redis_manifest_is_marked_dev_only():
