@@ -161,7 +161,7 @@ def scores(quality: np.ndarray, cost: np.ndarray, cost_weight: float, eligible: 
     NaN where there is no predicted quality (NaN) or cost (NaN)."""
     q = np.asarray(quality, dtype=float)
     c = np.asarray(cost, dtype=float)
-    w = float(np.clip(cost_weight, 0.0, 1.0))
+    w = min(max(float(cost_weight), 0.0), 1.0)
     c_ref = np.where(np.isfinite(c), c, -np.inf).max(axis=-1, keepdims=True)
     c_ref = np.where(np.isfinite(c_ref) & (c_ref > 0), c_ref, 1.0)
     # w = 0 ignores cost entirely (no 0 * inf = NaN for an unbounded cost)
@@ -195,7 +195,11 @@ def rank(
         else np.broadcast_to(np.asarray(latency, dtype=float), q.shape)
     )
     # scored over every column: c_ref includes ineligible candidates
-    s = scores(q, c, cost_weight, np.ones(q.shape, dtype=bool))
+    return _order(scores(q, c, cost_weight, np.ones(q.shape, dtype=bool)), c, elig, lat)
+
+
+def _order(s: np.ndarray, c: np.ndarray, elig: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """`rank` given the scores."""
     unscored = np.isnan(s)
     neg = -np.round(np.where(unscored, 0.0, s), TIE_DECIMALS) + 0.0  # + 0.0: no -0.0
     keys = (
@@ -302,10 +306,10 @@ def decide(
         c = np.array([[c.cost_usd for c in cands]])
         lat = np.array([[np.nan if c.latency_ms is None else c.latency_ms for c in cands]])
         elig = np.array([[c.eligible for c in cands]])
-        s = scores(q, c, cost_weight, np.ones_like(elig))[0]
-        for cand, sc in zip(cands, s, strict=True):
+        s = scores(q, c, cost_weight, np.ones_like(elig))
+        for cand, sc in zip(cands, s[0], strict=True):
             cand.score = _finite(sc) if cand.eligible else None
-        ranked = [cands[j] for j in rank(q, c, cost_weight, elig, lat)[0] if cands[j].eligible]
+        ranked = [cands[j] for j in _order(s, c, elig, lat)[0] if cands[j].eligible]
     return Decision(
         policy=policy,
         cost_weight=float(cost_weight),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.base import ModelInfo
@@ -52,6 +52,7 @@ class ModelSpec(_Strict):
     # request parameters beyond the OpenAI set that clients may send to this model (they reach
     # its backend only); names that choose a destination, credentials or headers are refused
     allow_params: list[str] = Field(default_factory=list)
+    _info: ModelInfo | None = PrivateAttr(None)
 
     @field_validator("allow_params")
     @classmethod
@@ -85,6 +86,12 @@ class ModelSpec(_Strict):
         return _resolve(self.params)
 
     def info(self) -> ModelInfo:
+        """What policies know of this model (built once: it is asked on every request)."""
+        if self._info is None:
+            self._info = self._build_info()
+        return self._info
+
+    def _build_info(self) -> ModelInfo:
         return ModelInfo(
             name=self.name,
             input_price_per_1m=self.input_price_per_1m,

@@ -151,8 +151,6 @@ class Planner:
         out_tokens = req.output_limit()
         names = [name] if policy is None else list(self.specs)
         status = await self.health.snapshot(names)
-        for n in names:
-            self.metrics.breaker_open.labels(n).set(0.0 if status[n].routable else 1.0)
         blocked = C.exclusions(
             [self.specs[n] for n in names],
             unavailable=self.unavailable,
