@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from adapters import Adapter, BackendError, ChatChunk, ChatResult, Usage, build_adapter
 from policies.decision import Decision
@@ -179,26 +181,35 @@ class Engine:
         self.planner.check(req)  # refused parameters cost the caller nothing
         return await self.account.admit(caller, C.prompt_tokens(req.messages) + (req.output_limit() or 0))
 
-    async def chat(
-        self, req: ChatCompletionRequest, caller: Caller | None = None
-    ) -> tuple[ChatResult, Outcome]:
-        caller = caller or Caller()
+    async def _start(
+        self, req: ChatCompletionRequest, caller: Caller, dispatch: Callable[[Plan], Awaitable[Any]]
+    ) -> _Started:
+        """admit -> cache? -> plan -> reserve -> dispatch(plan); if any step fails, the ticket is
+        settled (what was reserved goes back, the failure is logged) before the error propagates."""
         ticket = await self._admit(req, caller)
         plan: Plan | None = None
         try:
             hit = await self.caching.lookup(caller.scope, req) if self.caching.wanted(req, caller) else None
             if hit is not None:
-                outcome = await self._cached(req, ticket, hit)
-                return hit.result, outcome
+                return _Started(ticket, hit=hit, cached=await self._cached(req, ticket, hit))
             plan = await self.planner.plan(req, caller)
             await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
-            result, outcome = await self.executor.chat(plan, req)
+            return _Started(ticket, plan=plan, value=await dispatch(plan))
         except BaseException as e:
             await self.account.settled(ticket, None if plan is None else self._failure(plan, ticket, e))
             raise
-        record = self._record(outcome, ticket)
+
+    async def chat(
+        self, req: ChatCompletionRequest, caller: Caller | None = None
+    ) -> tuple[ChatResult, Outcome]:
+        caller = caller or Caller()
+        started = await self._start(req, caller, lambda plan: self.executor.chat(plan, req))
+        if started.cached is not None:
+            return started.hit.result, started.cached
+        result, outcome = started.value
+        record = self._record(outcome, started.ticket)
         outcome.budget_left_usd = await self.account.settled(
-            ticket, Charge(record, outcome.usage.total_tokens)
+            started.ticket, Charge(record, outcome.usage.total_tokens)
         )
         self.feedbacks.judge_later(outcome, _reference(req), result.text, record)
         if self.caching.wanted(req, caller):
@@ -211,19 +222,13 @@ class Engine:
         The stream is settled when it ends — completed, failed, or abandoned by its consumer —
         and `handle.done` resolves once it is."""
         caller = caller or Caller()
-        ticket = await self._admit(req, caller)
-        plan: Plan | None = None
-        try:
-            hit = await self.caching.lookup(caller.scope, req) if self.caching.wanted(req, caller) else None
-            if hit is not None:
-                outcome = await self._cached(req, ticket, hit)
-                return StreamHandle(outcome.plan, hit.model, [], _replay(hit.result), outcome, cache=hit)
-            plan = await self.planner.plan(req, caller)
-            await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
-            opened = await self.executor.open_stream(plan, req)
-        except BaseException as e:
-            await self.account.settled(ticket, None if plan is None else self._failure(plan, ticket, e))
-            raise
+        started = await self._start(req, caller, lambda plan: self.executor.open_stream(plan, req))
+        if started.cached is not None:
+            hit = started.hit
+            return StreamHandle(
+                started.cached.plan, hit.model, [], _replay(hit.result), started.cached, cache=hit
+            )
+        plan, opened, ticket = started.plan, started.value, started.ticket
         handle = StreamHandle(plan, opened.model, list(opened.attempts.fallbacks))
         handle.done = asyncio.get_running_loop().create_future()
 
@@ -348,6 +353,17 @@ class Engine:
         charge = Charge(self._record(outcome, ticket), usage.total_tokens, observe_latency=False)
         outcome.budget_left_usd = await self.account.settled(ticket, charge)
         return outcome
+
+
+@dataclass
+class _Started:
+    """A request admitted and either answered from a cache (already settled) or dispatched."""
+
+    ticket: Ticket
+    hit: CacheHit | None = None
+    cached: Outcome | None = None
+    plan: Plan | None = None
+    value: Any = None  # what dispatch returned
 
 
 def _reference(req: ChatCompletionRequest) -> str | None:

@@ -267,7 +267,8 @@ async def _spent(redis_url: str, key_id: str) -> float:
 
 def test_a_crafted_request_on_two_replicas_never_spends_past_the_budget(upstream, start_gateway, redis_url):
     """No max_tokens, a long answer, and text whose real token count is 4x the chars/4 estimate."""
-    cfg = make_config(upstream.base_url, state=redis_url)
+    # a generous Redis timeout: a slow moment on a loaded machine must not look like an outage
+    cfg = make_config(upstream.base_url, state=redis_url, outage={"timeout_s": 5})
     a, b = start_gateway(cfg), start_gateway(cfg)
     key, key_id = asyncio.run(put_key(redis_url, "crafty", budget_usd=0.2))
     upstream.behave("big", reply="w " * 5000, prompt_usage="bytes")
