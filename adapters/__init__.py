@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from adapters.base import Adapter, ChatChunk, ChatRequest, ChatResult, Usage
+from adapters.base import Adapter, ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage
 from adapters.errors import (
     BackendError,
     BackendNotConfigured,
@@ -23,6 +23,7 @@ BACKENDS: dict[str, str] = {
     "openai": "adapters.openai_compat:OpenAICompatAdapter",
     "litellm": "adapters.litellm_adapter:LiteLLMAdapter",
     "transformers": "adapters.local_transformers:TransformersAdapter",
+    "sentence-transformers": "adapters.local_embeddings:SentenceTransformersAdapter",
 }
 
 
@@ -52,6 +53,7 @@ __all__ = [
     "ChatChunk",
     "ChatRequest",
     "ChatResult",
+    "EmbedResult",
     "Usage",
     "adapter_class",
     "build_adapter",

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the provider read from its prompt cache (when it says)
 
     @property
     def total_tokens(self) -> int:
@@ -75,6 +76,12 @@ class ChatChunk:
     expert_usage: dict[str, list[int]] | None = None
 
 
+@dataclass
+class EmbedResult:
+    vectors: list[list[float]]
+    usage: Usage
+
+
 @runtime_checkable
 class Adapter(Protocol):
     """A model backend. Implementations raise `adapters.errors.BackendError` subclasses."""
@@ -84,6 +91,9 @@ class Adapter(Protocol):
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]: ...
 
     async def health(self) -> bool: ...
+
+    # Embedding backends (config `kind: embedding`) also implement
+    # `async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbedResult`.
 
     async def start(self) -> None:
         """Acquire resources (load weights, open pools). Idempotent; may be awaited concurrently."""

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage, merge_params
+from adapters.base import ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage, merge_params
 from adapters.errors import (
     BackendError,
     BackendNotConfigured,
@@ -77,6 +77,18 @@ class LiteLLMAdapter:
             message.pop(key)
         return ChatResult(message=message, finish_reason=choice.finish_reason, usage=_usage(resp))
 
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbedResult:
+        kw = {"dimensions": dimensions} if dimensions else {}
+        try:
+            resp = await litellm.aembedding(
+                **(kw | self.params), model=self.model, input=texts, timeout=self.timeout, num_retries=0
+            )
+        except Exception as e:  # noqa: BLE001 - litellm raises many types; all are classified here
+            raise classify(e) from None
+        rows = sorted(resp.data, key=lambda d: d["index"] if isinstance(d, dict) else d.index)
+        vectors = [list(d["embedding"] if isinstance(d, dict) else d.embedding) for d in rows]
+        return EmbedResult(vectors, _usage(resp) or Usage(0, 0))
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         try:
             resp = await litellm.acompletion(**self._kwargs(request, stream=True))
@@ -103,7 +115,11 @@ def _usage(obj: Any) -> Usage | None:
     u = getattr(obj, "usage", None)
     if u is None:
         return None
-    return Usage(int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0))
+    details = getattr(u, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", 0) or getattr(u, "cache_read_input_tokens", 0) or 0
+    return Usage(
+        int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0), int(cached)
+    )
 
 
 def classify(e: Exception) -> BackendError:

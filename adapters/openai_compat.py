@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage, merge_params
+from adapters.base import ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage, merge_params
 from adapters.errors import (
     BackendError,
     BackendNotConfigured,
@@ -97,13 +97,18 @@ class OpenAICompatAdapter:
             body.pop("stream_options", None)
         return body
 
-    async def chat(self, request: ChatRequest) -> ChatResult:
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """One non-streaming POST; transport failures and error statuses become `BackendError`s."""
         try:
-            r = await self.client.post("/chat/completions", json=self._body(request, stream=False))
+            r = await self.client.post(path, json=body)
         except httpx.HTTPError as e:
             raise _transport_error(e) from None
         if r.status_code >= 400:
             raise _status_error(r.status_code, r.headers, r.text)
+        return r
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        r = await self._post("/chat/completions", self._body(request, stream=False))
         try:
             data = r.json()
             choice = data["choices"][0]
@@ -112,6 +117,21 @@ class OpenAICompatAdapter:
             raise BackendError(f"malformed completion from {self.base_url}: {r.text[:200]!r}") from None
         message.setdefault("role", "assistant")
         return ChatResult(message=message, finish_reason=choice.get("finish_reason"), usage=_usage(data))
+
+    async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbedResult:
+        """`POST /embeddings` (configured `params` win over the request's `dimensions`)."""
+        body = {"dimensions": dimensions} if dimensions else {}
+        body |= {**self._params, "model": self.model, "input": texts, "encoding_format": "float"}
+        r = await self._post("/embeddings", body)
+        try:
+            data = r.json()
+            rows = sorted(data["data"], key=lambda d: d["index"])
+            vectors = [[float(x) for x in d["embedding"]] for d in rows]
+        except (ValueError, KeyError, TypeError):
+            raise BackendError(f"malformed embeddings from {self.base_url}: {r.text[:200]!r}") from None
+        if len(vectors) != len(texts):
+            raise BackendError(f"{len(vectors)} embeddings for {len(texts)} inputs from {self.base_url}")
+        return EmbedResult(vectors, _usage(data) or Usage(0, 0))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request, stream=True)
@@ -165,7 +185,9 @@ def _usage(data: dict[str, Any]) -> Usage | None:
     u = data.get("usage")
     if not isinstance(u, dict):
         return None
-    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+    details = u.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), int(cached or 0))
 
 
 def retry_after_seconds(value: str | None) -> float | None:

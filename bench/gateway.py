@@ -7,7 +7,8 @@ process: `python -m tests.upstream`, answering at once):
 
 1. added latency at concurrency 1: p50/p95/p99 of (via proxy) − (direct to the upstream), for
    moe-router with a non-embedding policy (`router:cheapest`), an embedding policy
-   (`router:category`), a named model (no routing), and LiteLLM's proxy (no routing);
+   (`router:category`), a named model (no routing) — also through `/v1/messages` and
+   `/v1/responses`, to measure the format translation — and LiteLLM's proxy (no routing);
 2. max throughput at concurrency 32 for `duration` seconds (requests/s, p50 latency);
 3. routing-decision latency in-process (`Engine.plan`: embed + score + constraints) for single
    prompts and 32 concurrent ones, with fresh prompts (no encoder cache hits).
@@ -45,6 +46,17 @@ BODY = {
     "messages": [{"role": "user", "content": "Summarise the plot of Hamlet in one line."}],
     "max_tokens": 16,
 }
+
+
+def body_for(url: str, model: str) -> dict:
+    """The same request in the format of the endpoint `url` serves."""
+    if url.endswith("/v1/responses"):
+        return {
+            "model": model,
+            "input": BODY["messages"][0]["content"],
+            "max_output_tokens": BODY["max_tokens"],
+        }
+    return {**BODY, "model": model}  # chat completions and Anthropic messages share this shape
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -89,7 +101,7 @@ async def sequential(url: str, model: str, n: int, headers: dict) -> list[float]
     async with httpx.AsyncClient(timeout=30) as c:
         for i in range(n + 20):
             t0 = time.perf_counter()
-            r = await c.post(url, json={**BODY, "model": model}, headers=headers)
+            r = await c.post(url, json=body_for(url, model), headers=headers)
             dt = (time.perf_counter() - t0) * 1000
             r.raise_for_status()
             if i >= 20:
@@ -109,7 +121,7 @@ async def saturate(url: str, model: str, seconds: float, headers: dict, concurre
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
-                    r = await c.post(url, json={**BODY, "model": model}, headers=headers)
+                    r = await c.post(url, json=body_for(url, model), headers=headers)
                     ok = r.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -247,6 +259,13 @@ def main() -> None:
             "moe-router, router:category": (
                 f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                 "router:category",
+                {},
+            ),
+            # the same named-model request through the format translators
+            "moe-router, named model, /v1/messages": (f"http://127.0.0.1:{gw_port}/v1/messages", "cheap", {}),
+            "moe-router, named model, /v1/responses": (
+                f"http://127.0.0.1:{gw_port}/v1/responses",
+                "cheap",
                 {},
             ),
         }

@@ -121,6 +121,8 @@ class Account:
             m = self.metrics
             m.tokens.labels(rec.model, "prompt").inc(rec.prompt_tokens)
             m.tokens.labels(rec.model, "completion").inc(rec.completion_tokens)
+            if rec.cached_tokens:
+                m.cached_tokens.labels(rec.model).inc(rec.cached_tokens)
             m.cost.labels(rec.model).inc(rec.cost_usd)
             if charge.observe_latency:
                 m.model_latency.labels(rec.model).observe(rec.latency_ms / 1000)

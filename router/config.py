@@ -35,7 +35,9 @@ class ModelSpec(_Strict):
     """One candidate model (like an entry of LiteLLM's `model_list`)."""
 
     name: str = Field(min_length=1, pattern=r"^[^\s,:]+$")
-    backend: str  # adapters.BACKENDS key: openai | litellm | transformers
+    # chat: answers /v1/chat/completions (and is routed); embedding: answers /v1/embeddings only
+    kind: Literal["chat", "embedding"] = "chat"
+    backend: str  # adapters.BACKENDS key: openai | litellm | transformers | sentence-transformers
     params: dict[str, Any] = Field(default_factory=dict)  # backend-specific; `os.environ/NAME` resolved late
     input_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M input tokens
     output_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M output tokens
@@ -116,12 +118,46 @@ class PolicySpec(_Strict):
         return self
 
 
+class AffinitySettings(_Strict):
+    """A conversation keeps the model it started on (provider prompt caches stay warm) unless
+    switching gains more than `margin` in decision score, or that model becomes ineligible."""
+
+    enabled: bool = True
+    margin: float = Field(0.05, ge=0)  # decision-score gain that justifies leaving the model
+    ttl_s: float = Field(3600.0, gt=0)  # a conversation idle this long starts afresh
+
+
 class RoutingSettings(_Strict):
     default_policy: str = "category"
     cost_weight: float = Field(0.2, ge=0, le=1)
     policies: dict[str, PolicySpec] = Field(default_factory=dict)
     # override the category policy's descriptions: {category: [example prompts]}
     categories: dict[str, list[str]] | None = None
+    # regular expressions (dot matches newlines) removed from user turns before routing: blocks
+    # agents inject into the user's turn that are not the person's ask
+    strip_patterns: list[str] = Field(default_factory=lambda: [r"<system-reminder>.*?</system-reminder>"])
+    affinity: AffinitySettings = Field(default_factory=AffinitySettings)
+
+    @field_validator("strip_patterns")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        import re
+
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"strip pattern {p!r} is not a valid regular expression: {e}") from None
+        return v
+
+
+class ResponsesSettings(_Strict):
+    """`/v1/responses`: requests with `store: true` (the API's default) are kept this long so a
+    later `previous_response_id` can continue them (only by the same key); `store: false` keeps
+    nothing. `store: false` here keeps nothing whatever requests say."""
+
+    store: bool = True
+    ttl_s: float = Field(86400.0, gt=0)
 
 
 class ServerSettings(_Strict):
@@ -267,6 +303,7 @@ class RouterConfig(BaseSettings):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:
@@ -279,7 +316,7 @@ class RouterConfig(BaseSettings):
             raise ValueError("'router' is reserved for routed requests; rename that model")
         if not (self.state == "memory" or self.state.startswith(("redis://", "rediss://", "unix://"))):
             raise ValueError(f"state must be 'memory' or a redis:// URL, got {self.state!r}")
-        if self.judge.mode == "llm" and self.judge.model not in names:
+        if self.judge.mode == "llm" and self.judge.model not in [m.name for m in self.chat_models()]:
             raise ValueError(
                 f"judge.mode 'llm' needs judge.model set to a model of the pool, got {self.judge.model!r}"
             )
@@ -299,6 +336,10 @@ class RouterConfig(BaseSettings):
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def chat_models(self) -> list[ModelSpec]:
+        """The models that answer chat requests: the routing pool."""
+        return [m for m in self.models if m.kind == "chat"]
 
 
 class _ShortEnv(PydanticBaseSettingsSource):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from policies.decision import SERVICE, Constraints, Exclusion
-from router.config import ModelSpec
+from router.config import ModelSpec, RoutingSettings
 from router.health import ModelStatus
 from router.schemas import ChatCompletionRequest, Message, RoutingControls
 
@@ -60,17 +61,47 @@ def image_count(messages: Sequence[Message]) -> int:
     return sum(m.images() for m in messages)
 
 
-def routing_text(messages: Sequence[Message], max_chars: int = 2000) -> str:
-    """The text a policy sees: the last user message (what needs answering now).
+def routing_text(
+    messages: Sequence[Message], max_chars: int = 2000, strip: Sequence[re.Pattern] | None = None
+) -> str:
+    """The text a policy sees: the latest *human* ask.
 
-    A long message keeps its head and its tail: the task statement is often at the end of a
-    pasted document ("... summarise the above"), the context at the start.
+    Agents put tool results and injected reminders where the person's words would be: the last
+    user turn is often a tool result or a `<system-reminder>` block. So: skip `tool` turns, strip
+    injected blocks (`strip`, config `routing.strip_patterns`), and take the last user turn with
+    text left. When no turn has any, the system prompt plus the last turn stand in.
+
+    A long text keeps its head and its tail: the task statement is often at the end of a pasted
+    document ("... summarise the above"), the context at the start.
     """
-    text = next((m.text() for m in reversed(messages) if m.role == "user"), messages[-1].text())
+    patterns = STRIP_DEFAULT if strip is None else strip
+    text = ""
+    for m in reversed(messages):
+        if m.role != "user":
+            continue
+        text = _stripped(m.text(), patterns)
+        if text:
+            break
+    if not text:
+        system = " ".join(m.text() for m in messages if m.role in ("system", "developer"))
+        text = _stripped(f"{system}\n{messages[-1].text()}".strip(), patterns)
     if len(text) > max_chars:
         half = max_chars // 2
         text = text[:half] + "\n...\n" + text[-half:]
     return encodable(text)
+
+
+def compile_strip(patterns: Sequence[str]) -> tuple[re.Pattern, ...]:
+    return tuple(re.compile(p, re.DOTALL) for p in patterns)
+
+
+STRIP_DEFAULT = compile_strip(RoutingSettings().strip_patterns)
+
+
+def _stripped(text: str, patterns: Sequence[re.Pattern]) -> str:
+    for p in patterns:
+        text = p.sub("", text)
+    return text.strip()
 
 
 def encodable(text: str) -> str:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from adapters import Adapter, BackendError, ChatChunk, ChatRequest, ChatResult
+from adapters import Adapter, BackendError, ChatChunk, ChatRequest, ChatResult, EmbedResult
 from adapters.errors import (
     BackendNotConfigured,
     BackendRateLimited,
@@ -229,6 +229,30 @@ class Dispatcher:
             lambda m: self.adapters[m].chat(request(m)),
             deadline if deadline is not None else self.deadline(),
             request_id,
+        )
+        latency_ms = (time.perf_counter() - t0) * 1000
+        await self._succeeded(model, latency_ms, attempts)
+        return model, result, attempts, latency_ms
+
+    async def embed(
+        self,
+        ranked: Sequence[str],
+        texts: list[str],
+        dimensions: int | None = None,
+        *,
+        deadline: float | None = None,
+        request_id: str = "-",
+    ) -> tuple[str, EmbedResult, Attempts, float]:
+        """(model, result, attempts, latency_ms) from the first embedding model that answers."""
+
+        async def one(model: str) -> EmbedResult:
+            embed = getattr(self.adapters[model], "embed", None)
+            if embed is None:
+                raise BackendRejected(f"the {model} backend cannot embed")
+            return await embed(texts, dimensions)
+
+        model, result, attempts, t0 = await self._first_success(
+            ranked, one, deadline if deadline is not None else self.deadline(), request_id
         )
         latency_ms = (time.perf_counter() - t0) * 1000
         await self._succeeded(model, latency_ms, attempts)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters import Adapter, BackendError, ChatChunk, ChatResult, Usage, build_adapter
+from adapters import Adapter, BackendError, ChatChunk, ChatResult, EmbedResult, Usage, build_adapter
 from policies.decision import Decision
 from policies.encoders import PromptEncoder
 from router import constraints as C
@@ -37,7 +37,7 @@ from router.feedback import Feedback
 from router.metrics import Metrics
 from router.planner import Plan, Planner, new_request_id
 from router.policy_set import PolicySet
-from router.schemas import ChatCompletionRequest
+from router.schemas import ChatCompletionRequest, EmbeddingsRequest
 from router.state import FeedbackRecord, HealthOptions, MemoryStore, RedisStore, RequestRecord, Store
 
 log = logging.getLogger("moe_router")
@@ -101,6 +101,7 @@ class Engine:
             self.store.health,
             self.access,
             self.store.bandits,
+            self.store.sessions,
             self.metrics,
             self.unavailable,
         )
@@ -169,8 +170,10 @@ class Engine:
     async def authenticate(self, raw_key: str | None, operator: bool = False) -> Caller:
         return await self.access.authenticate(raw_key, operator)
 
-    async def plan(self, req: ChatCompletionRequest, caller: Caller | None = None) -> Plan:
-        return await self.planner.plan(req, caller)
+    async def plan(
+        self, req: ChatCompletionRequest, caller: Caller | None = None, session: str | None = None
+    ) -> Plan:
+        return await self.planner.plan(req, caller, session)
 
     async def feedback(
         self, caller: Caller | None, request_id: str, rating: float, comment: str | None = None
@@ -182,7 +185,11 @@ class Engine:
         return await self.account.admit(caller, C.prompt_tokens(req.messages) + (req.output_limit() or 0))
 
     async def _start(
-        self, req: ChatCompletionRequest, caller: Caller, dispatch: Callable[[Plan], Awaitable[Any]]
+        self,
+        req: ChatCompletionRequest,
+        caller: Caller,
+        dispatch: Callable[[Plan], Awaitable[Any]],
+        session: str | None,
     ) -> _Started:
         """admit -> cache? -> plan -> reserve -> dispatch(plan); if any step fails, the ticket is
         settled (what was reserved goes back, the failure is logged) before the error propagates."""
@@ -192,7 +199,7 @@ class Engine:
             hit = await self.caching.lookup(caller.scope, req) if self.caching.wanted(req, caller) else None
             if hit is not None:
                 return _Started(ticket, hit=hit, cached=await self._cached(req, ticket, hit))
-            plan = await self.planner.plan(req, caller)
+            plan = await self.planner.plan(req, caller, session)
             await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
             return _Started(ticket, plan=plan, value=await dispatch(plan))
         except BaseException as e:
@@ -200,10 +207,11 @@ class Engine:
             raise
 
     async def chat(
-        self, req: ChatCompletionRequest, caller: Caller | None = None
+        self, req: ChatCompletionRequest, caller: Caller | None = None, session: str | None = None
     ) -> tuple[ChatResult, Outcome]:
+        """Answer `req`. `session`: the client's conversation id (affinity), if it sent one."""
         caller = caller or Caller()
-        started = await self._start(req, caller, lambda plan: self.executor.chat(plan, req))
+        started = await self._start(req, caller, lambda plan: self.executor.chat(plan, req), session)
         if started.cached is not None:
             return started.hit.result, started.cached
         result, outcome = started.value
@@ -212,17 +220,20 @@ class Engine:
             started.ticket, Charge(record, outcome.usage.total_tokens)
         )
         self.feedbacks.judge_later(outcome, _reference(req), result.text, record)
+        await self.planner.remember(outcome.plan, outcome.model)
         if self.caching.wanted(req, caller):
             await self.caching.store(caller.scope, req, outcome.model, result)
         return result, outcome
 
-    async def stream(self, req: ChatCompletionRequest, caller: Caller | None = None) -> StreamHandle:
+    async def stream(
+        self, req: ChatCompletionRequest, caller: Caller | None = None, session: str | None = None
+    ) -> StreamHandle:
         """Commit to a model (falling back until one yields content), then hand out its chunks.
 
         The stream is settled when it ends — completed, failed, or abandoned by its consumer —
         and `handle.done` resolves once it is."""
         caller = caller or Caller()
-        started = await self._start(req, caller, lambda plan: self.executor.open_stream(plan, req))
+        started = await self._start(req, caller, lambda plan: self.executor.open_stream(plan, req), session)
         if started.cached is not None:
             hit = started.hit
             return StreamHandle(
@@ -282,11 +293,37 @@ class Engine:
         if status == "ok":
             answer = "".join(live.text)
             self.feedbacks.judge_later(outcome, _reference(req), answer, record)
+            await self.planner.remember(outcome.plan, outcome.model)
             if self.caching.wanted(req, caller):
                 result = ChatResult(
                     {"role": "assistant", "content": answer}, live.finish_reason, outcome.usage
                 )
                 await self.caching.store(caller.scope, req, outcome.model, result)
+
+    async def embed(
+        self, req: EmbeddingsRequest, caller: Caller | None = None
+    ) -> tuple[EmbedResult, Outcome]:
+        """`/v1/embeddings`: the named embedding model, with the same admission, budget reservation,
+        breakers and ledger as a chat request (no routing: vector spaces differ between models)."""
+        caller = caller or Caller()
+        texts = req.texts()
+        ticket = await self.account.admit(caller, sum(C.estimate_tokens(t) for t in texts))
+        plan: Plan | None = None
+        try:
+            plan = await self.planner.plan_embedding(req.model, texts, caller)
+            await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
+            model, result, attempts, latency_ms = await self.dispatcher.embed(
+                plan.candidates(), texts, req.dimensions, request_id=plan.request_id
+            )
+        except BaseException as e:
+            await self.account.settled(ticket, None if plan is None else self._failure(plan, ticket, e))
+            raise
+        usage = result.usage if result.usage.prompt_tokens else Usage(plan.prompt_tokens, 0)
+        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, 0)
+        outcome = Outcome(plan, model, usage, cost, latency_ms, list(attempts.fallbacks))
+        charge = Charge(self._record(outcome, ticket), usage.total_tokens)
+        outcome.budget_left_usd = await self.account.settled(ticket, charge)
+        return result, outcome
 
     # ---- records -------------------------------------------------------------------------------
     def _record(
@@ -301,6 +338,7 @@ class Engine:
             prompt=plan.prompt,
             prompt_tokens=o.usage.prompt_tokens,
             completion_tokens=o.usage.completion_tokens,
+            cached_tokens=o.usage.cached_tokens,
             cost_usd=o.cost_usd,
             latency_ms=o.latency_ms,
             status=status,

@@ -26,6 +26,7 @@ from router.dispatch import Dispatcher
 from router.errors import NotFound
 from router.executor import Outcome
 from router.metrics import Metrics
+from router.planner import internal_id
 from router.policy_set import PolicySet
 from router.state import FeedbackRecord, RequestRecord, Store
 
@@ -59,6 +60,7 @@ class Feedback:
     ) -> FeedbackRecord:
         """A caller's rating of one of its own requests (404 for anything else)."""
         await self.access.admit_feedback(caller)
+        request_id = internal_id(request_id)
         rec = await self.store.log.get_request(request_id)
         if rec is None or not (caller.admin or rec.owner == caller.scope):
             raise NotFound(

@@ -102,6 +102,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.affinity = Counter(
+            p + "affinity",
+            "Routed requests of a conversation: kept on its model, switched, or the first of it",
+            ["outcome"],
+            registry=r,
+        )
+        self.cached_tokens = Counter(
+            p + "cached_prompt_tokens",
+            "Prompt tokens the provider read from its prompt cache (where it reports them), by model",
+            ["model"],
+            registry=r,
+        )
         self.state_faults = Counter(
             p + "state_faults",
             "Shared-state (Redis) operations that Redis answered with an error (not an outage): 500s",

@@ -9,6 +9,8 @@ executor (dispatch) need: the ranked candidates, each one's output cap, and the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -40,12 +42,30 @@ from router.metrics import Metrics
 from router.params import ParamError, models_allowing
 from router.policy_set import PolicySet
 from router.schemas import ChatCompletionRequest
+from router.state import StateUnavailable
 from router.state.bandit import BanditState
+from router.state.sessions import Sessions
 
 
 def new_request_id() -> str:
     """Response ids are unguessable (128 random bits): knowing one is what lets a caller rate it."""
     return f"chatcmpl-{secrets.token_hex(16)}"
+
+
+# One request id, shown with each API's own prefix: chatcmpl- (chat), cmpl- (completions), msg_
+# (Anthropic messages), resp_ (responses), embd- (embeddings); feedback accepts any of them.
+ID_PREFIXES = ("chatcmpl-", "cmpl-", "msg_", "resp_", "embd-")
+
+
+def external_id(request_id: str, prefix: str) -> str:
+    return prefix + request_id.removeprefix("chatcmpl-")
+
+
+def internal_id(any_id: str) -> str:
+    for p in ID_PREFIXES:
+        if any_id.startswith(p):
+            return "chatcmpl-" + any_id[len(p) :]
+    return any_id
 
 
 @dataclass
@@ -63,6 +83,8 @@ class Plan:
     max_costs: dict[str, float] = field(default_factory=dict)  # per candidate: the most it may cost
     learn: dict[str, Any] | None = None  # online policies: what a rating of this request teaches them
     max_fallbacks: int = 2
+    conversation: str | None = None  # affinity key: the conversation this request continues
+    affinity: str | None = None  # kept | switched | new (routed requests with affinity on)
 
     @property
     def policy(self) -> str | None:
@@ -89,11 +111,13 @@ class Planner:
         health: ModelHealth,
         access: Access,
         bandits: BanditState,
+        sessions: Sessions,
         metrics: Metrics,
         unavailable: Mapping[str, str],
     ):
         self.config = config
-        self.specs: dict[str, ModelSpec] = {m.name: m for m in config.models}
+        self.specs: dict[str, ModelSpec] = {m.name: m for m in config.chat_models()}
+        self.embedders: dict[str, ModelSpec] = {m.name: m for m in config.models if m.kind == "embedding"}
         self.policies = policies
         self.embedder = embedder
         self.health = health
@@ -101,7 +125,10 @@ class Planner:
         self.bandits = bandits
         self.metrics = metrics
         self.unavailable = unavailable
-        self._allow = {m.name: frozenset(m.allow_params) for m in config.models}
+        self.sessions = sessions
+        self.margin = config.routing.affinity.margin
+        self._allow = {m.name: frozenset(m.allow_params) for m in self.specs.values()}
+        self._strip = C.compile_strip(config.routing.strip_patterns)
 
     def resolve(self, model: str) -> tuple[Policy | None, str]:
         """`router` / `router:<policy>` -> (policy, name); a configured model name -> (None, model)."""
@@ -115,6 +142,12 @@ class Planner:
                     code="policy_not_found",
                 )
             return policy, name
+        if model in self.embedders:
+            raise BadRequest(
+                f"{model!r} is an embedding model: use it with /v1/embeddings",
+                param="model",
+                code="wrong_model_kind",
+            )
         if model not in self.specs:
             raise NotFound(
                 f"the model {model!r} does not exist; use 'router' or one of: {', '.join(self.specs)}",
@@ -133,19 +166,79 @@ class Planner:
             cls = ForbiddenParameter if e.forbidden else UnknownParameter
             raise cls(str(e), param=e.name) from None
 
+    async def plan_embedding(self, model: str, texts: list[str], caller: Caller) -> Plan:
+        """The one model an embeddings request names, checked like a named chat model (availability,
+        circuit, key permissions, budget), with the most the request may cost."""
+        spec = self.embedders.get(model)
+        if spec is None:
+            if model in self.specs or model == "router" or model.startswith("router:"):
+                raise BadRequest(
+                    f"{model!r} does not embed; embedding models: {', '.join(self.embedders) or 'none configured'}",
+                    param="model",
+                    code="wrong_model_kind",
+                )
+            raise NotFound(f"the embedding model {model!r} does not exist", param="model")
+        status = await self.health.snapshot([model])
+        longest = max(C.estimate_tokens(t) for t in texts)
+        blocked = C.exclusions(
+            [spec],
+            unavailable=self.unavailable,
+            status=status,
+            prompt_tokens=longest,
+            output_tokens=None,
+            capabilities=set(),
+            key_models=caller.models,
+        )
+        # upper bound: one token per UTF-8 byte (see constraints.prompt_bytes)
+        bound = sum(len(t.encode("utf-8", "replace")) for t in texts)
+        max_costs = {model: spec.info().cost_usd(bound, 0)}
+        await self._budget_exclusions(caller, max_costs, blocked)
+        tokens = sum(C.estimate_tokens(t) for t in texts)
+        cost = [spec.info().cost_usd(tokens, 0)]
+        latency = [status[model].ewma_ms or spec.latency_ms]
+        plan = Plan(
+            new_request_id(), Decision("", 0.0, [], []), "", tokens, routed=False, max_costs=max_costs
+        )
+        plan.output_caps = {model: 0}
+        plan.decision = decide([model], [None], cost, latency, blocked=blocked, policy="")
+        if not plan.decision.ranked:
+            raise _named_model_error(plan.decision)
+        return plan
+
+    async def _budget_exclusions(
+        self, caller: Caller, max_costs: dict[str, float], blocked: dict[str, list[Exclusion]]
+    ) -> None:
+        """Exclude the models whose most expensive answer the caller's remaining budget cannot cover."""
+        room = await self.access.room(caller)
+        if room is None:
+            return
+        for n, need in max_costs.items():
+            if need > room:
+                blocked[n].append(
+                    Exclusion(
+                        "budget",
+                        f"{n} may cost up to ${need:.6g}; ${max(room, 0):.6g} of budget left",
+                        BUDGET,
+                    )
+                )
+
     async def features(self, policy: Policy, text: str, tokens: int) -> PromptBatch:
         batch = PromptBatch([text], prompt_tokens=np.array([tokens]))
         if policy.needs_embeddings:
             batch.embeddings = await self.embedder.encode(text)
         return batch
 
-    async def plan(self, req: ChatCompletionRequest, caller: Caller | None = None) -> Plan:
-        """Choose (and rank fallbacks) without calling any model. Raises a RouterError when nothing fits."""
+    async def plan(
+        self, req: ChatCompletionRequest, caller: Caller | None = None, session: str | None = None
+    ) -> Plan:
+        """Choose (and rank fallbacks) without calling any model. Raises a RouterError when nothing fits.
+
+        `session`: the client's conversation id (`x-moe-router-session`), for affinity."""
         caller = caller or Caller()
         t0 = time.perf_counter()
         policy, name = self.resolve(req.model)
         accepting = self.check(req)
-        text = C.routing_text(req.messages)
+        text = C.routing_text(req.messages, strip=self._strip)
         tokens = C.prompt_tokens(req.messages)
         bound, images = C.prompt_bytes(req), C.image_count(req.messages)
         out_tokens = req.output_limit()
@@ -167,17 +260,7 @@ class Planner:
                     blocked[n].append(Exclusion("params", f"{n} does not accept the parameter(s) {extra}"))
         caps = {n: self.access.output_cap(self.specs[n], out_tokens) for n in names}
         max_costs = {n: self.access.max_cost(self.specs[n], bound, images, out_tokens) for n in names}
-        room = await self.access.room(caller)
-        if room is not None:
-            for n in names:
-                if max_costs[n] > room:
-                    blocked[n].append(
-                        Exclusion(
-                            "budget",
-                            f"{n} may cost up to ${max_costs[n]:.6g}; ${max(room, 0):.6g} of budget left",
-                            BUDGET,
-                        )
-                    )
+        await self._budget_exclusions(caller, max_costs, blocked)
         cost = [self._predicted_cost(self.specs[n], tokens, out_tokens) for n in names]
         latency = [status[n].ewma_ms or self.specs[n].latency_ms for n in names]
         plan = Plan(
@@ -244,9 +327,49 @@ class Planner:
             plan.propensity = self._explore(policy, batch, decision)
             plan.learn = _what_feedback_teaches(policy, batch)
         plan.cascade = self._cascade_plan(policy, batch, decision)
+        if self.config.routing.affinity.enabled:
+            await self._keep_conversation(plan, req, caller, session)
         self.metrics.decision_latency.labels(name).observe(time.perf_counter() - t0)
         self.metrics.choices.labels(name, decision.chosen.model).inc()
         return plan
+
+    async def _keep_conversation(
+        self, plan: Plan, req: ChatCompletionRequest, caller: Caller, session: str | None
+    ) -> None:
+        """Conversation affinity: keep the model this conversation is on unless switching gains more
+        than `routing.affinity.margin` in decision score, or the model is no longer eligible."""
+        plan.conversation = conversation_key(req, caller, session)
+        pinned = None
+        # a request without an earlier answer in it starts a conversation (unless the client names one)
+        if session or any(m.role == "assistant" for m in req.messages):
+            try:
+                pinned = await self.sessions.get("aff:" + plan.conversation)
+            except StateUnavailable:
+                pinned = None
+        decision = plan.decision
+        if pinned is None:
+            plan.affinity = "new"
+        else:
+            kept = next((c for c in decision.ranked if c.model == pinned["model"]), None)
+            best = decision.chosen
+            if kept is not None and (
+                kept is best or (best.score or 0.0) - (kept.score or 0.0) <= self.margin
+            ):
+                if kept is not best:
+                    decision.ranked.remove(kept)
+                    decision.ranked.insert(0, kept)
+                    plan.propensity = None  # not the policy's draw any more
+                plan.affinity = "kept"
+            else:
+                plan.affinity = "switched"
+        self.metrics.affinity.labels(plan.affinity).inc()
+
+    async def remember(self, plan: Plan, model: str) -> None:
+        """The conversation now runs on `model` (after it answered)."""
+        if plan.conversation is not None:
+            await self.sessions.put(
+                "aff:" + plan.conversation, {"model": model}, self.config.routing.affinity.ttl_s
+            )
 
     @staticmethod
     def _explore(policy: Any, batch: PromptBatch, decision: Decision) -> float:
@@ -279,6 +402,19 @@ class Planner:
     def _predicted_cost(spec: ModelSpec, prompt_tokens: int, out_tokens: int | None) -> float:
         expected = min(out_tokens, spec.expected_output_tokens) if out_tokens else spec.expected_output_tokens
         return spec.info().cost_usd(prompt_tokens, expected)
+
+
+def conversation_key(req: ChatCompletionRequest, caller: Caller, session: str | None) -> str:
+    """The client's session id, else a hash of the system prompt and the first user turn (what
+    every later request of the same conversation repeats); scoped to the caller either way."""
+    if session:
+        ident = "s:" + session
+    else:
+        system = [m.text() for m in req.messages if m.role in ("system", "developer")]
+        first = next((m.text() for m in req.messages if m.role == "user"), "")
+        ident = "h:" + json.dumps([system, first])
+    digest = hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:32]
+    return f"{caller.scope}:{digest}"
 
 
 def _what_feedback_teaches(policy: Any, batch: PromptBatch) -> dict[str, Any]:

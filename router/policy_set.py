@@ -53,7 +53,7 @@ def build_policy(name: str, spec: PolicySpec, catalog: Sequence[ModelInfo], enco
 
 class PolicySet:
     def __init__(self, config: RouterConfig, encoder: PromptEncoder):
-        catalog = [m.info() for m in config.models]
+        catalog = [m.info() for m in config.chat_models()]
         specs: dict[str, PolicySpec] = {n: PolicySpec(type=n) for n in BUILTIN}
         if config.routing.categories:
             specs["category"] = PolicySpec(type="category", params={"categories": config.routing.categories})

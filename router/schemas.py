@@ -266,6 +266,26 @@ class RouteRequest(ChatCompletionRequest):
     model: str = Field("router", min_length=1, max_length=256)
 
 
+class EmbeddingsRequest(_Strict):
+    """`POST /v1/embeddings`: one or more texts, embedded by a model of `kind: embedding`."""
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = Field(None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and len(v) > 2048:
+            raise ValueError("at most 2048 inputs per request")
+        return v
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
 class FeedbackRequest(_Strict):
     id: str = Field(
         min_length=1, max_length=128, description="the response id returned by /v1/chat/completions"

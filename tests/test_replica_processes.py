@@ -67,13 +67,15 @@ def cluster(tmp_path, upstream, private_redis):
     """cluster(n, budgets_on_outage) -> (replicas, env); the replicas share the private Redis."""
     started: list[Replica] = []
 
-    def make(n: int = 2, outage: str = "open") -> tuple[list[Replica], dict[str, str]]:
+    def make(
+        n: int = 2, outage: str = "open", timeout_s: float = 0.3
+    ) -> tuple[list[Replica], dict[str, str]]:
         cfg = tmp_path / f"gateway-{outage}.yaml"
         body = {
             "models": pool(upstream.base_url),
             "routing": {"default_policy": "cheapest"},
             "dispatch": {"retries": 0},
-            "outage": {"budgets": outage, "timeout_s": 0.3, "retry_every_s": 0.2},
+            "outage": {"budgets": outage, "timeout_s": timeout_s, "retry_every_s": 0.2},
         }
         cfg.write_text(yaml.safe_dump(body))
         env = {
@@ -103,7 +105,8 @@ def post(url: str, key: str, body: dict | None = None) -> httpx.Response:
 
 
 async def test_concurrent_spend_from_two_processes_never_exceeds_the_budget(cluster, upstream, private_redis):
-    (a, b), env = cluster(2)
+    # a generous Redis timeout: a slow moment on a loaded machine must not look like an outage
+    (a, b), env = cluster(2, timeout_s=5)
     upstream.behave("coder", reply=" ".join(["word"] * 95))  # ~$0.0002 a call
     key = create_key(env, "--name", "shared", "--budget-usd", "0.002", "--budget-window", "total")
     with ThreadPoolExecutor(32) as pool_:

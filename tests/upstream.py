@@ -1,7 +1,9 @@
-"""A scriptable OpenAI-compatible upstream: a real HTTP server on 127.0.0.1, for tests and benchmarks.
+"""A scriptable upstream: a real HTTP server on 127.0.0.1, for tests and benchmarks.
 
-It stands in for paid providers. Every model name it is asked for exists; by default it answers
-"<model>: <last user message>" with word-count usage. Tests script it per model:
+It stands in for paid providers and speaks both wire formats: OpenAI chat completions
+(`/v1/chat/completions`, `/v1/embeddings`) and Anthropic messages (`/v1/messages`). Every model
+name it is asked for exists; by default it answers "<model>: <last user message>" with word-count
+usage. Tests script it per model:
 
     up = MockUpstream().start()
     up.script("gpt-big", Fail(500), Fail(429, retry_after=0.2))   # the next two calls fail, then normal
@@ -12,6 +14,8 @@ It stands in for paid providers. Every model name it is asked for exists; by def
     up.behave("gpt-big", prompt_usage="bytes")                    # a worst-case tokenizer: 1 token/byte
     up.calls("gpt-big")                                           # requests received, in order
     up.abandoned("gpt-big")                                       # streams the client left unfinished
+    up.behave("gpt-big", use_tools=True)                          # call the first tool, then answer
+    up.behave("gpt-big", cached_tokens=40)                        # report provider prompt-cache reads
 
 Run alone (for benchmarks or the example config): `python -m tests.upstream --port 9000`.
 """
@@ -56,6 +60,8 @@ class Behaviour:
     stall_after: int | None = None  # streams stop sending (but stay open) after N content chunks
     chunk_delay: float = 0.0  # seconds before each streamed content chunk
     prompt_usage: str = "words"  # words | bytes (a worst-case tokenizer: one token per UTF-8 byte)
+    use_tools: bool = False  # with tools in the request: call the first one, then answer its result
+    cached_tokens: int = 0  # report this many prompt tokens as read from the provider's prompt cache
 
 
 def _text(message: dict[str, Any]) -> str:
@@ -72,6 +78,35 @@ def _words(messages: list[dict[str, Any]]) -> int:
 def _bytes(messages: list[dict[str, Any]]) -> int:
     """One token per UTF-8 byte of text, plus 4 per message: what a worst-case tokenizer counts."""
     return sum(len(_text(m).encode()) + 4 for m in messages)
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    c = message.get("content")
+    return [x for x in c if isinstance(x, dict)] if isinstance(c, list) else []
+
+
+def _block_text(content: Any) -> str:
+    """The text of an Anthropic content value: a string, or text (and tool_result) blocks."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for blk in content or []:
+        if blk.get("type") == "text":
+            parts.append(blk.get("text", ""))
+        elif blk.get("type") == "tool_result":
+            parts.append(_block_text(blk.get("content")))
+    return " ".join(parts)
+
+
+def _vector(text: str, dim: int = 8) -> list[float]:
+    """A deterministic unit vector per text."""
+    import hashlib
+    import math
+
+    h = hashlib.sha256(text.encode()).digest()
+    v = [b - 127.5 for b in h[:dim]]
+    n = math.sqrt(sum(x * x for x in v)) or 1.0
+    return [x / n for x in v]
 
 
 def _last_user(messages: list[dict[str, Any]]) -> str:
@@ -136,6 +171,8 @@ class MockUpstream:
         return Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/health", lambda r: JSONResponse({"ok": True}), methods=["GET"]),
             ]
@@ -146,14 +183,22 @@ class MockUpstream:
             names = sorted(set(self._behaviour) | set(self._calls))
         return JSONResponse({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
-    def _error(self, status: int, message: str, retry_after: float | None = None) -> Response:
+    def _error(
+        self, status: int, message: str, retry_after: float | None = None, anthropic: bool = False
+    ) -> Response:
         headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else {}
-        body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": status}}
+        if anthropic:
+            body = {"type": "error", "error": {"type": "api_error", "message": message}}
+        else:
+            body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": status}}
         return JSONResponse(body, status_code=status, headers=headers)
 
-    async def _chat(self, request: Request) -> Response:
-        if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return self._error(401, "bad upstream key")
+    async def _receive(self, request: Request, anthropic: bool) -> tuple[dict, str, Behaviour] | Response:
+        """The common part of every call: auth, recording, scripted failures and delays."""
+        if self.api_key:
+            sent = request.headers.get("x-api-key") if anthropic else request.headers.get("authorization")
+            if sent != (self.api_key if anthropic else f"Bearer {self.api_key}"):
+                return self._error(401, "bad upstream key", anthropic=anthropic)
         body = await request.json()
         model = body.get("model", "")
         with self._lock:
@@ -164,38 +209,93 @@ class MockUpstream:
         if isinstance(step, Delay):
             await asyncio.sleep(step.seconds)
         elif isinstance(step, Fail):
-            return self._error(step.status, step.message, step.retry_after)
+            return self._error(step.status, step.message, step.retry_after, anthropic)
         if b.fail_status:
-            return self._error(b.fail_status, "configured failure")
+            return self._error(b.fail_status, "configured failure", anthropic=anthropic)
         if b.delay:
             await asyncio.sleep(b.delay)
-        messages = body.get("messages") or []
-        text = b.reply if b.reply is not None else f"{model}: {_last_user(messages)}"
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        return body, model, b
+
+    def _words_out(
+        self, body: dict, model: str, b: Behaviour, last_user: str, tool_said: str | None
+    ) -> list[str]:
+        if tool_said is not None:
+            text = f"{model}: the tool said {tool_said}"
+        else:
+            text = b.reply if b.reply is not None else f"{model}: {last_user}"
         words = text.split(" ")
-        if max_tokens:
-            words = words[:max_tokens]
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        return words[:max_tokens] if max_tokens else words
+
+    async def _paced(
+        self, model: str, b: Behaviour, pieces: list[bytes], head: list[bytes], tail: list[bytes]
+    ):
+        """Stream `head`, then each piece (the scripted breaks, stalls and delays apply), then `tail`."""
+        finished = False
+        try:
+            for h in head:
+                yield h
+            for i, piece in enumerate(pieces):
+                if b.break_stream_after is not None and i >= b.break_stream_after:
+                    raise ConnectionError("scripted broken stream")
+                if b.stall_after is not None and i >= b.stall_after:
+                    await asyncio.sleep(3600)
+                if b.chunk_delay:
+                    await asyncio.sleep(b.chunk_delay)
+                yield piece
+            for t in tail:
+                yield t
+            finished = True
+        finally:
+            if not finished:
+                with self._lock:
+                    self._abandoned[model] += 1
+
+    # ---- OpenAI chat completions ------------------------------------------------------------
+    async def _chat(self, request: Request) -> Response:
+        got = await self._receive(request, anthropic=False)
+        if isinstance(got, Response):
+            return got
+        body, model, b = got
+        messages = body.get("messages") or []
+        last = messages[-1] if messages else {}
+        tool_said = _text(last) if last.get("role") == "tool" else None
+        call = None
+        if b.use_tools and body.get("tools") and tool_said is None:
+            fn = body["tools"][0]["function"]["name"]
+            call = {
+                "id": f"call_{time.monotonic_ns()}",
+                "name": fn,
+                "arguments": json.dumps({"query": _last_user(messages)}),
+            }
+        words = [] if call else self._words_out(body, model, b, _last_user(messages), tool_said)
         prompt_tokens = _bytes(messages) if b.prompt_usage == "bytes" else _words(messages)
-        completion_tokens = len(words)
-        usage = {
+        completion_tokens = len(words) if not call else len(call["arguments"].split())
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
+        if b.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(b.cached_tokens, prompt_tokens)}
         rid, created = f"chatcmpl-mock{time.monotonic_ns()}", int(time.time())
+        finish = "tool_calls" if call else "stop"
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": None if call else " ".join(words)}
+            if call:
+                message["tool_calls"] = [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": call["arguments"]},
+                    }
+                ]
             out = {
                 "id": rid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": " ".join(words)},
-                        "finish_reason": "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             }
             if b.usage:
                 out["usage"] = usage
@@ -203,41 +303,173 @@ class MockUpstream:
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and b.usage
 
-        async def events():
-            def chunk(delta: dict, finish: str | None = None) -> bytes:
-                c = {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-                return f"data: {json.dumps(c)}\n\n".encode()
+        def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+            c = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+            return f"data: {json.dumps(c)}\n\n".encode()
 
-            finished = False
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                for i, w in enumerate(words):
-                    if b.break_stream_after is not None and i >= b.break_stream_after:
-                        raise ConnectionError("scripted broken stream")
-                    if b.stall_after is not None and i >= b.stall_after:
-                        await asyncio.sleep(3600)
-                    if b.chunk_delay:
-                        await asyncio.sleep(b.chunk_delay)
-                    yield chunk({"content": w if i == 0 else " " + w})
-                yield chunk({}, "stop")
-                if include_usage:
-                    u = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-                    u |= {"choices": [], "usage": usage}
-                    yield f"data: {json.dumps(u)}\n\n".encode()
-                yield b"data: [DONE]\n\n"
-                finished = True
-            finally:
-                if not finished:
-                    with self._lock:
-                        self._abandoned[model] += 1
+        if call:
+            half = len(call["arguments"]) // 2
+            pieces = [
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": call["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                ),
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": call["arguments"][:half]}}]}),
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": call["arguments"][half:]}}]}),
+            ]
+        else:
+            pieces = [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+        tail = [chunk({}, finish)]
+        if include_usage:
+            u = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+            u |= {"choices": [], "usage": usage}
+            tail.append(f"data: {json.dumps(u)}\n\n".encode())
+        tail.append(b"data: [DONE]\n\n")
+        head = [chunk({"role": "assistant", "content": ""})]
+        return StreamingResponse(self._paced(model, b, pieces, head, tail), media_type="text/event-stream")
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+    # ---- Anthropic messages -----------------------------------------------------------------
+    async def _messages(self, request: Request) -> Response:
+        got = await self._receive(request, anthropic=True)
+        if isinstance(got, Response):
+            return got
+        body, model, b = got
+        messages = body.get("messages") or []
+        results = (
+            [blk for blk in _blocks(messages[-1]) if blk.get("type") == "tool_result"] if messages else []
+        )
+        tool_said = _block_text(results[-1].get("content")) if results else None
+        last_user = next(
+            (_block_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        call = None
+        if b.use_tools and body.get("tools") and tool_said is None:
+            call = {
+                "id": f"toolu_{time.monotonic_ns()}",
+                "name": body["tools"][0]["name"],
+                "input": {"query": last_user},
+            }
+        words = [] if call else self._words_out(body, model, b, last_user, tool_said)
+        flat = [{"content": _block_text(m.get("content"))} for m in messages]
+        if body.get("system"):
+            flat.append({"content": _block_text(body["system"])})
+        input_tokens = _bytes(flat) if b.prompt_usage == "bytes" else _words(flat)
+        output_tokens = len(words) if not call else len(json.dumps(call["input"]).split())
+        usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+        if b.cached_tokens:
+            usage["cache_read_input_tokens"] = b.cached_tokens
+        mid = f"msg_mock{time.monotonic_ns()}"
+        stop = "tool_use" if call else "end_turn"
+        content = [{"type": "tool_use", **call}] if call else [{"type": "text", "text": " ".join(words)}]
+        if not body.get("stream"):
+            out = {
+                "id": mid,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": usage,
+            }
+            return JSONResponse(out)
+
+        def event(kind: str, data: dict) -> bytes:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+        start = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 0},
+        }
+        head = [event("message_start", {"message": start})]
+        if call:
+            head.append(
+                event(
+                    "content_block_start",
+                    {
+                        "index": 0,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": call["id"],
+                            "name": call["name"],
+                            "input": {},
+                        },
+                    },
+                )
+            )
+            raw = json.dumps(call["input"])
+            pieces = [
+                event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": raw[: len(raw) // 2]}},
+                ),
+                event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": raw[len(raw) // 2 :]}},
+                ),
+            ]
+        else:
+            head.append(
+                event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            )
+            pieces = [
+                event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}},
+                )
+                for i, w in enumerate(words)
+            ]
+        tail = [
+            event("content_block_stop", {"index": 0}),
+            event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": output_tokens},
+                },
+            ),
+            event("message_stop", {}),
+        ]
+        return StreamingResponse(self._paced(model, b, pieces, head, tail), media_type="text/event-stream")
+
+    # ---- embeddings -------------------------------------------------------------------------
+    async def _embeddings(self, request: Request) -> Response:
+        got = await self._receive(request, anthropic=False)
+        if isinstance(got, Response):
+            return got
+        body, model, _ = got
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        data = [{"object": "embedding", "index": i, "embedding": _vector(t)} for i, t in enumerate(texts)]
+        tokens = sum(len(t.split()) for t in texts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> MockUpstream:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 
 from router.errors import PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
+from router.gateway.errors import render
 from router.metrics import Metrics
 from router.state import StateUnavailable
 from router.state.degrade import StateFault
@@ -42,13 +43,14 @@ def state_error(exc: BaseException) -> RouterError:
     return internal_error(exc)
 
 
-async def send_error(send, err: RouterError, metrics: Metrics | None = None) -> None:
+async def send_error(send, err: RouterError, metrics: Metrics | None = None, path: str = "") -> None:
     if metrics is not None:
         metrics.errors.labels(err.type, err.code or "none").inc()
-    body = json.dumps(err.body()).encode()
+    status, shaped = render(err, path)
+    body = json.dumps(shaped).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -86,16 +88,16 @@ class Edge:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await send_error(send, self._too_large(), self.metrics)
         path = scope["path"]
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await send_error(send, self._too_large(), self.metrics, path)
         if path not in self.public_paths:
             try:
                 caller = await self.authenticate(api_key(headers), path in self.operator_paths)
             except RouterError as e:
-                return await send_error(send, e, self.metrics)
+                return await send_error(send, e, self.metrics, path)
             except (StateUnavailable, StateFault) as e:
-                return await send_error(send, state_error(e), self.metrics)
+                return await send_error(send, state_error(e), self.metrics, path)
             scope.setdefault("state", {})["caller"] = caller
         # Read the whole body first (the gateway needs all of it anyway), so an oversized or a
         # stalled body is refused before any handler starts parsing it.
@@ -110,13 +112,13 @@ class Edge:
                     body = message.get("body", b"")
                     seen += len(body)
                     if seen > self.max_bytes:
-                        return await send_error(send, self._too_large(), self.metrics)
+                        return await send_error(send, self._too_large(), self.metrics, path)
                     chunks.append(body)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
             err = RequestTimeout(f"the request body was not received within {self.body_timeout_s:g} s")
-            return await send_error(send, err, self.metrics)
+            return await send_error(send, err, self.metrics, path)
         if scope["method"] == "POST" and seen:
             scope = _as_json(scope, headers)
         replayed = False
@@ -169,7 +171,7 @@ class RequestMetrics:
             if isinstance(e, StateFault):
                 e = e.__cause__ or e
             if not started:
-                await send_error(tracking_send, internal_error(e), self.metrics)
+                await send_error(tracking_send, internal_error(e), self.metrics, scope.get("path", ""))
             else:
                 log.error("error after the response started on %s", scope.get("path"), exc_info=e)
         finally:

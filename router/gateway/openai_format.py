@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from typing import Any
 
 from adapters import ChatChunk, ChatResult, Usage
 from router.caching import CacheHit
-from router.executor import Outcome
-from router.planner import Plan
+from router.errors import RouterError
+from router.executor import Outcome, StreamHandle
+from router.planner import Plan, external_id
 
 HEADER_PREFIX = "x-moe-router-"
 MAX_EXPERT_HEADER = 4096
 
 
-def usage_body(u: Usage) -> dict[str, int]:
-    return {
+def usage_body(u: Usage) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
     }
+    if u.cached_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": u.cached_tokens}
+    return out
 
 
 def chat_body(result: ChatResult, o: Outcome) -> dict[str, Any]:
@@ -42,7 +48,7 @@ def chat_body(result: ChatResult, o: Outcome) -> dict[str, Any]:
 
 def completion_body(result: ChatResult, o: Outcome) -> dict[str, Any]:
     return {
-        "id": o.request_id.replace("chatcmpl-", "cmpl-", 1),
+        "id": external_id(o.request_id, "cmpl-"),
         "object": "text_completion",
         "created": int(time.time()),
         "model": o.model,
@@ -99,6 +105,8 @@ def plan_headers(plan: Plan, model: str, fallbacks: list[str]) -> dict[str, str]
         h + "routed": "true" if plan.routed else "false",
         h + "fallbacks": ",".join(fallbacks) or "none",
     }
+    if plan.affinity is not None:
+        out[h + "affinity"] = plan.affinity
     if pred is not None:
         if plan.routed:
             out[h + "predicted-quality"] = _fmt(pred.quality, 4)
@@ -139,3 +147,58 @@ def expert_header(usage: dict[str, list[int]]) -> str:
     n = max(len(v) for v in usage.values())
     totals = [sum(v[i] for v in usage.values() if i < len(v)) for i in range(n)]
     return json.dumps({"all_layers": totals}, separators=(",", ":"))
+
+
+class ChatStream:
+    """OpenAI chat-completion chunks (or legacy completion chunks), then `[DONE]`."""
+
+    def __init__(self, legacy: bool = False, include_usage: bool = False):
+        self.legacy, self.include_usage = legacy, include_usage
+        self.created = int(time.time())
+
+    def opening(self, handle: StreamHandle) -> list[bytes]:
+        self.rid, self.model = handle.plan.request_id, handle.model
+        if self.legacy:
+            self.rid = external_id(self.rid, "cmpl-")
+        return []
+
+    def chunk(self, c: ChatChunk) -> list[bytes]:
+        if not (c.delta or c.finish_reason):
+            return []
+        return [sse(chunk_body(self.rid, self.model, self.created, c, self.legacy))]
+
+    def closing(self, handle: StreamHandle) -> list[bytes]:
+        out = []
+        if self.include_usage and handle.outcome is not None:
+            out.append(
+                sse(
+                    {
+                        "id": self.rid,
+                        "object": "text_completion" if self.legacy else "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": usage_body(handle.outcome.usage),
+                    }
+                )
+            )
+        return [*out, SSE_DONE]
+
+    def failure(self, err: RouterError) -> list[bytes]:
+        return [sse(err.body()), SSE_DONE]
+
+
+def embeddings_body(vectors: list[list[float]], model: str, usage: Usage, encoding: str) -> dict[str, Any]:
+    """OpenAI's embeddings list; `base64` is little-endian float32, as the openai SDK decodes it."""
+
+    def encode(v: list[float]) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+        return v
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+    }

@@ -445,3 +445,20 @@ class ResilientHealth:
         await self.outage.call(
             "health.release", lambda: self.primary.release(model), lambda: self.local.release(model)
         )
+
+
+class ResilientSessions:
+    """Conversation state through an outage: reads say so (StateUnavailable), writes are skipped
+    (affinity then falls back to plain routing; a stored response cannot be found meanwhile)."""
+
+    def __init__(self, primary, outage: Outage):
+        self.primary, self.outage = primary, outage
+
+    async def get(self, key: str):
+        async def unknown():
+            raise StateUnavailable("conversation state is unreachable right now; retry shortly")
+
+        return await self.outage.call("sessions.get", lambda: self.primary.get(key), unknown)
+
+    async def put(self, key: str, value: dict, ttl_s: float) -> None:
+        await self.outage.call("sessions.put", lambda: self.primary.put(key, value, ttl_s), _none)

@@ -17,6 +17,7 @@ class RequestRecord:
     prompt: str  # the routing text as config `log.prompts` keeps it (none | hash | truncated | full)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     status: str = "ok"  # ok | error | client_closed (the client went away before the end)

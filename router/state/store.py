@@ -2,7 +2,8 @@
 
 Both expose the same components, so the engine never knows which it has:
 `keys`, `budgets`, `limits` (rate limits), `log` (ledger, request index, feedback), `cache`
-(exact + semantic), `health` (latency + circuit breakers) and `bandits` (online policies' state).
+(exact + semantic), `health` (latency + circuit breakers), `bandits` (online policies' state) and
+`sessions` (conversation affinity, stored Responses-API conversations).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from router.state.degrade import (
     ResilientKeys,
     ResilientLimiter,
     ResilientLog,
+    ResilientSessions,
 )
 from router.state.keys import KeyStore, MemoryKeys, RedisKeys
 from router.state.log import MemoryLog, RedisLog, RequestLog
 from router.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from router.state.sessions import MemorySessions, RedisSessions, Sessions
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Store:
     cache: ResponseCache
     health: ModelHealth
     bandits: BanditState
+    sessions: Sessions
     kind = "memory"
 
     @property
@@ -69,6 +73,7 @@ class MemoryStore(Store):
         self.cache = MemoryCache()
         self.health = (health or HealthOptions()).memory()
         self.bandits = MemoryBanditState()
+        self.sessions = MemorySessions()
 
 
 class RedisStore(Store):
@@ -118,6 +123,7 @@ class RedisStore(Store):
         )
         self.health = ResilientHealth(shared, health.memory(), o)
         self.bandits = RedisBanditState(r, o, prefix + "bandit:")
+        self.sessions = ResilientSessions(RedisSessions(r, prefix + "sess:"), o)
 
     @property
     def degraded(self) -> bool:

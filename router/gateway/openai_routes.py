@@ -1,0 +1,129 @@
+"""OpenAI-compatible endpoints: chat completions, legacy completions, embeddings, models, plus the
+router's own `/v1/route` and `/v1/feedback`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from router.access import Caller
+from router.engine import Engine
+from router.gateway import openai_format as fmt
+from router.gateway.streaming import SettledStreamingResponse
+from router.gateway.strict_json import StrictJSONRoute
+from router.planner import external_id
+from router.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingsRequest,
+    FeedbackRequest,
+    RouteRequest,
+)
+
+SESSION_HEADER = "x-moe-router-session"
+
+
+def caller(request: Request) -> Caller:
+    """Who is calling: authenticated by the edge before any route runs."""
+    return request.state.caller
+
+
+Session = Header(None, alias=SESSION_HEADER, description="conversation id for model affinity", max_length=256)
+
+
+async def answer(engine: Engine, req: ChatCompletionRequest, who: Caller, session: str | None, legacy: bool):
+    """A chat request, plain or streamed, in OpenAI's chat (or legacy completion) format."""
+    if req.stream:
+        handle = await engine.stream(req, who, session)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks)
+        if handle.cache is not None:
+            headers |= fmt.cache_headers(handle.cache)
+        return SettledStreamingResponse(
+            handle, fmt.ChatStream(legacy, include_usage), engine.metrics, headers
+        )
+    result, outcome = await engine.chat(req, who, session)
+    body = fmt.completion_body(result, outcome) if legacy else fmt.chat_body(result, outcome)
+    return JSONResponse(body, headers=fmt.outcome_headers(outcome))
+
+
+def openai_routes(engine: Engine) -> APIRouter:
+    api = APIRouter(route_class=StrictJSONRoute)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(
+        body: ChatCompletionRequest, who: Caller = Depends(caller), session: str | None = Session
+    ) -> Response:
+        return await answer(engine, body, who, session, legacy=False)
+
+    @api.post("/v1/completions")
+    async def completions(
+        body: CompletionRequest, who: Caller = Depends(caller), session: str | None = Session
+    ) -> Response:
+        return await answer(engine, body.as_chat(), who, session, legacy=True)
+
+    @api.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingsRequest, who: Caller = Depends(caller)):
+        result, outcome = await engine.embed(body, who)
+        out = fmt.embeddings_body(result.vectors, outcome.model, outcome.usage, body.encoding_format)
+        headers = fmt.outcome_headers(outcome)
+        headers[fmt.HEADER_PREFIX + "request-id"] = external_id(outcome.request_id, "embd-")
+        return JSONResponse(out, headers=headers)
+
+    @api.get("/v1/models")
+    async def list_models(who: Caller = Depends(caller)):
+        data = [
+            {
+                "id": "router",
+                "object": "model",
+                "created": 0,
+                "owned_by": "moe-router",
+                "policy": engine.policies.default,
+            }
+        ]
+        data += [
+            {"id": f"router:{p}", "object": "model", "created": 0, "owned_by": "moe-router", "policy": p}
+            for p in engine.policies.names
+        ]
+        for spec in engine.config.models:
+            data.append(
+                {
+                    "id": spec.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": spec.backend,
+                    "kind": spec.kind,
+                    "available": spec.name not in engine.unavailable,
+                    "unavailable_reason": engine.unavailable.get(spec.name),
+                    "context_window": spec.context_window,
+                    "input_price_per_1m": spec.input_price_per_1m,
+                    "output_price_per_1m": spec.output_price_per_1m,
+                    "capabilities": spec.capabilities,
+                    "tags": spec.tags,
+                }
+            )
+        return {"object": "list", "data": data}
+
+    @api.post("/v1/route")
+    async def route(body: RouteRequest, who: Caller = Depends(caller), session: str | None = Session):
+        plan = await engine.plan(body, who, session)
+        return {
+            "id": plan.request_id,
+            "routed": plan.routed,
+            "routing_text": plan.prompt,
+            "affinity": plan.affinity,
+            **plan.decision.as_dict(),
+        }
+
+    @api.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest, who: Caller = Depends(caller)):
+        fb = await engine.feedback(who, body.id, body.rating, body.comment)
+        return {
+            "object": "feedback",
+            "id": fb.request_id,
+            "model": fb.model,
+            "rating": fb.rating,
+            "recorded": True,
+        }
+
+    return api
