@@ -92,6 +92,9 @@ class Adapter(Protocol):
 
     async def health(self) -> bool: ...
 
+    # Optional: `async def probe(self, timeout_s) -> (reachable: bool | None, detail: str)`, a free
+    # check that the backend is there (None: it cannot be checked without a paid call), used by
+    # `moe-router models` and `config validate --check`.
     # Embedding backends (config `kind: embedding`) also implement
     # `async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbedResult`.
 

@@ -46,6 +46,23 @@ class LiteLLMAdapter:
     async def aclose(self) -> None:
         return None
 
+    async def probe(self, timeout_s: float = 3.0) -> tuple[bool | None, str]:
+        """A configured `api_base` is probed with a GET (any answer means reachable); a provider
+        litellm knows by name is not (a real probe would be a paid call)."""
+        base = self.params.get("api_base") or self.params.get("base_url")
+        if not base:
+            return None, f"{self.model.split('/')[0]} via litellm: only a paid call could check it"
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=timeout_s) as c:
+                r = await c.get(str(base))
+        except httpx.HTTPError as e:
+            return False, f"{base} unreachable ({type(e).__name__})"
+        if r.status_code >= 500:
+            return False, f"{base} answers HTTP {r.status_code}"
+        return True, f"{base} reachable"
+
     async def health(self) -> bool:
         # Probing a paid provider costs money; the breaker reports real failures instead.
         return True

@@ -14,7 +14,7 @@ from typing import Any
 
 from adapters.base import ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage
 from adapters.errors import BackendNotConfigured, BackendRejected
-from adapters.local_transformers import resolve_path
+from adapters.local_transformers import local_files, resolve_path
 
 
 def bundled_path() -> str:
@@ -53,6 +53,13 @@ class SentenceTransformersAdapter:
 
     async def health(self) -> bool:
         return self.model is not None
+
+    async def probe(self, timeout_s: float = 3.0) -> tuple[bool | None, str]:
+        try:
+            where = bundled_path() if self.path == "bundled" else self.path
+        except BackendNotConfigured as e:
+            return False, e.message
+        return local_files(where)
 
     def _encode(self, texts: list[str]) -> EmbedResult:
         vectors = self.model.encode(

@@ -47,6 +47,18 @@ def resolve_path(path: str) -> str:
     return str(base / sub) if sub else str(base)
 
 
+def local_files(path: str, file: str | None = None) -> tuple[bool, str]:
+    """Does the local model directory (and `file` in it) exist? For probes; loads nothing."""
+    try:
+        where = Path(resolve_path(path))
+    except BackendError as e:
+        return False, e.message
+    target = where / file if file else where
+    if not target.exists():
+        return False, f"{target} not found"
+    return True, f"weights at {target}"
+
+
 class _ExpertCounter:
     """Counts router selections per MoE layer via forward hooks on the routers."""
 
@@ -208,6 +220,10 @@ class TransformersAdapter:
 
     async def health(self) -> bool:
         return self.model is not None
+
+    async def probe(self, timeout_s: float = 3.0) -> tuple[bool | None, str]:
+        """The weights are on disk (loading them is the warm-up's job, not a probe's)."""
+        return local_files(self.path, self.gguf_file)
 
     async def _ready(self) -> None:
         if self.model is None:

@@ -73,6 +73,20 @@ class OpenAICompatAdapter:
             await self._client.aclose()
             self._client = None
 
+    async def probe(self, timeout_s: float = 3.0) -> tuple[bool | None, str]:
+        """Is the server there? `GET /models` (free: no tokens), for `moe-router models` and
+        `config validate --check`. Any answer below 500 means reachable."""
+        try:
+            async with httpx.AsyncClient(timeout=timeout_s, headers=self.client.headers) as c:
+                r = await c.get(self.base_url + "/models")
+        except httpx.HTTPError as e:
+            return False, f"{self.base_url} unreachable ({type(e).__name__}{': ' + str(e) if str(e) else ''})"
+        if r.status_code >= 500:
+            return False, f"{self.base_url} answers HTTP {r.status_code}"
+        if r.status_code in (401, 403):
+            return True, f"{self.base_url} reachable, but refuses the API key (HTTP {r.status_code})"
+        return True, f"{self.base_url} reachable"
+
     async def health(self) -> bool:
         """Reachable and not failing: `GET /models` answers below 500 (401 still means "up")."""
         try:

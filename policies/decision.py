@@ -150,6 +150,31 @@ class Decision:
             "excluded": [c.as_dict() for c in self.excluded],
         }
 
+    def compact(self) -> dict:
+        """What the ledger keeps of a decision: the ranking and why the others were left out,
+        rounded (4 decimals for quality and score, 4 significant digits for cost and latency)."""
+
+        def sig(x: float | None) -> float | None:
+            x = _finite(x)
+            return None if x is None else float(f"{x:.4g}")
+
+        return {
+            "ranked": [
+                {
+                    "model": c.model,
+                    "quality": _finite(c.quality, 4),
+                    "cost_usd": sig(c.cost_usd),
+                    "latency_ms": sig(c.latency_ms),
+                    "score": _finite(c.score, 4),
+                }
+                for c in self.ranked
+            ],
+            "excluded": [
+                {"model": c.model, "reason": ",".join(dict.fromkeys(e.code for e in c.excluded))}
+                for c in self.excluded
+            ],
+        }
+
 
 # Scores equal after rounding to this many decimals are ties (then cost, latency, index decide).
 TIE_DECIMALS = 12

@@ -22,9 +22,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from router import tracing
 from router.access import Access, Caller
 from router.config import LogSettings
 from router.metrics import Metrics
+from router.request_log import log_request
 from router.state import RequestRecord, Store
 from router.state.budgets import Reservation
 
@@ -127,6 +129,8 @@ class Account:
             if charge.observe_latency:
                 m.model_latency.labels(rec.model).observe(rec.latency_ms / 1000)
         rec.prompt = self.redact(rec.prompt)
+        tracing.annotate(rec)
+        log_request(rec, self.log_settings.requests)
         await self.store.log.record_request(rec)
         return await self.access.room(ticket.caller) if ticket.reservation is not None else None
 

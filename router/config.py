@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.base import ModelInfo
@@ -25,6 +34,11 @@ from router.params import DESTINATION_FIELDS, OPENAI_PARAMS
 ENV_REF = "os.environ/"
 # the documented default output cap for in-process models (requests asking more get this)
 LOCAL_MAX_OUTPUT_TOKENS = 512
+# backends that load weights into this process (warm-up loads them before /ready says ready)
+LOCAL_BACKENDS = frozenset({"transformers", "sentence-transformers"})
+# the SQL ledger's embedded default (a file under ./data), and the words that turn it off
+DEFAULT_LEDGER = "sqlite+aiosqlite:///data/ledger.db"
+LEDGER_OFF = frozenset({"", "none", "off", "false", "no", "disabled"})
 
 
 class _Strict(BaseModel):
@@ -55,6 +69,20 @@ class ModelSpec(_Strict):
     # its backend only); names that choose a destination, credentials or headers are refused
     allow_params: list[str] = Field(default_factory=list)
     _info: ModelInfo | None = PrivateAttr(None)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from adapters import BACKENDS  # read at validation time: tests and plugins may register more
+
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; known: {', '.join(sorted(BACKENDS))}")
+        return v
+
+    @property
+    def local(self) -> bool:
+        """Served in-process (weights loaded at start-up), not over the network."""
+        return self.backend in LOCAL_BACKENDS
 
     @field_validator("allow_params")
     @classmethod
@@ -166,6 +194,9 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(1_048_576, gt=0)  # larger bodies get 413
     max_messages: int = Field(1024, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)  # a request body not received in full by then gets 408
+    # load local models (and the routing encoder) at start-up, /ready answering 503 until done;
+    # None: on when the pool has local models. Off: they load on their first request.
+    warmup: bool | None = None
 
 
 class DispatchSettings(_Strict):
@@ -220,6 +251,18 @@ class LogSettings(_Strict):
     prompt_chars: int = Field(200, gt=0)
     request_ttl_s: int = Field(7 * 86400, gt=0)  # the per-request record feedback is joined to
     max_entries: int = Field(1_000_000, gt=0)  # ledger and feedback streams, each (approximate cap)
+    # one line per request on the `moe_router.requests` logger (id, key, policy, model, status,
+    # tokens, cost, latency, cache; never prompt text): off, text (key=value) or json
+    requests: Literal["off", "text", "json"] = "text"
+
+
+class TracingSettings(_Strict):
+    """OpenTelemetry traces (the `otel` extra): a span per request with embed/score/dispatch/settle
+    children, exported over OTLP/HTTP. On when `enabled` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set."""
+
+    enabled: bool = False
+    endpoint: str | None = None  # collector base URL (…/v1/traces is appended); default: OTEL env
+    service_name: str = "moe-router"
 
 
 class BudgetSpec(_Strict):
@@ -297,6 +340,9 @@ class RouterConfig(BaseSettings):
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     state: str = "memory"  # memory | redis://host:port/db
+    # the durable SQL ledger (docs/ledger.md): sqlite+aiosqlite:///path (relative to the working
+    # directory), postgresql+asyncpg://user:pass@host/db, or none/off; env MOE_ROUTER_LEDGER
+    ledger: str = DEFAULT_LEDGER
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     outage: OutageSettings = Field(default_factory=OutageSettings)
@@ -304,6 +350,28 @@ class RouterConfig(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+
+    @field_validator("ledger", mode="before")
+    @classmethod
+    def _ledger_url(cls, v: Any) -> str:
+        if v is None or (isinstance(v, bool) and not v) or str(v).strip().lower() in LEDGER_OFF:
+            return "none"
+        from router.ledger.schema import parse_url  # raises ValueError without echoing the URL
+
+        parse_url(str(v))
+        return str(v).strip()
+
+    @field_serializer("ledger")
+    def _ledger_shown(self, v: str) -> str:
+        """`config show` and other dumps never print the database password."""
+        from router.ledger.schema import safe_url
+
+        return v if v == "none" else safe_url(v)
+
+    @property
+    def ledger_enabled(self) -> bool:
+        return self.ledger != "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:

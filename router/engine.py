@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters import Adapter, BackendError, ChatChunk, ChatResult, EmbedResult, Usage, build_adapter
 from policies.decision import Decision
@@ -34,13 +34,16 @@ from router.embed_batcher import EmbedBatcher
 from router.errors import RouterError
 from router.executor import Executor, LiveStream, Outcome, StreamHandle
 from router.feedback import Feedback
+from router.ledger import Ledger, build_ledger
 from router.metrics import Metrics
 from router.planner import Plan, Planner, new_request_id
 from router.policy_set import PolicySet
 from router.schemas import ChatCompletionRequest, EmbeddingsRequest
 from router.state import FeedbackRecord, HealthOptions, MemoryStore, RedisStore, RequestRecord, Store
+from router.tracing import Tracing, span
 
 log = logging.getLogger("moe_router")
+T = TypeVar("T")
 
 __all__ = ["Engine", "Outcome", "Plan", "StreamHandle", "build_store"]
 
@@ -71,15 +74,22 @@ def build_store(config: RouterConfig, metrics: Metrics) -> Store:
 
 class Engine:
     def __init__(
-        self, config: RouterConfig, *, store: Store | None = None, encoder: PromptEncoder | None = None
+        self,
+        config: RouterConfig,
+        *,
+        store: Store | None = None,
+        encoder: PromptEncoder | None = None,
+        tracing: Tracing | None = None,
     ):
         self.config = config
+        self.tracing = tracing or Tracing(config.tracing)
         self.specs: dict[str, ModelSpec] = {m.name: m for m in config.models}
         self.metrics = Metrics()
         self.encoder = encoder or PromptEncoder(config.encoder.model, cache_size=config.encoder.cache_size)
         self.policies = PolicySet(config, self.encoder)
         self.embedder = EmbedBatcher(self.encoder)
         self.store = store or build_store(config, self.metrics)
+        self.ledger: Ledger | None = build_ledger(config, self.store)  # None: `ledger: none`
         self.access = Access(config, self.store)
         self.caching = ResponseCaching(config.cache, self.store.cache, self.encoder)
         self.unavailable: dict[str, str] = {}
@@ -111,11 +121,17 @@ class Engine:
             config, self.store, self.policies, self.access, self.account, self.dispatcher, self.metrics
         )
         self._starting: asyncio.Task | None = None
+        # warm-up: local models load at start and /ready waits for them (default: when there are any)
+        warmup = config.server.warmup
+        self.warmup = any(self.specs[n].local for n in self.adapters) if warmup is None else warmup
         self._streams: set[LiveStream] = set()  # committed streams not yet ended
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load local models and the encoder in the background; requests await what they need."""
+        """Load the encoder (and, with warm-up, local models) in the background; requests await
+        what they need, and without warm-up a local model loads on its first request."""
+        if self.ledger is not None:
+            await self.ledger.start()  # in the background: a database that is down is waited for
         if self._starting is None:
             self._starting = asyncio.create_task(self._start_all())
 
@@ -128,7 +144,17 @@ class Engine:
 
         if any(p.needs_embeddings for _, p in self.policies.items()):
             await asyncio.to_thread(self.encoder.load)
-        await asyncio.gather(*(start_one(n, a) for n, a in self.adapters.items()))
+        started = {n: a for n, a in self.adapters.items() if self.warmup or not self.specs[n].local}
+        await asyncio.gather(*(start_one(n, a) for n, a in started.items()))
+        if self.warmup:
+            log.info(
+                "warm-up done: %s loaded", ", ".join(n for n in started if self.specs[n].local) or "encoder"
+            )
+
+    @property
+    def warming_up(self) -> bool:
+        """Warm-up is on and has not finished (/ready answers 503 meanwhile)."""
+        return self.warmup and (self._starting is None or not self._starting.done())
 
     async def wait_started(self) -> None:
         await self.start()
@@ -141,6 +167,8 @@ class Engine:
             live.end()
         await self.account.aclose()  # then every admitted request's settlement
         await self.feedbacks.aclose(self.config.dispatch.timeout_s)
+        if self.ledger is not None:  # after every settlement and rating is in its feed
+            await self.ledger.aclose()
         await self.embedder.aclose()
         for a in self.adapters.values():
             try:
@@ -148,19 +176,24 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - shutting down: log and keep closing the others
                 log.warning("closing adapter failed: %s", e)
         await self.store.aclose()
+        await asyncio.to_thread(self.tracing.shutdown)
 
     async def readiness(self) -> dict:
         ready = {}
         for name, a in self.adapters.items():
             try:
-                ready[name] = bool(await a.health())
+                # without warm-up a local model loads on its first request: servable, not loaded yet
+                ready[name] = bool(await a.health()) or (not self.warmup and self.specs[name].local)
             except Exception:  # noqa: BLE001 - a failing health probe means "not ready", nothing more
                 ready[name] = False
         state_ok = await self.store.ping()
         serving = any(ready.values())
         status = "unready" if not serving else "ok" if state_ok and not self.store.degraded else "degraded"
+        if self.warming_up:
+            status = "warming_up"
         return {
             "status": status,
+            "warmup": "loading" if self.warming_up else "done" if self.warmup else "off",
             "models": ready,
             "unavailable": dict(self.unavailable),
             "state": {"kind": self.store.kind, "reachable": state_ok},
@@ -201,22 +234,28 @@ class Engine:
                 return _Started(ticket, hit=hit, cached=await self._cached(req, ticket, hit))
             plan = await self.planner.plan(req, caller, session)
             await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
-            return _Started(ticket, plan=plan, value=await dispatch(plan))
+            with span("dispatch"):
+                value = await dispatch(plan)
+            return _Started(ticket, plan=plan, value=value)
         except BaseException as e:
-            await self.account.settled(ticket, None if plan is None else self._failure(plan, ticket, e))
+            await self._settle(ticket, None if plan is None else self._failure(plan, ticket, e))
             raise
 
     async def chat(
         self, req: ChatCompletionRequest, caller: Caller | None = None, session: str | None = None
     ) -> tuple[ChatResult, Outcome]:
         """Answer `req`. `session`: the client's conversation id (affinity), if it sent one."""
-        caller = caller or Caller()
+        return await self._traced("chat", lambda: self._chat(req, caller or Caller(), session))
+
+    async def _chat(
+        self, req: ChatCompletionRequest, caller: Caller, session: str | None
+    ) -> tuple[ChatResult, Outcome]:
         started = await self._start(req, caller, lambda plan: self.executor.chat(plan, req), session)
         if started.cached is not None:
             return started.hit.result, started.cached
         result, outcome = started.value
         record = self._record(outcome, started.ticket)
-        outcome.budget_left_usd = await self.account.settled(
+        outcome.budget_left_usd = await self._settle(
             started.ticket, Charge(record, outcome.usage.total_tokens)
         )
         self.feedbacks.judge_later(outcome, _reference(req), result.text, record)
@@ -231,11 +270,22 @@ class Engine:
         """Commit to a model (falling back until one yields content), then hand out its chunks.
 
         The stream is settled when it ends — completed, failed, or abandoned by its consumer —
-        and `handle.done` resolves once it is."""
-        caller = caller or Caller()
+        and `handle.done` resolves once it is (and its trace span ends then)."""
+        request_span = self.tracing.request("stream")
+        try:
+            with self.tracing.use(request_span):
+                return await self._stream(req, caller or Caller(), session, request_span)
+        except BaseException as e:
+            self.tracing.end(request_span, e)
+            raise
+
+    async def _stream(
+        self, req: ChatCompletionRequest, caller: Caller, session: str | None, request_span: Any
+    ) -> StreamHandle:
         started = await self._start(req, caller, lambda plan: self.executor.open_stream(plan, req), session)
         if started.cached is not None:
             hit = started.hit
+            self.tracing.end(request_span)
             return StreamHandle(
                 started.cached.plan, hit.model, [], _replay(hit.result), started.cached, cache=hit
             )
@@ -257,7 +307,8 @@ class Engine:
                 live.opened.attempts,
                 live.expert_usage,
             )
-            task = self.account.spawn(self._end_stream(handle, live, ticket, req, caller))
+            with self.tracing.use(request_span):  # the settlement task belongs to the request's span
+                task = self.account.spawn(self._end_stream(handle, live, ticket, req, caller, request_span))
             task.add_done_callback(lambda _: handle.done.done() or handle.done.set_result(None))
 
         handle.live = LiveStream(opened, ended)
@@ -272,8 +323,22 @@ class Engine:
         ticket: Ticket,
         req: ChatCompletionRequest,
         caller: Caller,
+        request_span: Any = None,
     ) -> None:
         """Close the upstream (a dropped client stops the model), then settle what was produced."""
+        try:
+            await self._end_stream_settle(handle, live, ticket, req, caller)
+        finally:
+            self.tracing.end(request_span)
+
+    async def _end_stream_settle(
+        self,
+        handle: StreamHandle,
+        live: LiveStream,
+        ticket: Ticket,
+        req: ChatCompletionRequest,
+        caller: Caller,
+    ) -> None:
         status, outcome = live.status, handle.outcome
         try:
             await aclose_quietly(live.opened.rest)
@@ -287,9 +352,7 @@ class Engine:
             log.exception("request %s: finishing the stream failed", handle.plan.request_id)
         error = None if live.error is None else f"{outcome.model} failed mid-stream"
         record = self._record(outcome, ticket, status, error)
-        outcome.budget_left_usd = await self.account.settle(
-            ticket, Charge(record, outcome.usage.total_tokens)
-        )
+        outcome.budget_left_usd = await self._settle(ticket, Charge(record, outcome.usage.total_tokens))
         if status == "ok":
             answer = "".join(live.text)
             self.feedbacks.judge_later(outcome, _reference(req), answer, record)
@@ -305,7 +368,9 @@ class Engine:
     ) -> tuple[EmbedResult, Outcome]:
         """`/v1/embeddings`: the named embedding model, with the same admission, budget reservation,
         breakers and ledger as a chat request (no routing: vector spaces differ between models)."""
-        caller = caller or Caller()
+        return await self._traced("embeddings", lambda: self._embed(req, caller or Caller()))
+
+    async def _embed(self, req: EmbeddingsRequest, caller: Caller) -> tuple[EmbedResult, Outcome]:
         texts = req.texts()
         ticket = await self.account.admit(caller, sum(C.estimate_tokens(t) for t in texts))
         plan: Plan | None = None
@@ -316,14 +381,33 @@ class Engine:
                 plan.candidates(), texts, req.dimensions, request_id=plan.request_id
             )
         except BaseException as e:
-            await self.account.settled(ticket, None if plan is None else self._failure(plan, ticket, e))
+            await self._settle(ticket, None if plan is None else self._failure(plan, ticket, e))
             raise
         usage = result.usage if result.usage.prompt_tokens else Usage(plan.prompt_tokens, 0)
         cost = self.specs[model].info().cost_usd(usage.prompt_tokens, 0)
         outcome = Outcome(plan, model, usage, cost, latency_ms, list(attempts.fallbacks))
         charge = Charge(self._record(outcome, ticket), usage.total_tokens)
-        outcome.budget_left_usd = await self.account.settled(ticket, charge)
+        outcome.budget_left_usd = await self._settle(ticket, charge)
         return result, outcome
+
+    async def _traced(self, kind: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` inside a request span (just run it when tracing is off)."""
+        request_span = self.tracing.request(kind)
+        if request_span is None:
+            return await work()
+        error: BaseException | None = None
+        try:
+            with self.tracing.use(request_span):
+                return await work()
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.tracing.end(request_span, error)
+
+    async def _settle(self, ticket: Ticket, charge: Charge | None) -> float | None:
+        with span("settle"):
+            return await self.account.settled(ticket, charge)
 
     # ---- records -------------------------------------------------------------------------------
     def _record(
@@ -358,6 +442,7 @@ class Engine:
             else None,
             reserved_usd=ticket.reservation.usd if ticket.reservation else None,
             cache=o.cache.kind if o.cache else None,
+            decision=plan.decision.compact() if plan.routed else None,
             learn=plan.learn,
         )
 
@@ -380,6 +465,7 @@ class Engine:
             owner=ticket.caller.scope,
             fallbacks=plan.candidates(),
             reserved_usd=ticket.reservation.usd if ticket.reservation else None,
+            decision=plan.decision.compact() if plan.routed else None,
         )
         return Charge(record, plan.prompt_tokens, observe_latency=False)
 
@@ -389,7 +475,7 @@ class Engine:
         usage = hit.result.usage or Usage(C.prompt_tokens(req.messages), C.estimate_tokens(hit.result.text))
         outcome = Outcome(plan, hit.model, usage, 0.0, 0.0, cache=hit)
         charge = Charge(self._record(outcome, ticket), usage.total_tokens, observe_latency=False)
-        outcome.budget_left_usd = await self.account.settled(ticket, charge)
+        outcome.budget_left_usd = await self._settle(ticket, charge)
         return outcome
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from policies.base import Policy, PromptBatch
 from policies.decision import BUDGET, REQUEST, SERVICE, Decision, Exclusion, decide
 from router import constraints as C
+from router import tracing
 from router.access import Access, Caller
 from router.config import ModelSpec, RouterConfig
 from router.embed_batcher import EmbedBatcher
@@ -281,39 +282,41 @@ class Planner:
 
         if policy.online:
             await self.bandits.refresh(name, policy)
-        batch = await self.features(policy, text, tokens)
-        quality = np.zeros(len(names))
-        if policy.blocking:  # keep the event loop serving other requests meanwhile
-            scored = (await asyncio.to_thread(policy.predict_quality, batch))[0]
-        else:
-            scored = policy.predict_quality(batch)[0]
-        col = {m: j for j, m in enumerate(policy.models_)}
-        for i, n in enumerate(names):
-            if n in col:
-                quality[i] = scored[col[n]]
+        with tracing.span("embed"):
+            batch = await self.features(policy, text, tokens)
+        with tracing.span("score"):
+            quality = np.zeros(len(names))
+            if policy.blocking:  # keep the event loop serving other requests meanwhile
+                scored = (await asyncio.to_thread(policy.predict_quality, batch))[0]
             else:
-                blocked[n].append(
-                    Exclusion("not_scored", f"policy {name!r} has no prediction for {n}", SERVICE)
-                )
-        pcost = policy.predict_cost(batch)
-        if pcost is not None:
-            cost = [float(pcost[0, col[n]]) if n in col else cost[i] for i, n in enumerate(names)]
-        plat = policy.predict_latency(batch)
-        if plat is not None:
-            latency = [float(plat[0, col[n]]) if n in col else latency[i] for i, n in enumerate(names)]
-        weight = self.config.routing.cost_weight
-        if req.routing is not None and req.routing.cost_weight is not None:
-            weight = req.routing.cost_weight
-        decision = decide(
-            names,
-            quality,
-            cost,
-            latency,
-            constraints=C.to_constraints(req.routing),
-            cost_weight=weight,
-            blocked=blocked,
-            policy=name,
-        )
+                scored = policy.predict_quality(batch)[0]
+            col = {m: j for j, m in enumerate(policy.models_)}
+            for i, n in enumerate(names):
+                if n in col:
+                    quality[i] = scored[col[n]]
+                else:
+                    blocked[n].append(
+                        Exclusion("not_scored", f"policy {name!r} has no prediction for {n}", SERVICE)
+                    )
+            pcost = policy.predict_cost(batch)
+            if pcost is not None:
+                cost = [float(pcost[0, col[n]]) if n in col else cost[i] for i, n in enumerate(names)]
+            plat = policy.predict_latency(batch)
+            if plat is not None:
+                latency = [float(plat[0, col[n]]) if n in col else latency[i] for i, n in enumerate(names)]
+            weight = self.config.routing.cost_weight
+            if req.routing is not None and req.routing.cost_weight is not None:
+                weight = req.routing.cost_weight
+            decision = decide(
+                names,
+                quality,
+                cost,
+                latency,
+                constraints=C.to_constraints(req.routing),
+                cost_weight=weight,
+                blocked=blocked,
+                policy=name,
+            )
         if not decision.ranked:
             kind, message, param = decision.failure()
             if kind == REQUEST:

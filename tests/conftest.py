@@ -56,6 +56,8 @@ def make_config(base_url: str, **sections: Any) -> RouterConfig:
         "models": pool(base_url),
         "dispatch": {"retries": 1, "backoff_s": 0.01, "timeout_s": 10, "max_fallbacks": 2},
         "breaker": {"failure_threshold": 3, "reset_after_s": 30},
+        # no SQL ledger unless a test asks for one (`ledger=...`): nothing written under ./data
+        "ledger": "none",
     }
     for k, v in sections.items():
         cfg[k] = v if k not in cfg or not isinstance(v, dict) else cfg[k] | v

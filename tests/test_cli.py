@@ -27,7 +27,7 @@ def run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
 
 def config_file(tmp_path, base_url: str, **extra) -> Path:
     p = tmp_path / "cfg.yaml"
-    p.write_text(yaml.safe_dump({"models": pool(base_url), **extra}))
+    p.write_text(yaml.safe_dump({"models": pool(base_url), "ledger": "none", **extra}))
     return p
 
 

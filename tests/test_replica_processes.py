@@ -76,6 +76,7 @@ def cluster(tmp_path, upstream, private_redis):
             "routing": {"default_policy": "cheapest"},
             "dispatch": {"retries": 0},
             "outage": {"budgets": outage, "timeout_s": timeout_s, "retry_every_s": 0.2},
+            "ledger": "none",
         }
         cfg.write_text(yaml.safe_dump(body))
         env = {

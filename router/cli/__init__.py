@@ -15,9 +15,28 @@ app = typer.Typer(
     name="moe-router",
     help="Route each LLM request to the model that answers it well for the least money and time.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"moe-router {version('moe-router')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Route each LLM request to the model that answers it well for the least money and time.
+
+    Shell completion: `moe-router --install-completion` (or `--show-completion bash|zsh|fish`)."""
+
 
 # command modules register themselves on `app` when imported
 from router.cli import config_cmd, export, keys, llm_router, models, ope, route, serve, train  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""`moe-router keys create | list | revoke`: API keys in the shared state (same settings as `serve`)."""
+"""`moe-router keys create | list | update | revoke`: API keys in the shared state (same settings as `serve`)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def _store(config: Path | None):
 
 
 async def _run(config: Path | None, op):
+    from router.keys_admin import KeyAdminError, KeyNotFound
     from router.state import StateUnavailable
 
     store = _store(config)
@@ -39,6 +40,8 @@ async def _run(config: Path | None, op):
         return await op(store)
     except StateUnavailable as e:
         raise UserError(f"{e} ({store.url})") from None
+    except (KeyAdminError, KeyNotFound) as e:
+        raise UserError(str(e.args[0])) from None
     finally:
         await store.aclose()
 
@@ -55,16 +58,15 @@ def create(
     config: Path | None = ConfigOption,
 ) -> None:
     """Create a key. The raw key is printed once, alone on the last line; only its hash is stored."""
-    from router.state.keys import new_key
+    from router.keys_admin import create_key
 
     allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    if allowed:
-        known = {m.name for m in load(config).models}
-        unknown = sorted(set(allowed) - known)
-        if unknown:
-            raise UserError(f"unknown model(s) for --models: {', '.join(unknown)}")
-    try:
-        raw, rec = new_key(
+    cfg = load(config)
+
+    async def op(store):
+        return await create_key(
+            store,
+            cfg,
             name,
             budget_usd=budget_usd,
             budget_window=budget_window,
@@ -73,16 +75,8 @@ def create(
             models=allowed,
             team=team,
         )
-    except ValueError as e:
-        raise UserError(str(e)) from None
 
-    async def op(store):
-        try:
-            await store.keys.put(rec)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-
-    asyncio.run(_run(config, op))
+    raw, rec = asyncio.run(_run(config, op))
     typer.echo(f"created key {name!r} (id {rec.id}); store it now, it is not shown again:", err=True)
     typer.echo(raw)
 
@@ -90,17 +84,12 @@ def create(
 @keys_app.command("list")
 def list_keys(config: Path | None = ConfigOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """List keys (never their secrets) with this window's spend."""
-    from router.access import Access, Caller
+    from router.keys_admin import list_keys as rows_of
+
+    cfg = load(config)
 
     async def op(store):
-        rows = []
-        access = Access(load(config), store)
-        for rec in await store.keys.all():
-            spent = None
-            if rec.budget_usd is not None:
-                spent = (await store.budgets.spent(access.scopes(Caller(rec))[:1]))[0]
-            rows.append({**rec.public(), "spent_usd": spent})
-        return rows
+        return await rows_of(store, cfg)
 
     rows = asyncio.run(_run(config, op))
     if as_json:
@@ -120,15 +109,49 @@ def list_keys(config: Path | None = ConfigOption, as_json: bool = typer.Option(F
         )
 
 
+@keys_app.command("update")
+def update(
+    name: str = typer.Argument(..., help="the key's name"),
+    budget_usd: float = typer.Option(None, min=0, help="new spend limit in USD per window"),
+    budget_window: str = typer.Option(None, help="daily | monthly | total"),
+    rpm: int = typer.Option(None, min=1, help="requests per minute"),
+    tpm: int = typer.Option(None, min=1, help="tokens per minute"),
+    models: str = typer.Option(None, help="comma-separated models this key may use"),
+    team: str = typer.Option(None, help="team whose budget also applies"),
+    clear: list[str] = typer.Option(
+        None, "--clear", help="remove a limit: budget_usd | rpm | tpm | models | team (repeatable)"
+    ),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Change an active key's budget and limits (the same function as PATCH /admin/keys/NAME)."""
+    from router.keys_admin import update_key
+
+    given = {"budget_usd": budget_usd, "budget_window": budget_window, "rpm": rpm, "tpm": tpm, "team": team}
+    changes = {k: v for k, v in given.items() if v is not None}
+    if models is not None:
+        changes["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    for field in clear or []:
+        changes[field] = None
+    if not changes:
+        raise UserError("nothing to change: give at least one option")
+    cfg = load(config)
+
+    async def op(store):
+        return await update_key(store, cfg, name, changes)
+
+    asyncio.run(_run(config, op))
+    typer.echo(f"updated key {name!r}: {', '.join(sorted(changes))}")
+
+
 @keys_app.command("revoke")
 def revoke(
     name: str = typer.Argument(..., help="the key's name"), config: Path | None = ConfigOption
 ) -> None:
     """Revoke a key: every replica refuses it from the next request on."""
+    from router.keys_admin import revoke_key
 
     async def op(store):
-        return await store.keys.revoke(name)
+        return await revoke_key(store, name)
 
-    if asyncio.run(_run(config, op)) is None:
-        raise UserError(f"no active key named {name!r}")
+    asyncio.run(_run(config, op))
     typer.echo(f"revoked key {name!r}")

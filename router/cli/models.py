@@ -1,7 +1,8 @@
-"""`moe-router models`: the configured pool and what is available."""
+"""`moe-router models`: the configured pool and what can serve now."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -15,18 +16,35 @@ from router.cli.options import ConfigOption, load
 def models(
     config: Path | None = ConfigOption,
     as_json: bool = typer.Option(False, "--json"),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="probe each endpoint (free); --no-check: only look at keys"
+    ),
+    timeout_s: float = typer.Option(3.0, "--timeout", min=0.1, help="seconds per probe"),
 ) -> None:
-    """List the models in the pool, their prices and whether they can serve now."""
+    """List the models in the pool, their prices and whether they can serve now: keys set, and
+    (unless --no-check) their server reachable or their weights on disk."""
+    from router.probe import REACHABLE, ModelProbe, probe_models
+
     cfg = load(config)
+    if check:
+        probes = asyncio.run(probe_models(cfg.models, timeout_s))
+    else:
+        probes = [
+            ModelProbe(m.name, m.backend, "unavailable", f"set {', '.join(m.missing_env())}")
+            if m.missing_env()
+            else ModelProbe(m.name, m.backend, "not probed", "--no-check")
+            for m in cfg.models
+        ]
     rows = []
-    for m in cfg.models:
-        missing = m.missing_env()
+    for m, p in zip(cfg.models, probes, strict=True):
         rows.append(
             {
                 "name": m.name,
+                "kind": m.kind,
                 "backend": m.backend,
-                "available": not missing,
-                "reason": f"set {', '.join(missing)}" if missing else "",
+                "available": p.usable,
+                "status": p.status,
+                "reason": "" if p.status == REACHABLE else p.detail,
                 "input_price_per_1m": m.input_price_per_1m,
                 "output_price_per_1m": m.output_price_per_1m,
                 "context_window": m.context_window,
@@ -35,10 +53,10 @@ def models(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'model':<28} {'backend':<13} {'$/1M in':>8} {'$/1M out':>9} {'context':>8}  status")
+    typer.echo(f"{'model':<28} {'backend':<21} {'$/1M in':>8} {'$/1M out':>9} {'context':>8}  status")
     for r in rows:
-        status = "available" if r["available"] else f"unavailable ({r['reason']})"
+        status = "available" if r["status"] == REACHABLE else f"{r['status']} ({r['reason']})"
         typer.echo(
-            f"{r['name']:<28} {r['backend']:<13} {r['input_price_per_1m']:>8g} {r['output_price_per_1m']:>9g} "
+            f"{r['name']:<28} {r['backend']:<21} {r['input_price_per_1m']:>8g} {r['output_price_per_1m']:>9g} "
             f"{r['context_window']:>8}  {status}"
         )

@@ -23,11 +23,18 @@ def route(
     max_tokens: int = typer.Option(None, min=1),
     config: Path | None = ConfigOption,
     as_json: bool = typer.Option(False, "--json", help="print the full decision as JSON"),
+    url: str = typer.Option(
+        None,
+        "--url",
+        envvar="MOE_ROUTER_URL",
+        help="ask a running gateway (its POST /v1/route: its health, budgets and bandits) instead of "
+        "building an engine here",
+    ),
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="MOE_ROUTER_API_KEY", help="key for --url", show_default=False
+    ),
 ) -> None:
     """Rank the candidate models for PROMPT, with predictions and exclusion reasons."""
-    from router.engine import Engine
-    from router.errors import RouterError
-    from router.schemas import ChatCompletionRequest
 
     routing = {
         k: v
@@ -39,18 +46,13 @@ def route(
         ).items()
         if v is not None
     }
-    req = ChatCompletionRequest(
-        model=f"router:{policy}" if policy else "router",
-        messages=[{"role": "user", "content": prompt}],
-        max_tokens=max_tokens,
-        routing=routing or None,
-    )
-    engine = Engine(load(config))
-    try:
-        plan = asyncio.run(engine.plan(req))
-    except RouterError as e:
-        raise UserError(e.message) from None
-    d = plan.decision.as_dict()
+    body = {
+        "model": f"router:{policy}" if policy else "router",
+        "messages": [{"role": "user", "content": prompt}],
+        **({"max_tokens": max_tokens} if max_tokens is not None else {}),
+        **({"routing": routing} if routing else {}),
+    }
+    d = _ask(url, api_key, body) if url else _plan_here(config, body)
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
@@ -64,3 +66,37 @@ def route(
     for c in d["excluded"]:
         why = "; ".join(e["message"] for e in c["excluded"])
         typer.echo(f"{c['model']:<28} {'':>8} {'':>11} {'':>10}  excluded: {why}")
+
+
+def _plan_here(config: Path | None, body: dict) -> dict:
+    from router.engine import Engine
+    from router.errors import RouterError
+    from router.schemas import ChatCompletionRequest
+
+    engine = Engine(load(config))
+    try:
+        plan = asyncio.run(engine.plan(ChatCompletionRequest(**body)))
+    except RouterError as e:
+        raise UserError(e.message) from None
+    return plan.decision.as_dict()
+
+
+def _ask(url: str, api_key: str | None, body: dict) -> dict:
+    """POST /v1/route on a running gateway; its errors are this command's one-line errors."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.post(url.rstrip("/") + "/v1/route", json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as e:
+        raise UserError(f"cannot reach the gateway at {url}: {type(e).__name__}: {e}") from None
+    try:
+        data = r.json()
+    except ValueError:
+        raise UserError(
+            f"{url} answered HTTP {r.status_code} without JSON: is it a moe-router gateway?"
+        ) from None
+    if r.status_code != 200:
+        message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
+        raise UserError(f"the gateway answered HTTP {r.status_code}: {message or data}")
+    return data

@@ -20,7 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from router.config import RouterConfig, load_config
 from router.engine import Engine
 from router.errors import RouterError
+from router.gateway.admin_routes import admin_routes
 from router.gateway.anthropic_routes import anthropic_routes
+from router.gateway.console import console_routes
 from router.gateway.errors import render
 from router.gateway.middleware import Edge, RequestMetrics, state_error
 from router.gateway.openai_routes import openai_routes
@@ -34,6 +36,8 @@ log = logging.getLogger("moe_router.gateway")
 
 PUBLIC_PATHS = ("/health", "/ready")
 OPERATOR_PATHS = ("/metrics",)
+ADMIN_PREFIXES = ("/admin",)  # the master key only (none configured: refused)
+CONSOLE_PREFIXES = ("/ui",)  # no data: open without credentials, the master key with them
 
 
 def create_app(config: RouterConfig | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -97,6 +101,8 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
     app.include_router(openai_routes(engine))
     app.include_router(anthropic_routes(engine))
     app.include_router(responses_routes(engine))
+    app.include_router(admin_routes(engine))
+    app.include_router(console_routes())
 
     # ---- operations ----------------------------------------------------------------------------
     @app.get("/health")
@@ -106,7 +112,7 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
     @app.get("/ready")
     async def ready():
         r = await engine.readiness()
-        return JSONResponse(r, status_code=200 if r["status"] != "unready" else 503)
+        return JSONResponse(r, status_code=503 if r["status"] in ("unready", "warming_up") else 200)
 
     @app.get("/metrics")
     async def prometheus():
@@ -121,6 +127,8 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
         max_bytes=engine.config.server.max_body_bytes,
         body_timeout_s=engine.config.server.body_timeout_s,
         metrics=metrics,
+        admin_prefixes=ADMIN_PREFIXES,
+        console_prefixes=CONSOLE_PREFIXES,
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

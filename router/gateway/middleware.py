@@ -7,6 +7,9 @@
   and bodies not received within `server.body_timeout_s` (408); authenticates every route except
   an explicit list of public paths (fail closed: a route added later is protected without anyone
   remembering to protect it) and hands the caller to the routes in `scope["state"]["caller"]`;
+  under the admin prefixes (`/admin`) only the master key passes — everyone is refused when none is
+  configured; under the console prefixes (`/ui`, pages and static files that hold no data) a
+  request without credentials passes, and one with credentials must carry the master key;
   reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type).
 """
 
@@ -19,7 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
 
-from router.errors import PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
+from router.errors import Forbidden, PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
 from router.gateway.errors import render
 from router.metrics import Metrics
 from router.state import StateUnavailable
@@ -74,11 +77,15 @@ class Edge:
         max_bytes: int,
         body_timeout_s: float,
         metrics: Metrics | None = None,
+        admin_prefixes: Collection[str] = (),
+        console_prefixes: Collection[str] = (),
     ):
         self.app = app
         self.authenticate = authenticate
         self.public_paths = frozenset(public_paths)
         self.operator_paths = frozenset(operator_paths)
+        self.admin_prefixes = tuple(admin_prefixes)
+        self.console_prefixes = tuple(console_prefixes)
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
@@ -91,9 +98,13 @@ class Edge:
         path = scope["path"]
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await send_error(send, self._too_large(), self.metrics, path)
-        if path not in self.public_paths:
+        raw = api_key(headers)
+        admin = _under(path, self.admin_prefixes) or (raw is not None and _under(path, self.console_prefixes))
+        if admin or (path not in self.public_paths and not _under(path, self.console_prefixes)):
             try:
-                caller = await self.authenticate(api_key(headers), path in self.operator_paths)
+                caller = await self.authenticate(raw, admin or path in self.operator_paths)
+                if admin and not getattr(caller, "admin", False):
+                    raise _admin_off()
             except RouterError as e:
                 return await send_error(send, e, self.metrics, path)
             except (StateUnavailable, StateFault) as e:
@@ -134,6 +145,18 @@ class Edge:
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+def _admin_off() -> Forbidden:
+    """An admin path reached with no master key configured: the admin API is off (fail closed)."""
+    return Forbidden(
+        "the admin API and console need a master key: set auth.master_key (or MOE_ROUTER_MASTER_KEY)",
+        code="master_key_required",
+    )
 
 
 def _as_json(scope, headers: dict[bytes, bytes]):

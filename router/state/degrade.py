@@ -177,6 +177,13 @@ class ResilientKeys:
             "keys.revoke", lambda: self.primary.revoke(name), lambda: _raise("shared state unreachable")
         )
 
+    async def update(self, name: str, changes: dict) -> KeyRecord | None:
+        return await self.outage.call(
+            "keys.update",
+            lambda: self.primary.update(name, changes),
+            lambda: _raise("shared state unreachable"),
+        )
+
 
 class ResilientBudgets:
     """Budgets through an outage (config `outage.budgets`):

@@ -111,14 +111,26 @@ def parse_key(raw: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
+# what `update` may change: limits and scope, never the identity (id, name, salt, hash, created)
+MUTABLE = ("budget_usd", "budget_window", "rpm", "tpm", "models", "team")
+
+
 class KeyStore:
-    """Interface: `put` (refuses a taken name), `get` by id, `find` by name, `all`, `revoke` by name."""
+    """Interface: `put` (refuses a taken name), `get` by id, `find` by name, `all`, `revoke` by name,
+    `update` by name (the `MUTABLE` fields of an active key)."""
 
     async def put(self, rec: KeyRecord) -> None: ...
     async def get(self, key_id: str) -> KeyRecord | None: ...
     async def find(self, name: str) -> KeyRecord | None: ...
     async def all(self) -> list[KeyRecord]: ...
     async def revoke(self, name: str) -> KeyRecord | None: ...
+    async def update(self, name: str, changes: dict[str, Any]) -> KeyRecord | None: ...
+
+
+def _check_changes(changes: dict[str, Any]) -> None:
+    bad = sorted(set(changes) - set(MUTABLE))
+    if bad:
+        raise ValueError(f"key fields that cannot be changed: {', '.join(bad)}")
 
 
 class MemoryKeys(KeyStore):
@@ -148,6 +160,15 @@ class MemoryKeys(KeyStore):
             return None
         self._by_id[key_id].revoked = True
         return self._by_id[key_id]
+
+    async def update(self, name: str, changes: dict[str, Any]) -> KeyRecord | None:
+        _check_changes(changes)
+        rec = await self.find(name)
+        if rec is None:
+            return None
+        for k, v in changes.items():
+            setattr(rec, k, v)
+        return rec
 
 
 class RedisKeys(KeyStore):
@@ -187,4 +208,18 @@ class RedisKeys(KeyStore):
             pipe.delete(f"{self.p}keyname:{name}")
             await pipe.execute()
         rec.revoked = True
+        return rec
+
+    async def update(self, name: str, changes: dict[str, Any]) -> KeyRecord | None:
+        """One HSET of the changed fields (atomic); a revoked key has no name and is not found."""
+        _check_changes(changes)
+        rec = await self.find(name)
+        if rec is None or rec.revoked:
+            return None
+        if changes:
+            await self.redis.hset(
+                f"{self.p}key:{rec.id}", mapping={k: json.dumps(v) for k, v in changes.items()}
+            )
+        for k, v in changes.items():
+            setattr(rec, k, v)
         return rec

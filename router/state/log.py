@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from router.state.records import FeedbackRecord, RequestRecord
@@ -36,7 +36,11 @@ class RequestLog(Protocol):
 
 
 class MemoryLog:
+    """`on_write`, when set, is handed every request record and rating as it is stored (the SQL
+    ledger's feed with in-memory state; with Redis the ledger reads the streams instead)."""
+
     def __init__(self, max_entries: int = 100_000):
+        self.on_write: Callable[[RequestRecord | FeedbackRecord], None] | None = None
         self._requests: OrderedDict[str, RequestRecord] = OrderedDict()
         self._ratings: OrderedDict[tuple[str, str], FeedbackRecord] = OrderedDict()
         self._events: deque[dict[str, Any]] = deque(maxlen=max_entries)
@@ -46,6 +50,8 @@ class MemoryLog:
     async def record_request(self, record: RequestRecord) -> None:
         self._requests[record.id] = record
         self._events.append({"kind": "request", **record.to_dict()})
+        if self.on_write is not None:
+            self.on_write(record)
         while len(self._requests) > self.max_entries:
             self._requests.popitem(last=False)
 
@@ -57,6 +63,8 @@ class MemoryLog:
 
     async def record_feedback(self, feedback: FeedbackRecord) -> None:
         self._feedback.append(feedback)
+        if self.on_write is not None:
+            self.on_write(feedback)
 
     async def rate(self, feedback: FeedbackRecord) -> FeedbackRecord | None:
         key = (feedback.request_id, feedback.rater)
@@ -65,6 +73,8 @@ class MemoryLog:
         while len(self._ratings) > self.max_entries:
             self._ratings.popitem(last=False)
         self._feedback.append(feedback)
+        if self.on_write is not None:
+            self.on_write(feedback)
         return previous
 
     async def iter_requests(self) -> AsyncIterator[RequestRecord]:

@@ -101,6 +101,7 @@ class RedisStore(Store):
 
         health = health or HealthOptions()
         self.url = url
+        self.prefix = prefix
         # One immediate retry on a fresh connection: a pooled connection goes stale when Redis
         # restarts. Timeouts are not retried: the outage logic decides what a slow Redis means.
         self.redis = aioredis.from_url(

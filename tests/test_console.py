@@ -1,0 +1,259 @@
+"""The console at /ui in a real browser: Playwright driving Debian's Chromium, headless.
+
+Skipped (with the reason) where /usr/bin/chromium is absent; `.ci/run` installs it. Set
+MOE_ROUTER_SCREENSHOTS=docs/img to write the screenshots docs/console.md shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import make_config
+
+CHROMIUM = os.environ.get("MOE_ROUTER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+MASTER = "mk-" + "c" * 40
+ADMIN = {"authorization": f"Bearer {MASTER}"}
+SHOTS = os.environ.get("MOE_ROUTER_SCREENSHOTS")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+
+
+def ask(content: str, **kw) -> dict:
+    return {"model": "router", "messages": [{"role": "user", "content": content}], **kw}
+
+
+def wait_for(fn, timeout=10.0):
+    end = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def trained_artifact(tmp_path_factory, encoder):
+    """A trained knn policy with the eval report `moe-router eval --report` writes beside it."""
+    from policies.artifacts import save_policy
+    from tests.training_fixtures import planted_dataset
+    from training.jobs import run_eval, train
+
+    d = tmp_path_factory.mktemp("artifact")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOE_ROUTER_CACHE_DIR", str(d / "cache"))
+        ds = planted_dataset()
+        p = train("knn", ds, encoder, {"calib_folds": 3})
+        art = save_policy(p, d / "knn", encoder=encoder)
+        (art / "eval.json").write_text(json.dumps(run_eval(p, ds, encoder, points=21).report))
+    return art
+
+
+@pytest.fixture
+def gw(upstream, start_gateway, tmp_path, trained_artifact):
+    cfg = make_config(
+        upstream.base_url,
+        auth={"master_key": MASTER},
+        ledger=f"sqlite+aiosqlite:///{tmp_path}/ledger.db",
+        routing={"policies": {"learned": {"artifact": str(trained_artifact)}}},
+    )
+    gw = start_gateway(cfg)
+    # some traffic for the overview and requests pages
+    for text, w in [
+        ("What is the capital of France?", 0.9),
+        ("Write a Python function that reverses a linked list.", 0.0),
+        ("Prove that the square root of two is irrational.", 0.0),
+        ("Name a river in Egypt.", 0.5),
+    ]:
+        r = gw.post("/v1/chat/completions", json=ask(text, routing={"cost_weight": w}), headers=ADMIN)
+        assert r.status_code == 200
+    wait_for(lambda: len(gw.get("/admin/requests", headers=ADMIN).json()["data"]) >= 4)
+    return gw
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    # script errors and CSP refusals; answers with a 4xx status (the login's 401) are expected
+    pg.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    pg.errors = errors
+    yield pg
+    ctx.close()
+
+
+def shot(page, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"))
+
+
+def login(page, url: str) -> None:
+    page.goto(url + "/ui")
+    page.wait_for_selector("#login-form")
+    page.fill("#master-key", "wrong")
+    page.click("#login-form button")
+    page.wait_for_selector("#login-error:has-text('master key')")
+    page.fill("#master-key", MASTER)
+    page.click("#login-form button")
+    page.wait_for_selector("#app:not([hidden])")
+
+
+def test_login_overview_and_requests(gw, page):
+    login(page, gw.url)
+    page.wait_for_function("() => document.querySelector('#ov-requests').textContent === '4'")
+    assert page.text_content("#ov-errors") == "0.0%"
+    assert page.text_content("#ov-baseline-model") == "big"
+    assert page.text_content("#ov-savings").startswith("$")
+    assert page.text_content("#ov-p50").endswith("ms")
+    page.wait_for_selector("#ov-models tr[data-model=keyless]")
+    assert page.text_content("#ov-models tr[data-model=cheap] td:nth-child(3)") == "closed"
+    shot(page, "overview")
+
+    page.click("nav a[data-page=requests]")
+    page.wait_for_selector("#rq-table tr.request")
+    assert page.locator("#rq-table tr.request").count() == 4
+    # filter by model, then expand a routed request into its decision
+    first_model = page.text_content("#rq-table tr.request td:nth-child(5)")
+    page.fill("#rq-filter input[name=model]", first_model)
+    page.click("#rq-filter button")
+    page.wait_for_function(
+        "m => [...document.querySelectorAll('#rq-table tr.request td:nth-child(5)')].every(td => td.textContent === m)",
+        arg=first_model,
+    )
+    page.click("#rq-table tr.request")
+    page.wait_for_selector("tr.detail table.decision-ranked")
+    ranked = page.locator("tr.detail table.decision-ranked tbody tr")
+    assert ranked.count() >= 2 and first_model in ranked.first.text_content()
+    assert "keyless" in page.text_content("tr.detail table.decision-excluded")
+    shot(page, "requests")
+    assert page.url.endswith("/ui/requests")  # each page has its own address
+    # that address opened directly, logged in by an Authorization header alone (a script's way)
+    page.context.set_extra_http_headers({"Authorization": f"Bearer {MASTER}"})
+    page.goto(gw.url + "/ui/requests")
+    page.wait_for_selector("#page-requests:not([hidden]) #rq-table tr.request")
+    assert page.locator("#rq-table tr.request").count() == 4
+    assert page.errors == []
+
+
+def test_keys_create_use_and_revoke(gw, page):
+    login(page, gw.url)
+    page.click("nav a[data-page=keys]")
+    page.fill("#key-create input[name=name]", "web-user")
+    page.fill("#key-create input[name=budget_usd]", "0.5")
+    page.fill("#key-create input[name=rpm]", "30")
+    page.click("#key-create button")
+    page.wait_for_selector("#key-secret:not([hidden])")
+    raw = page.text_content("#key-secret-value")
+    assert raw.startswith("sk-mr-")
+    r = gw.post("/v1/chat/completions", json=ask("hello"), headers={"authorization": f"Bearer {raw}"})
+    assert r.status_code == 200
+    page.click("nav a[data-page=overview]")
+    page.click("nav a[data-page=keys]")
+    row = page.locator("#keys-table tr[data-key=web-user]")
+    row.wait_for()
+    assert "/ $0.500 monthly" in row.text_content() and "active" in row.text_content()
+    shot(page, "keys")
+
+    # change a limit with the form, then revoke
+    page.select_option("#key-update select[name=name]", "web-user")
+    page.fill("#key-update input[name=rpm]", "7")
+    page.click("#key-update button")
+    page.wait_for_function(
+        "() => document.querySelector('#keys-table tr[data-key=\"web-user\"] td:nth-child(5)').textContent === '7'"
+    )
+    page.once("dialog", lambda d: d.accept())
+    row.locator("button[data-revoke]").click()
+    page.wait_for_function(
+        "() => document.querySelector('#keys-table tr[data-key=\"web-user\"]').textContent.includes('revoked')"
+    )
+    r = gw.post("/v1/chat/completions", json=ask("hello"), headers={"authorization": f"Bearer {raw}"})
+    assert r.status_code == 401
+    assert page.errors == []
+
+
+def test_policies_show_the_frontier(gw, page):
+    login(page, gw.url)
+    page.click("nav a[data-page=policies]")
+    page.wait_for_selector("#pol-table tr[data-policy=learned]")
+    assert "default" in page.text_content("#pol-table tr[data-policy=category]")
+    page.wait_for_selector("#pol-frontiers figure[data-policy=learned] canvas")
+    drawn = page.evaluate(
+        "Chart.getChart(document.querySelector('#pol-frontiers canvas')).data.datasets[0].data.length"
+    )
+    assert drawn == 21
+    shot(page, "policies")
+    assert page.errors == []
+
+
+def test_playground_routes_compares_and_rates(gw, page):
+    # scripts and tests may skip the login form: an Authorization header is enough
+    page.context.set_extra_http_headers(ADMIN)
+    page.goto(gw.url + "/ui#playground")
+    page.wait_for_selector("#page-playground:not([hidden])")
+    page.select_option("#pg-policy", "thompson")
+    page.fill("#pg-prompt", "Write a Python function that merges two sorted lists.")
+    page.click("#pg-route")
+    page.wait_for_selector("#pg-ranked tbody tr")
+    assert page.locator("#pg-ranked tbody tr").count() == 3
+    assert "keyless" in page.text_content("#pg-excluded")
+    assert page.text_content("#pg-routed-name") == "router:thompson"
+    # the router's pick plus the two runners-up (checked by default): three answers side by side
+    page.click("#pg-send")
+    page.wait_for_function("() => document.querySelectorAll('#pg-answers .answer .meta').length === 3")
+    targets = page.eval_on_selector_all("#pg-answers .answer", "cs => cs.map(c => c.dataset.target)")
+    assert targets[0] == "router:thompson" and len(set(targets)) == 3
+    text = page.text_content("#pg-answers .answer:first-child .text")
+    assert "merges two sorted lists" in text  # the mock upstream echoes the prompt
+    shot(page, "playground")
+
+    routed = page.locator("#pg-answers .answer").first
+    request_id = routed.get_attribute("data-id")
+    routed.locator("button[data-rating='1']").click()
+    routed.locator(".rated").wait_for()
+    assert routed.locator(".rated").text_content() == "rated 1"
+
+    # the rating is in the ledger, by the operator, and the bandit learnt from it
+    row = wait_for(
+        lambda: (r := gw.get(f"/admin/requests/{request_id}", headers=ADMIN).json()).get("feedback") and r
+    )
+    assert row["policy"] == "thompson" and row["rating"] == 1.0
+    assert row["feedback"][0]["rater"] == "admin" and row["feedback"][0]["rating"] == 1.0
+    metrics = httpx.get(gw.url + "/metrics", headers=ADMIN).text
+    assert f'moe_router_policy_updates_total{{model="{row["model"]}",policy="thompson"}} 1.0' in metrics
+    assert page.errors == []
