@@ -181,6 +181,19 @@ def test_compose_runs_two_gateways_sharing_the_redis_service():
         assert (DEPLOY / s["build"]["context"] / s["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
 
 
+def test_compose_gateways_write_the_ledger_to_the_healthy_postgres_service():
+    pg = next(n for n, s in SERVICES.items() if s.get("image", "").startswith("postgres"))
+    assert "pg_isready" in SERVICES[pg]["healthcheck"]["test"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in SERVICES[pg]["volumes"])
+    for name in GATEWAYS:
+        s = SERVICES[name]
+        ledger = s["environment"]["MOE_ROUTER_LEDGER"]
+        assert re.fullmatch(
+            rf"postgresql\+asyncpg://moe:\$\{{POSTGRES_PASSWORD:-[^}}]+\}}@{pg}:5432/moe", ledger
+        )
+        assert s["depends_on"][pg]["condition"] == "service_healthy"
+
+
 def test_compose_balances_over_every_gateway_and_prometheus_scrapes_each():
     lb = next(s for s in SERVICES.values() if str(s.get("image", "")).startswith(("nginx", "traefik")))
     assert any(str(p).startswith("8080:") for p in lb["ports"])
@@ -385,6 +398,23 @@ def test_redis_manifest_is_marked_dev_only():
     assert "DEV ONLY" in (K8S / "kustomization.yaml").read_text()
 
 
+def test_k8s_ledger_is_postgres_from_env_and_its_dev_database_is_marked():
+    assert "DEV ONLY" in (K8S / "postgres.yaml").read_text()
+    env = dict(
+        kv.split("=", 1)
+        for g in KUSTOMIZATION["configMapGenerator"]
+        if g["name"] == "moe-router-env"
+        for kv in g["literals"]
+    )
+    assert (
+        env["MOE_ROUTER_LEDGER"].startswith("postgresql+asyncpg://")
+        and "@postgres:5432/" in env["MOE_ROUTER_LEDGER"]
+    )
+    assert one("Service", "postgres")["spec"]["ports"][0]["port"] == 5432
+    # the example Secret shows how production overrides it (commented out: no value shipped)
+    assert "MOE_ROUTER_LEDGER" in (K8S / "secret.example.yaml").read_text()
+
+
 def test_secret_example_holds_no_real_values():
     secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())
     assert secret["kind"] == "Secret"
@@ -398,7 +428,7 @@ def test_kustomization_renders():
     ).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("Deployment") == 2 and "HorizontalPodAutoscaler" in kinds
+    assert kinds.count("Deployment") == 3 and "HorizontalPodAutoscaler" in kinds  # gateway, redis, postgres
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"moe-router"}
     dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "moe-router")
     maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
