@@ -8,13 +8,16 @@ with `stream_options.include_usage` (turn off with `stream_usage: false` for ser
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 
+from adapters.aiohttp_transport import AiohttpTransport
 from adapters.base import ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage, merge_params
 from adapters.errors import (
     BackendError,
@@ -24,6 +27,8 @@ from adapters.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+
+JSON = {"content-type": "application/json"}
 
 
 class OpenAICompatAdapter:
@@ -52,6 +57,8 @@ class OpenAICompatAdapter:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._client: httpx.AsyncClient | None = None
+        # parsed once: httpx would parse and merge a relative path with base_url on every request
+        self._urls = {p: httpx.URL(self.base_url + p) for p in ("/chat/completions", "/embeddings")}
 
     # ---- lifecycle -----------------------------------------------------------------------------
     @property
@@ -61,7 +68,11 @@ class OpenAICompatAdapter:
             if self._api_key:
                 headers["authorization"] = f"Bearer {self._api_key}"
             self._client = httpx.AsyncClient(
-                base_url=self.base_url, headers=headers, timeout=self._timeout, limits=self._limits
+                base_url=self.base_url,
+                headers=headers,
+                timeout=self._timeout,
+                transport=AiohttpTransport(self._limits),
+                cookies=no_cookies(),
             )
         return self._client
 
@@ -114,7 +125,7 @@ class OpenAICompatAdapter:
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """One non-streaming POST; transport failures and error statuses become `BackendError`s."""
         try:
-            r = await self.client.post(path, json=body)
+            r = await self.client.post(self._urls[path], content=orjson.dumps(body), headers=JSON)
         except httpx.HTTPError as e:
             raise _transport_error(e) from None
         if r.status_code >= 400:
@@ -150,7 +161,8 @@ class OpenAICompatAdapter:
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request, stream=True)
         try:
-            async with self.client.stream("POST", "/chat/completions", json=body) as r:
+            url, data = self._urls["/chat/completions"], orjson.dumps(body)
+            async with self.client.stream("POST", url, content=data, headers=JSON) as r:
                 if r.status_code >= 400:
                     text = (await r.aread()).decode(errors="replace")
                     raise _status_error(r.status_code, r.headers, text)
@@ -253,3 +265,10 @@ def _transport_error(e: httpx.HTTPError) -> BackendError:
     if isinstance(e, httpx.ConnectError):
         return BackendUnavailable(f"cannot connect to upstream: {e}")
     return BackendUnavailable(f"upstream connection failed: {type(e).__name__}: {e}")
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A jar that keeps nothing: one client serves every caller, so a cookie an upstream sets for
+    one request must not ride along on another caller's requests. (A bare jar: httpx copies the
+    cookies of an `httpx.Cookies` into a default jar, dropping its policy.)"""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))

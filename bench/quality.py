@@ -197,14 +197,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--sets", default="arc,routerdc,mmlu,gsm8k")
     ap.add_argument("--policies", default="knn,logistic,mlp,mf,bt,cluster,cascade,pg")
-    ap.add_argument("--encoder", default=None, help="prompt encoder (default: the bundled MiniLM)")
+    ap.add_argument(
+        "--encoder", default=None, help="prompt encoder (default: the bundled MiniLM through ONNX)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write every report here")
     a = ap.parse_args()
     enc = PromptEncoder(a.encoder) if a.encoder else PromptEncoder()
     policies = [p for p in a.policies.split(",") if p]
-    out: dict = {"encoder": {"name": enc.name, "version": enc.version}}
+    out: dict = {"encoder": {"name": enc.name, "version": enc.version, "build": enc.build}}
     t0 = time.time()
-    print(f"Encoder: {enc.name} {enc.version}.\n", flush=True)
+    print(f"Encoder: {enc.name} {enc.version} ({enc.build}).\n", flush=True)
     for s in a.sets.split(","):
         if s == "arc":
             section = arc(a.data, policies, enc, out)

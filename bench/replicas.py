@@ -38,10 +38,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gateway import BODY, pct, sequential, start, wait_http  # noqa: E402
+from gateway import pct, start, wait_http  # noqa: E402
 
 from tests.redis_server import RedisServer  # noqa: E402
 from tests.servers import free_port  # noqa: E402
+
+BODY = {
+    "messages": [{"role": "user", "content": "Summarise the plot of Hamlet in one line."}],
+    "max_tokens": 16,
+}
+
+
+async def sequential(url: str, model: str, n: int, headers: dict) -> list[float]:
+    """Latencies (ms) of n requests one after another (after 20 warm-up requests)."""
+    out = []
+    async with httpx.AsyncClient(timeout=30) as c:
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            r = await c.post(url, json={**BODY, "model": model}, headers=headers)
+            dt = (time.perf_counter() - t0) * 1000
+            r.raise_for_status()
+            if i >= 20:
+                out.append(dt)
+    return out
 
 
 async def saturate_many(

@@ -3,14 +3,15 @@
 An artifact is a directory:
 
     policy.json          type, class, hyper-parameters, model list (column order), encoder
-                         name + version, JSON-able learned state, training metrics, data summary,
+                         name + version + build, JSON-able learned state, training metrics, data summary,
                          moe-router version, and the SHA-256 of the arrays file
     arrays.safetensors   every learned numpy array (attributes ending in `_`)
 
 Nothing is pickled, so loading an artifact never runs code from it. `load_policy` refuses an
 artifact that is corrupt, of an unknown type or format version, or fitted with a different
-encoder (name or version) than the one it would be served with: its embeddings would mean
-something else.
+encoder (name, version, or build other than torch <-> onnx fp32, which give the same vectors)
+than the one it would be served with: its embeddings would mean something else. An artifact with
+no recorded build was fitted through torch (or the static encoder, by its name).
 """
 
 from __future__ import annotations
@@ -110,7 +111,12 @@ def save_policy(
         "models": list(policy.models_),
         "encoder": None
         if encoder is None
-        else {"name": encoder.name, "version": encoder.version, "model": getattr(encoder, "model", None)},
+        else {
+            "name": encoder.name,
+            "version": encoder.version,
+            "build": getattr(encoder, "build", "torch"),
+            "model": getattr(encoder, "model", None),
+        },
         "state": state,
         "arrays": sorted(arrays),
         "arrays_sha256": _sha256(out / ARRAYS),
@@ -155,11 +161,27 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _recorded_build(want: dict[str, Any]) -> str:
+    if want.get("build"):
+        return str(want["build"])
+    return "static" if want.get("name") == "moe-router/minilm-static" else "torch"  # before builds
+
+
 def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
+    from policies.encoders import build_family
+
     want = meta.get("encoder")
     if want is None:
         return
-    have = {"name": encoder.name, "version": encoder.version}
+    have = {"name": encoder.name, "version": encoder.version, "build": getattr(encoder, "build", "torch")}
+    fitted = _recorded_build(want)
+    if build_family(fitted) != build_family(have["build"]):
+        raise ValueError(
+            f"{where} was fitted with the {fitted!r} build of encoder {want.get('name')} (model "
+            f"{want.get('model')!r}), but this gateway encodes prompts with the {have['build']!r} build "
+            f"(encoder.model {getattr(encoder, 'model', None)!r}), whose vectors differ; retrain the policy "
+            f"with this encoder, or set encoder.model to {want.get('model') or want.get('name')!r}"
+        )
     if (want.get("name"), want.get("version")) != (have["name"], have["version"]):
         raise ValueError(
             f"{where} was trained with encoder {want.get('name')} {want.get('version')}, but this gateway "

@@ -68,6 +68,10 @@ class ModelSpec(_Strict):
     # request parameters beyond the OpenAI set that clients may send to this model (they reach
     # its backend only); names that choose a destination, credentials or headers are refused
     allow_params: list[str] = Field(default_factory=list)
+    # capacity across all replicas (a provider's limits, a local server's slots): a request that
+    # finds the model full is sent to the next candidate instead (docs/gateway.md, capacity)
+    max_concurrency: int | None = Field(None, gt=0)  # requests in flight on this model
+    tpm_limit: int | None = Field(None, gt=0)  # tokens per minute sent to it (prompt + expected output)
     _info: ModelInfo | None = PrivateAttr(None)
 
     @field_validator("backend")
@@ -210,6 +214,17 @@ class DispatchSettings(_Strict):
     max_fallbacks: int = Field(2, ge=0)  # further models tried after the chosen one fails
 
 
+class CapacitySettings(_Strict):
+    """Models' `max_concurrency` / `tpm_limit` (docs/gateway.md, capacity)."""
+
+    # a slot held by a replica that died is given back this long after its holder last renewed it
+    # (live requests renew theirs every third of it); None: dispatch.timeout_s + 30
+    lease_ttl_s: float | None = Field(None, gt=0)
+    # while Redis is unreachable each replica allows 1/outage_share of every model's limits
+    # (set it to the number of replicas to keep the total; 1: the full limit on each replica)
+    outage_share: int = Field(1, gt=0)
+
+
 class BreakerSettings(_Strict):
     failure_threshold: int = Field(5, gt=0)  # consecutive failures that open the circuit
     reset_after_s: float = Field(30.0, gt=0)  # then one probe request is let through (half-open)
@@ -221,8 +236,12 @@ class HealthSettings(_Strict):
 
 
 class EncoderSettings(_Strict):
-    model: str = "all-MiniLM-L6-v2"  # the bundled copy, or a local sentence-transformers directory
+    # minilm-onnx: the bundled all-MiniLM-L6-v2 through ONNX Runtime (same vectors as torch);
+    # all-MiniLM-L6-v2: through torch; minilm-onnx-int8; minilm-static; or a local directory
+    model: str = "minilm-onnx"
     cache_size: int = Field(4096, ge=0)
+    threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (default min(2, CPUs))
+    batch_window_ms: float = Field(0.0, ge=0, le=100)  # wait this long to fill a batch (0: never)
 
 
 class AuthSettings(_Strict):
@@ -335,6 +354,7 @@ class RouterConfig(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)

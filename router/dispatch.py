@@ -1,8 +1,9 @@
 """Send a request down a ranked candidate list: retries, Retry-After, fallbacks, circuit breakers.
 
-For each candidate in order: skip it if its circuit is open; try it, retrying retryable failures
-with exponential backoff (or the backend's Retry-After, up to a cap); on final failure move to the
-next candidate. A stream falls back only before its first content token; after that a failure
+For each candidate in order: skip it if its circuit is open, or if it is at capacity (a spill: its
+`max_concurrency` slots or `tpm_limit` are taken, see router.capacity); try it, retrying retryable
+failures with exponential backoff (or the backend's Retry-After, up to a cap); on final failure
+move to the next candidate. A stream falls back only before its first content token; after that a failure
 ends the stream (the caller turns it into an error event).
 
 One deadline per request: every attempt, retry wait and fallback shares `dispatch.timeout_s` from
@@ -38,10 +39,12 @@ from adapters.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from router.capacity import Capacity
 from router.config import DispatchSettings
-from router.errors import RouterError, ServiceUnavailable, UpstreamFailed
+from router.errors import RateLimited, RouterError, ServiceUnavailable, UpstreamFailed
 from router.health import ModelHealth
 from router.metrics import Metrics
+from router.state.capacity import Full, Lease
 
 T = TypeVar("T")
 log = logging.getLogger("moe_router.dispatch")
@@ -69,8 +72,21 @@ class Attempts:
     errors: list[tuple[str, BackendError]] = field(default_factory=list)
     skipped_open: list[str] = field(default_factory=list)  # skipped: circuit open
     deferred: list[str] = field(default_factory=list)  # failures counted only if another model answers
+    spilled: list[tuple[str, Full]] = field(default_factory=list)  # skipped: at capacity
+    lease: Lease | None = None  # the answering model's capacity slot (released by the caller)
+
+    def spills(self) -> list[str]:
+        """`model:reason` per model skipped at capacity (the `x-moe-router-spilled` header)."""
+        return [f"{m}:{full.reason}" for m, full in self.spilled]
 
     def failure(self) -> RouterError:
+        if not self.errors and self.spilled:
+            wait = min(full.retry_after_s for _, full in self.spilled)
+            return RateLimited(
+                f"every candidate model is at capacity: {', '.join(self.spills())}",
+                code="capacity_exhausted",
+                headers={"retry-after": str(max(1, round(wait)))},
+            )
         if not self.errors:
             return ServiceUnavailable(
                 f"no candidate could be tried: circuit open for {', '.join(self.skipped_open) or 'all models'}",
@@ -116,7 +132,9 @@ class Dispatcher:
         metrics: Metrics,
         settings: DispatchSettings,
         sleep: Callable[[float], object] = asyncio.sleep,
+        capacity: Capacity | None = None,
     ):
+        self.capacity = capacity
         self.adapters = adapters
         self.health = health
         self.metrics = metrics
@@ -161,9 +179,25 @@ class Dispatcher:
     def _candidates(self, ranked: Sequence[str]) -> list[str]:
         return list(ranked[: 1 + self.settings.max_fallbacks])
 
-    def _gave_up(self, attempts: Attempts, model: str, err: BackendError | None) -> None:
+    def _gave_up(
+        self, attempts: Attempts, model: str, err: BackendError | None, why: str | None = None
+    ) -> None:
         attempts.fallbacks.append(model)
-        self.metrics.fallbacks.labels(model, type(err).__name__ if err else "circuit_open").inc()
+        reason = why or (type(err).__name__ if err else "circuit_open")
+        self.metrics.fallbacks.labels(model, reason).inc()
+
+    async def _slot(
+        self, model: str, tokens: Callable[[str], int] | None, attempts: Attempts
+    ) -> Lease | None | bool:
+        """A capacity lease on `model` (None: it has no limits), or False: full, spilled."""
+        if self.capacity is None:
+            return None
+        got = await self.capacity.acquire(model, tokens(model) if tokens else 0)
+        if isinstance(got, Full):
+            attempts.spilled.append((model, got))
+            self._gave_up(attempts, model, None, "capacity")
+            return False
+        return got
 
     async def _first_success(
         self,
@@ -171,47 +205,64 @@ class Dispatcher:
         attempt: Callable[[str], Awaitable[T]],
         deadline: float,
         request_id: str,
+        tokens: Callable[[str], int] | None = None,
     ) -> tuple[str, T, Attempts, float]:
-        """Run `attempt(model)` down the candidates until one succeeds: (model, value, attempts, t0)."""
+        """Run `attempt(model)` down the candidates until one succeeds: (model, value, attempts, t0).
+
+        The answering model's capacity lease is `attempts.lease`: the caller releases it when the
+        request is over; every other lease taken here is released here, on every path."""
         loop = asyncio.get_running_loop()
         attempts = Attempts()
         for model in self._candidates(ranked):
             if loop.time() >= deadline:
                 break
-            err: BackendError | None = None
-            n = 0
-            while await self.health.acquire(model):
-                t0 = time.perf_counter()
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        value = await attempt(model)
-                except TimeoutError:
-                    err = BackendTimeout(
-                        f"no answer within the request's deadline ({self.settings.timeout_s:g} s)"
+            lease = await self._slot(model, tokens, attempts)
+            if lease is False:
+                continue
+            try:
+                err: BackendError | None = None
+                n = 0
+                while await self.health.acquire(model):
+                    t0 = time.perf_counter()
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            value = await attempt(model)
+                    except TimeoutError:
+                        err = BackendTimeout(
+                            f"no answer within the request's deadline ({self.settings.timeout_s:g} s)"
+                        )
+                    except BackendError as e:
+                        err = e
+                    except BaseException:
+                        await self.health.release(model)
+                        raise
+                    else:
+                        attempts.lease, lease = lease, None
+                        return model, value, attempts, t0
+                    log.warning(
+                        "request %s: %s failed: %s: %s", request_id, model, type(err).__name__, err.message
                     )
-                except BackendError as e:
-                    err = e
-                except BaseException:
-                    await self.health.release(model)
-                    raise
+                    attempts.errors.append((model, err))
+                    await self._failed(model, err, attempts)
+                    delay = self._delay(err, n)
+                    if delay is None or loop.time() + delay >= deadline:
+                        break
+                    self.metrics.retries.labels(model).inc()
+                    await self._sleep(delay)
+                    n += 1
                 else:
-                    return model, value, attempts, t0
-                log.warning(
-                    "request %s: %s failed: %s: %s", request_id, model, type(err).__name__, err.message
-                )
-                attempts.errors.append((model, err))
-                await self._failed(model, err, attempts)
-                delay = self._delay(err, n)
-                if delay is None or loop.time() + delay >= deadline:
-                    break
-                self.metrics.retries.labels(model).inc()
-                await self._sleep(delay)
-                n += 1
-            else:
-                if err is None:
-                    attempts.skipped_open.append(model)
+                    if err is None:
+                        attempts.skipped_open.append(model)
+            finally:
+                if lease is not None and self.capacity is not None:
+                    self.capacity.release(lease)
             self._gave_up(attempts, model, err)
         raise attempts.failure()
+
+    def release(self, attempts: Attempts, actual_tokens: int | None) -> None:
+        """Give back the answering model's capacity slot (once; synchronous, safe anywhere)."""
+        if self.capacity is not None:
+            self.capacity.release(attempts.lease, actual_tokens)
 
     async def chat(
         self,
@@ -220,17 +271,21 @@ class Dispatcher:
         *,
         deadline: float | None = None,
         request_id: str = "-",
+        tokens: Callable[[str], int] | None = None,
     ) -> tuple[str, ChatResult, Attempts, float]:
         """(model, result, attempts, latency_ms) from the first candidate that answers.
 
-        `request(model)` is what that model is sent (its own output cap)."""
+        `request(model)` is what that model is sent (its own output cap); `tokens(model)` what it
+        counts against the model's `tpm_limit` until the real usage is known."""
         model, result, attempts, t0 = await self._first_success(
             ranked,
             lambda m: self.adapters[m].chat(request(m)),
             deadline if deadline is not None else self.deadline(),
             request_id,
+            tokens,
         )
         latency_ms = (time.perf_counter() - t0) * 1000
+        self.release(attempts, result.usage.total_tokens if result.usage else None)
         await self._succeeded(model, latency_ms, attempts)
         return model, result, attempts, latency_ms
 
@@ -242,6 +297,7 @@ class Dispatcher:
         *,
         deadline: float | None = None,
         request_id: str = "-",
+        tokens: int = 0,
     ) -> tuple[str, EmbedResult, Attempts, float]:
         """(model, result, attempts, latency_ms) from the first embedding model that answers."""
 
@@ -252,9 +308,14 @@ class Dispatcher:
             return await embed(texts, dimensions)
 
         model, result, attempts, t0 = await self._first_success(
-            ranked, one, deadline if deadline is not None else self.deadline(), request_id
+            ranked,
+            one,
+            deadline if deadline is not None else self.deadline(),
+            request_id,
+            lambda _: tokens,
         )
         latency_ms = (time.perf_counter() - t0) * 1000
+        self.release(attempts, result.usage.total_tokens or None)
         await self._succeeded(model, latency_ms, attempts)
         return model, result, attempts, latency_ms
 
@@ -265,8 +326,12 @@ class Dispatcher:
         *,
         deadline: float | None = None,
         request_id: str = "-",
+        tokens: Callable[[str], int] | None = None,
     ) -> OpenStream:
-        """Start streaming from the first candidate that yields content; fall back before that."""
+        """Start streaming from the first candidate that yields content; fall back before that.
+
+        The stream holds its model's capacity slot (`attempts.lease`) until whoever ends it calls
+        `release`."""
 
         async def first_content(model: str) -> tuple[list[ChatChunk], AsyncIterator[ChatChunk]]:
             it = self.adapters[model].stream(request(model)).__aiter__()
@@ -282,7 +347,7 @@ class Dispatcher:
             return head, it
 
         model, (head, rest), attempts, t0 = await self._first_success(
-            ranked, first_content, deadline if deadline is not None else self.deadline(), request_id
+            ranked, first_content, deadline if deadline is not None else self.deadline(), request_id, tokens
         )
         return OpenStream(model, attempts, head, rest, t0)
 

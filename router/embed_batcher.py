@@ -4,6 +4,10 @@ Encoding 32 prompts in one forward pass costs far less than 32 passes of one. Th
 wait at low load: a prompt that arrives while the encoder is idle is encoded at once, alone; the
 prompts that arrive while that pass runs are encoded together in the next one.
 
+`window_ms` (config `encoder.batch_window_ms`, default 0) holds a pass that would start with fewer
+than `max_batch` prompts for up to that long, to gather more. Measured with the ONNX encoder
+(bench/encoder.py, docs/benchmarks.md) it only adds latency: off by default.
+
 A failure stays with the prompt that caused it: when a batch fails, each of its prompts is encoded
 again alone, so only the one the encoder cannot take gets the error.
 """
@@ -18,9 +22,10 @@ from policies.encoders import PromptEncoder
 
 
 class EmbedBatcher:
-    def __init__(self, encoder: PromptEncoder, max_batch: int = 64):
+    def __init__(self, encoder: PromptEncoder, max_batch: int = 64, window_ms: float = 0.0):
         self.encoder = encoder
         self.max_batch = max_batch
+        self.window_s = window_ms / 1000
         self._queue: asyncio.Queue[tuple[str, asyncio.Future]] | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -38,6 +43,16 @@ class EmbedBatcher:
     async def _run(self, queue: asyncio.Queue) -> None:
         while True:
             items = [await queue.get()]
+            if self.window_s > 0:
+                deadline = asyncio.get_running_loop().time() + self.window_s
+                while len(items) < self.max_batch:
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        break
+                    try:
+                        items.append(await asyncio.wait_for(queue.get(), left))
+                    except TimeoutError:
+                        break
             while len(items) < self.max_batch and not queue.empty():
                 items.append(queue.get_nowait())
             live = [(t, f) for t, f in items if not f.cancelled()]

@@ -28,6 +28,7 @@ from router import constraints as C
 from router.access import Access, Caller
 from router.account import Account, Charge, Ticket
 from router.caching import CacheHit, ResponseCaching
+from router.capacity import Capacity
 from router.config import ModelSpec, RouterConfig
 from router.dispatch import Dispatcher, aclose_quietly
 from router.embed_batcher import EmbedBatcher
@@ -69,6 +70,7 @@ def build_store(config: RouterConfig, metrics: Metrics) -> Store:
         spill_path=o.spill_path,
         max_entries=config.log.max_entries,
         request_ttl_s=config.log.request_ttl_s,
+        capacity_outage_share=config.capacity.outage_share,
     )
 
 
@@ -85,9 +87,10 @@ class Engine:
         self.tracing = tracing or Tracing(config.tracing)
         self.specs: dict[str, ModelSpec] = {m.name: m for m in config.models}
         self.metrics = Metrics()
-        self.encoder = encoder or PromptEncoder(config.encoder.model, cache_size=config.encoder.cache_size)
+        enc = config.encoder
+        self.encoder = encoder or PromptEncoder(enc.model, cache_size=enc.cache_size, threads=enc.threads)
         self.policies = PolicySet(config, self.encoder)
-        self.embedder = EmbedBatcher(self.encoder)
+        self.embedder = EmbedBatcher(self.encoder, window_ms=enc.batch_window_ms)
         self.store = store or build_store(config, self.metrics)
         self.ledger: Ledger | None = build_ledger(config, self.store)  # None: `ledger: none`
         self.access = Access(config, self.store)
@@ -103,7 +106,11 @@ class Engine:
                 self.adapters[spec.name] = build_adapter(spec.backend, spec.resolved_params())
             except (TypeError, ValueError, ImportError) as e:
                 self.unavailable[spec.name] = f"backend {spec.backend!r} cannot be built: {e}"
-        self.dispatcher = Dispatcher(self.adapters, self.store.health, self.metrics, config.dispatch)
+        lease_ttl = config.capacity.lease_ttl_s or config.dispatch.timeout_s + 30
+        self.capacity = Capacity(self.specs, self.store.capacity, self.metrics, lease_ttl)
+        self.dispatcher = Dispatcher(
+            self.adapters, self.store.health, self.metrics, config.dispatch, capacity=self.capacity
+        )
         self.planner = Planner(
             config,
             self.policies,
@@ -167,6 +174,7 @@ class Engine:
             live.end()
         await self.account.aclose()  # then every admitted request's settlement
         await self.feedbacks.aclose(self.config.dispatch.timeout_s)
+        await self.capacity.aclose()  # the slots the requests above gave back reach the store
         if self.ledger is not None:  # after every settlement and rating is in its feed
             await self.ledger.aclose()
         await self.embedder.aclose()
@@ -290,7 +298,9 @@ class Engine:
                 started.cached.plan, hit.model, [], _replay(hit.result), started.cached, cache=hit
             )
         plan, opened, ticket = started.plan, started.value, started.ticket
-        handle = StreamHandle(plan, opened.model, list(opened.attempts.fallbacks))
+        handle = StreamHandle(
+            plan, opened.model, list(opened.attempts.fallbacks), spilled=opened.attempts.spills()
+        )
         handle.done = asyncio.get_running_loop().create_future()
 
         def ended(live: LiveStream) -> None:
@@ -307,6 +317,8 @@ class Engine:
                 live.opened.attempts,
                 live.expert_usage,
             )
+            # the model's capacity slot is free as soon as the stream is (no await: it cannot be skipped)
+            self.dispatcher.release(live.opened.attempts, handle.outcome.usage.total_tokens)
             with self.tracing.use(request_span):  # the settlement task belongs to the request's span
                 task = self.account.spawn(self._end_stream(handle, live, ticket, req, caller, request_span))
             task.add_done_callback(lambda _: handle.done.done() or handle.done.set_result(None))
@@ -378,14 +390,20 @@ class Engine:
             plan = await self.planner.plan_embedding(req.model, texts, caller)
             await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
             model, result, attempts, latency_ms = await self.dispatcher.embed(
-                plan.candidates(), texts, req.dimensions, request_id=plan.request_id
+                plan.candidates(),
+                texts,
+                req.dimensions,
+                request_id=plan.request_id,
+                tokens=plan.prompt_tokens,
             )
         except BaseException as e:
             await self._settle(ticket, None if plan is None else self._failure(plan, ticket, e))
             raise
         usage = result.usage if result.usage.prompt_tokens else Usage(plan.prompt_tokens, 0)
         cost = self.specs[model].info().cost_usd(usage.prompt_tokens, 0)
-        outcome = Outcome(plan, model, usage, cost, latency_ms, list(attempts.fallbacks))
+        outcome = Outcome(
+            plan, model, usage, cost, latency_ms, list(attempts.fallbacks), spilled=attempts.spills()
+        )
         charge = Charge(self._record(outcome, ticket), usage.total_tokens)
         outcome.budget_left_usd = await self._settle(ticket, charge)
         return result, outcome

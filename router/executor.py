@@ -41,6 +41,7 @@ class Outcome:
     latency_ms: float
     fallbacks: list[str] = field(default_factory=list)
     expert_usage: dict[str, list[int]] | None = None
+    spilled: list[str] = field(default_factory=list)  # `model:reason` skipped at capacity
     cache: CacheHit | None = None
     budget_left_usd: float | None = None
     cascade: str | None = None  # "accepted:<first>" | "escalated:<first>" | "escalation_failed:<first>"
@@ -97,6 +98,7 @@ class StreamHandle:
     cache: CacheHit | None = None
     live: LiveStream | None = None
     done: asyncio.Future | None = None  # resolves once the stream is settled
+    spilled: list[str] = field(default_factory=list)  # `model:reason` skipped at capacity
 
     def finish(self) -> None:
         """End the stream if its consumer never will (e.g. the response was never sent)."""
@@ -131,6 +133,13 @@ class Executor:
 
         return build
 
+    def tokens_for(self, plan: Plan) -> Callable[[str], int] | None:
+        """What a dispatch to each candidate counts against its `tpm_limit` (prompt + expected output)."""
+        capacity = self.dispatcher.capacity
+        if capacity is None:
+            return None
+        return lambda m: capacity.need(m, plan.prompt_tokens, plan.output_caps.get(m))
+
     def outcome(
         self,
         plan: Plan,
@@ -144,14 +153,20 @@ class Executor:
         if usage is None:  # backend did not report usage: estimate from the texts
             usage = Usage(plan.prompt_tokens, C.estimate_tokens(text))
         cost = self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens)
-        return Outcome(plan, model, usage, cost, latency_ms, list(attempts.fallbacks), experts)
+        return Outcome(
+            plan, model, usage, cost, latency_ms, list(attempts.fallbacks), experts, attempts.spills()
+        )
 
     async def chat(self, plan: Plan, req: ChatCompletionRequest) -> tuple[ChatResult, Outcome]:
         deadline = self.dispatcher.deadline()
         if plan.cascade is not None:
             return await self._cascade(plan, req, deadline)
         model, result, attempts, latency_ms = await self.dispatcher.chat(
-            plan.candidates(), self.request_for(req, plan), deadline=deadline, request_id=plan.request_id
+            plan.candidates(),
+            self.request_for(req, plan),
+            deadline=deadline,
+            request_id=plan.request_id,
+            tokens=self.tokens_for(plan),
         )
         return result, self.outcome(
             plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
@@ -171,7 +186,7 @@ class Executor:
         rest = [m for m in plan.candidates() if m not in (cp.first, cp.escalate_to)]
         order = [cp.first, cp.escalate_to, *rest][: 1 + self.config.dispatch.max_fallbacks]
         model, result, attempts, latency_ms = await self.dispatcher.chat(
-            order, request, deadline=deadline, request_id=plan.request_id
+            order, request, deadline=deadline, request_id=plan.request_id, tokens=self.tokens_for(plan)
         )
         first = self.outcome(
             plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
@@ -186,7 +201,11 @@ class Executor:
             return result, first
         try:
             model2, result2, attempts2, latency2 = await self.dispatcher.chat(
-                [cp.escalate_to], request, deadline=deadline, request_id=plan.request_id
+                [cp.escalate_to],
+                request,
+                deadline=deadline,
+                request_id=plan.request_id,
+                tokens=self.tokens_for(plan),
             )
         except RouterError:
             first.cascade = f"escalation_failed:{cp.first}"
@@ -194,6 +213,7 @@ class Executor:
         second = self.outcome(
             plan, model2, result2.usage, result2.text, latency2, attempts2, result2.expert_usage
         )
+        second.spilled = first.spilled + second.spilled
         second.cost_usd += first.cost_usd
         second.latency_ms += first.latency_ms
         second.cascade = f"escalated:{cp.first}"
@@ -202,7 +222,10 @@ class Executor:
     async def open_stream(self, plan: Plan, req: ChatCompletionRequest) -> OpenStream:
         """Commit to the first candidate that yields content before the deadline."""
         return await self.dispatcher.open_stream(
-            plan.candidates(), self.request_for(req, plan), request_id=plan.request_id
+            plan.candidates(),
+            self.request_for(req, plan),
+            request_id=plan.request_id,
+            tokens=self.tokens_for(plan),
         )
 
     async def relay(self, live: LiveStream) -> AsyncIterator[ChatChunk]:

@@ -60,6 +60,18 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.spillover = Counter(
+            p + "spillover",
+            "Requests sent past a model at capacity to the next candidate (reason: concurrency|tpm)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            p + "in_flight",
+            "Requests this replica has in flight on a model with a capacity limit",
+            ["model"],
+            registry=r,
+        )
         self.retries = Counter(
             p + "retries", "Retries of the same model after a retryable failure", ["model"], registry=r
         )

@@ -64,7 +64,12 @@ def test_artifact_round_trip_and_refusals(name, fitted, encoder, tmp_path):
     d = save_policy(p, tmp_path / name, encoder=encoder, metrics=p.metrics_, data={"prompts": 120})
     meta = json.loads((d / "policy.json").read_text())
     assert meta["type"] == name and meta["models"] == MODELS
-    assert meta["encoder"] == {"name": encoder.name, "version": encoder.version, "model": encoder.model}
+    assert meta["encoder"] == {
+        "name": encoder.name,
+        "version": encoder.version,
+        "build": encoder.build,
+        "model": encoder.model,
+    }
     assert "calibration" in meta["metrics"] and not list(d.glob("*.pkl"))
     q = load_policy(d, encoder=encoder)
     texts = [t for t, _ in HELD_OUT]

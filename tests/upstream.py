@@ -16,6 +16,7 @@ usage. Tests script it per model:
     up.abandoned("gpt-big")                                       # streams the client left unfinished
     up.behave("gpt-big", use_tools=True)                          # call the first tool, then answer
     up.behave("gpt-big", cached_tokens=40)                        # report provider prompt-cache reads
+    up.peak_in_flight("gpt-big")                                  # most requests it held at once
 
 Run alone (for benchmarks or the example config): `python -m tests.upstream --port 9000`.
 """
@@ -123,6 +124,8 @@ class MockUpstream:
     _calls: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     _times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     _abandoned: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    _in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    _peak: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ---- scripting -------------------------------------------------------------------------
@@ -158,8 +161,60 @@ class MockUpstream:
         with self._lock:
             return list(self._times[model])
 
+    def in_flight(self, model: str) -> int:
+        """Requests for `model` being answered right now (a stream until its last byte)."""
+        with self._lock:
+            return self._in_flight[model]
+
+    def peak_in_flight(self, model: str) -> int:
+        """The most requests for `model` this server was answering at the same time."""
+        with self._lock:
+            return self._peak[model]
+
+    def _enter(self, model: str) -> None:
+        with self._lock:
+            self._in_flight[model] += 1
+            self._peak[model] = max(self._peak[model], self._in_flight[model])
+
+    def _leave(self, model: str) -> None:
+        with self._lock:
+            self._in_flight[model] -= 1
+
+    def _counted(self, handler):
+        """`handler` with its requests counted in flight until the response (or stream) ends."""
+
+        async def run(request: Request) -> Response:
+            try:
+                model = str((await request.json()).get("model", ""))
+            except ValueError:
+                return await handler(request)
+            self._enter(model)
+            try:
+                response = await handler(request)
+            except BaseException:
+                self._leave(model)
+                raise
+            if not isinstance(response, StreamingResponse):
+                self._leave(model)
+                return response
+            inner = response.body_iterator
+
+            async def body():
+                try:
+                    async for part in inner:
+                        yield part
+                finally:
+                    self._leave(model)
+
+            response.body_iterator = body()
+            return response
+
+        return run
+
     def reset(self) -> None:
         with self._lock:
+            self._in_flight.clear()
+            self._peak.clear()
             self._scripts.clear()
             self._behaviour.clear()
             self._calls.clear()
@@ -170,8 +225,8 @@ class MockUpstream:
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
-                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/chat/completions", self._counted(self._chat), methods=["POST"]),
+                Route("/v1/messages", self._counted(self._messages), methods=["POST"]),
                 Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/health", lambda r: JSONResponse({"ok": True}), methods=["GET"]),

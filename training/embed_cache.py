@@ -1,6 +1,7 @@
 """On-disk cache of prompt embeddings, so `compare` and the benchmark embed each prompt once.
 
-Keyed by (encoder name, encoder version, SHA-256 of the exact text the encoder sees). Stored
+Keyed by (encoder name, encoder version, build unless torch, SHA-256 of the exact text the encoder
+sees): the ONNX fp32 build has its own vectors on disk, so a benchmark of it measures it. Stored
 under `$MOE_ROUTER_CACHE_DIR` (default `~/.cache/moe-router`) in `embeddings/<encoder>/` as
 safetensors shards: one per batch of new texts, each holding the text hashes and the vectors.
 Safe to delete at any time. (Not `MOE_ROUTER_CACHE`: the gateway's settings read that name as
@@ -30,7 +31,9 @@ def _digest(text: str) -> bytes:
 class EmbeddingCache:
     def __init__(self, encoder, root: str | Path | None = None, chunk: int = 512):
         self.encoder = encoder
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{encoder.name}@{encoder.version}")
+        build = getattr(encoder, "build", "torch")
+        key = f"{encoder.name}@{encoder.version}" + ("" if build == "torch" else f"@{build}")
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
         self.dir = Path(root or cache_root()) / "embeddings" / safe
         self.chunk = chunk
         self._index: dict[bytes, np.ndarray] | None = None

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters import ChatChunk, ChatResult, Usage
 from router.errors import BadRequest, RouterError
 from router.executor import Outcome, StreamHandle
+from router.gateway.json_response import dumps
 from router.planner import external_id
 from router.schemas import ChatCompletionRequest, RoutingControls
 
@@ -309,7 +310,7 @@ def count_body(req: ChatCompletionRequest) -> dict[str, int]:
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + kind.encode() + b"\ndata: " + dumps({"type": kind, **data}) + b"\n\n"
 
 
 class MessagesStream:

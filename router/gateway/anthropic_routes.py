@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 
 from router.access import Caller
 from router.engine import Engine
 from router.gateway import anthropic_format as A
 from router.gateway import openai_format as fmt
+from router.gateway.json_response import JSONResponse
 from router.gateway.openai_routes import Session, caller
 from router.gateway.streaming import SettledStreamingResponse
 from router.gateway.strict_json import StrictJSONRoute
@@ -22,7 +22,7 @@ def anthropic_routes(engine: Engine) -> APIRouter:
         req = A.to_chat(body)
         if req.stream:
             handle = await engine.stream(req, who, session)
-            headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks)
+            headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
             return SettledStreamingResponse(handle, A.MessagesStream(), engine.metrics, headers)
         result, outcome = await engine.chat(req, who, session)
         return JSONResponse(A.message_body(result, outcome), headers=fmt.outcome_headers(outcome))

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router.config import RouterConfig, load_config
@@ -24,6 +24,7 @@ from router.gateway.admin_routes import admin_routes
 from router.gateway.anthropic_routes import anthropic_routes
 from router.gateway.console import console_routes
 from router.gateway.errors import render
+from router.gateway.json_response import JSONResponse
 from router.gateway.middleware import Edge, RequestMetrics, state_error
 from router.gateway.openai_routes import openai_routes
 from router.gateway.responses_routes import responses_routes
@@ -52,7 +53,14 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
         finally:
             await engine.aclose()
 
-    app = FastAPI(title="moe-router", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="moe-router",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        default_response_class=JSONResponse,
+    )
     app.router.route_class = StrictJSONRoute
     app.state.engine = engine
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 from router.errors import Forbidden, PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
 from router.gateway.errors import render
+from router.gateway.json_response import dumps
 from router.metrics import Metrics
 from router.state import StateUnavailable
 from router.state.degrade import StateFault
@@ -50,7 +50,7 @@ async def send_error(send, err: RouterError, metrics: Metrics | None = None, pat
     if metrics is not None:
         metrics.errors.labels(err.type, err.code or "none").inc()
     status, shaped = render(err, path)
-    body = json.dumps(shaped).encode()
+    body = dumps(shaped)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -12,6 +12,7 @@ from adapters import ChatChunk, ChatResult, Usage
 from router.caching import CacheHit
 from router.errors import RouterError
 from router.executor import Outcome, StreamHandle
+from router.gateway.json_response import dumps
 from router.planner import Plan, external_id
 
 HEADER_PREFIX = "x-moe-router-"
@@ -84,7 +85,7 @@ def chunk_body(rid: str, model: str, created: int, c: ChatChunk, legacy: bool = 
 
 
 def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -94,8 +95,11 @@ def _fmt(x: float | None, digits: int = 6) -> str:
     return "none" if x is None else f"{x:.{digits}g}"
 
 
-def plan_headers(plan: Plan, model: str, fallbacks: list[str]) -> dict[str, str]:
-    """Headers known before the answer (all a stream can carry)."""
+def plan_headers(
+    plan: Plan, model: str, fallbacks: list[str], spilled: list[str] | None = None
+) -> dict[str, str]:
+    """Headers known before the answer (all a stream can carry). `spilled`: `model:reason` for each
+    model skipped at capacity (they are in `fallbacks` too, which stays a plain list of models)."""
     h = HEADER_PREFIX
     pred = next((c for c in plan.decision.ranked if c.model == model), None)
     out = {
@@ -105,6 +109,8 @@ def plan_headers(plan: Plan, model: str, fallbacks: list[str]) -> dict[str, str]
         h + "routed": "true" if plan.routed else "false",
         h + "fallbacks": ",".join(fallbacks) or "none",
     }
+    if spilled:
+        out[h + "spilled"] = ",".join(spilled)
     if plan.affinity is not None:
         out[h + "affinity"] = plan.affinity
     if pred is not None:
@@ -125,7 +131,7 @@ def cache_headers(hit: CacheHit) -> dict[str, str]:
 
 def outcome_headers(o: Outcome) -> dict[str, str]:
     h = HEADER_PREFIX
-    out = plan_headers(o.plan, o.model, o.fallbacks)
+    out = plan_headers(o.plan, o.model, o.fallbacks, o.spilled)
     out[h + "cost-usd"] = _fmt(o.cost_usd)
     out[h + "latency-ms"] = f"{o.latency_ms:.1f}"
     if o.expert_usage:

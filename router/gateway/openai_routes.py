@@ -4,11 +4,12 @@ router's own `/v1/route` and `/v1/feedback`."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from router.access import Caller
 from router.engine import Engine
 from router.gateway import openai_format as fmt
+from router.gateway.json_response import JSONResponse
 from router.gateway.streaming import SettledStreamingResponse
 from router.gateway.strict_json import StrictJSONRoute
 from router.planner import external_id
@@ -23,8 +24,9 @@ from router.schemas import (
 SESSION_HEADER = "x-moe-router-session"
 
 
-def caller(request: Request) -> Caller:
-    """Who is calling: authenticated by the edge before any route runs."""
+async def caller(request: Request) -> Caller:
+    """Who is calling: authenticated by the edge before any route runs. (`async`: FastAPI runs a
+    plain `def` dependency in a thread pool, a thread hand-off on every request.)"""
     return request.state.caller
 
 
@@ -36,7 +38,7 @@ async def answer(engine: Engine, req: ChatCompletionRequest, who: Caller, sessio
     if req.stream:
         handle = await engine.stream(req, who, session)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks)
+        headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
         if handle.cache is not None:
             headers |= fmt.cache_headers(handle.cache)
         return SettledStreamingResponse(
@@ -107,13 +109,16 @@ def openai_routes(engine: Engine) -> APIRouter:
     @api.post("/v1/route")
     async def route(body: RouteRequest, who: Caller = Depends(caller), session: str | None = Session):
         plan = await engine.plan(body, who, session)
-        return {
+        out = {
             "id": plan.request_id,
             "routed": plan.routed,
             "routing_text": plan.prompt,
             "affinity": plan.affinity,
             **plan.decision.as_dict(),
         }
+        if engine.capacity.limits:  # models with max_concurrency / tpm_limit: what dispatch would find
+            out["capacity"] = await engine.capacity.status()
+        return JSONResponse(out)
 
     @api.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, who: Caller = Depends(caller)):

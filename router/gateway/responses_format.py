@@ -18,7 +18,6 @@ any other; the answer comes back as a Response object (or its streaming events).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any, Literal
 
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from adapters import ChatChunk, ChatResult, Usage
 from router.errors import BadRequest, NotFound, RouterError
 from router.executor import Outcome, StreamHandle
+from router.gateway.json_response import dumps
 from router.planner import external_id
 from router.schemas import ChatCompletionRequest, RoutingControls
 
@@ -416,7 +416,7 @@ def answer_output(result: ChatResult, response_id: str) -> Output:
 
 def event(kind: str, data: dict[str, Any], seq: int) -> bytes:
     body = {"type": kind, "sequence_number": seq, **data}
-    return f"event: {kind}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + kind.encode() + b"\ndata: " + dumps(body) + b"\n\n"
 
 
 class ResponsesStream:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 
 from router.access import Caller
 from router.engine import Engine
 from router.executor import Outcome
 from router.gateway import openai_format as fmt
 from router.gateway import responses_format as R
+from router.gateway.json_response import JSONResponse
 from router.gateway.openai_routes import Session, caller
 from router.gateway.streaming import SettledStreamingResponse
 from router.gateway.strict_json import StrictJSONRoute
@@ -48,7 +48,7 @@ def responses_routes(engine: Engine) -> APIRouter:
         on_complete = keep(body, who, conversation)
         if req.stream:
             handle = await engine.stream(req, who, session)
-            headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks)
+            headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
             return SettledStreamingResponse(
                 handle, R.ResponsesStream(body, on_complete), engine.metrics, headers
             )

@@ -11,6 +11,8 @@ each concern degrades its own way:
 - rate limits: a per-replica in-memory limiter takes over
 - ledger, request log, feedback: buffered in memory (spilled to a JSONL file past a cap)
 - model health: a per-replica in-memory breaker/latency tracker takes over
+- model capacity: a per-replica counter takes over, allowing each replica `1/outage_share` of
+  every model's `max_concurrency` and `tpm_limit`; slots held on Redis are given back when it returns
 - caches: miss
 
 On the first successful operation after an outage the queued spend is added to the budget
@@ -41,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from router.health import MemoryHealth
 from router.metrics import Metrics
 from router.state.budgets import Budgets, BudgetScope, Reservation, to_micros
+from router.state.capacity import Full, Lease, Limits, MemoryCapacity
 from router.state.keys import KeyRecord
 from router.state.ratelimit import MemoryRateLimiter, RateDecision
 from router.state.records import FeedbackRecord, RequestRecord
@@ -469,3 +472,51 @@ class ResilientSessions:
 
     async def put(self, key: str, value: dict, ttl_s: float) -> None:
         await self.outage.call("sessions.put", lambda: self.primary.put(key, value, ttl_s), _none)
+
+
+class ResilientCapacity:
+    """Model capacity through an outage: a per-replica counter admits each replica's share
+    (`outage_share`: the number of replicas to divide each limit among; 1 = the full limit on every
+    replica). Leases taken on Redis and released during the outage are given back when it returns
+    (until then they hold their slot at most until their lease expires)."""
+
+    def __init__(self, primary, outage: Outage, outage_share: int = 1):
+        self.primary, self.outage, self.share = primary, outage, outage_share
+        self.local = MemoryCapacity()
+        self._unreleased: list[tuple[Lease, int | None]] = []
+        outage.on_recover(self.flush)
+
+    async def try_acquire(self, model: str, limits: Limits, tokens: int, ttl_s: float) -> Lease | Full:
+        async def offline():
+            got = await self.local.try_acquire(model, limits.scaled(self.share), tokens, ttl_s)
+            if isinstance(got, Lease):
+                got.offline = True
+            return got
+
+        return await self.outage.call(
+            "capacity.acquire", lambda: self.primary.try_acquire(model, limits, tokens, ttl_s), offline
+        )
+
+    async def release(self, lease: Lease, actual_tokens: int | None) -> None:
+        if lease.offline:
+            await self.local.release(lease, actual_tokens)
+            return
+
+        async def later():
+            self._unreleased.append((lease, actual_tokens))
+
+        await self.outage.call("capacity.release", lambda: self.primary.release(lease, actual_tokens), later)
+
+    async def renew(self, leases: list[Lease], ttl_s: float) -> None:
+        online = [x for x in leases if not x.offline]
+        await self.outage.call("capacity.renew", lambda: self.primary.renew(online, ttl_s), _none)
+
+    async def in_flight(self, models: list[str]) -> dict[str, int]:
+        return await self.outage.call(
+            "capacity.in_flight", lambda: self.primary.in_flight(models), lambda: self.local.in_flight(models)
+        )
+
+    async def flush(self) -> None:
+        while self._unreleased:
+            await self.primary.release(*self._unreleased[0])
+            self._unreleased.pop(0)

@@ -3,7 +3,8 @@
 Both expose the same components, so the engine never knows which it has:
 `keys`, `budgets`, `limits` (rate limits), `log` (ledger, request index, feedback), `cache`
 (exact + semantic), `health` (latency + circuit breakers), `bandits` (online policies' state) and
-`sessions` (conversation affinity, stored Responses-API conversations).
+`sessions` (conversation affinity, stored Responses-API conversations) and `capacity` (models'
+in-flight slots and tokens per minute).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from router.metrics import Metrics
 from router.state.bandit import BanditState, MemoryBanditState, RedisBanditState
 from router.state.budgets import Budgets, MemoryBudgets, RedisBudgets
 from router.state.cache import MemoryCache, RedisCache, ResponseCache
+from router.state.capacity import CapacityState, MemoryCapacity, RedisCapacity
 from router.state.degrade import (
     Outage,
     ResilientBudgets,
     ResilientCache,
+    ResilientCapacity,
     ResilientHealth,
     ResilientKeys,
     ResilientLimiter,
@@ -51,6 +54,7 @@ class Store:
     health: ModelHealth
     bandits: BanditState
     sessions: Sessions
+    capacity: CapacityState
     kind = "memory"
 
     @property
@@ -74,6 +78,7 @@ class MemoryStore(Store):
         self.health = (health or HealthOptions()).memory()
         self.bandits = MemoryBanditState()
         self.sessions = MemorySessions()
+        self.capacity = MemoryCapacity()
 
 
 class RedisStore(Store):
@@ -93,6 +98,7 @@ class RedisStore(Store):
         prefix: str = "moe:",
         max_entries: int = 1_000_000,
         request_ttl_s: int = 7 * 86400,
+        capacity_outage_share: int = 1,  # replicas each model's capacity is divided among in an outage
     ):
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -125,6 +131,7 @@ class RedisStore(Store):
         self.health = ResilientHealth(shared, health.memory(), o)
         self.bandits = RedisBanditState(r, o, prefix + "bandit:")
         self.sessions = ResilientSessions(RedisSessions(r, prefix + "sess:"), o)
+        self.capacity = ResilientCapacity(RedisCapacity(r, prefix + "cap:"), o, capacity_outage_share)
 
     @property
     def degraded(self) -> bool:

