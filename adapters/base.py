@@ -7,9 +7,15 @@ to this protocol; which concrete adapter serves a model is named in the config.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+# One in-process model loads at a time: transformers resolves its names lazily, and two threads
+# importing from it at once can fail ("cannot import name 'AutoModelForCausalLM'"), as a chat
+# model and an embedding model warming up side by side did.
+LOCAL_LOAD_LOCK = threading.Lock()
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from adapters.base import ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage
+from adapters.base import LOCAL_LOAD_LOCK, ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage
 from adapters.errors import BackendNotConfigured, BackendRejected
 from adapters.local_transformers import local_files, resolve_path
 
@@ -40,13 +40,14 @@ class SentenceTransformersAdapter:
         await asyncio.shield(self._loading)
 
     def _load(self) -> None:
-        from sentence_transformers import SentenceTransformer
+        with LOCAL_LOAD_LOCK:
+            from sentence_transformers import SentenceTransformer
 
-        where = bundled_path() if self.path == "bundled" else resolve_path(self.path)
-        try:
-            self.model = SentenceTransformer(where, device="cpu")
-        except (OSError, ValueError) as e:
-            raise BackendNotConfigured(f"cannot load embedding model {self.path}: {e}") from None
+            where = bundled_path() if self.path == "bundled" else resolve_path(self.path)
+            try:
+                self.model = SentenceTransformer(where, device="cpu")
+            except (OSError, ValueError) as e:
+                raise BackendNotConfigured(f"cannot load embedding model {self.path}: {e}") from None
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

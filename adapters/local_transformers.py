@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from adapters.base import ChatChunk, ChatRequest, ChatResult, Usage
+from adapters.base import LOCAL_LOAD_LOCK, ChatChunk, ChatRequest, ChatResult, Usage
 from adapters.errors import BackendError, BackendNotConfigured, BackendRejected, BackendUnavailable
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096  # the cap on one answer when `max_output_tokens` is not set
@@ -193,6 +193,10 @@ class TransformersAdapter:
             raise self._load_error
 
     def _load(self) -> None:
+        with LOCAL_LOAD_LOCK:
+            self._load_model()
+
+    def _load_model(self) -> None:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -173,3 +173,26 @@ async def test_real_smollm2_answers_a_factual_question():
         assert "!" not in text and chunks[-1].finish_reason == "stop"
     finally:
         await a.aclose()
+
+
+def test_a_chat_model_and_an_embedding_model_warm_up_side_by_side_in_a_fresh_process(tiny_moe_dir):
+    """Warm-up starts every local model at once; in a fresh interpreter two threads importing from
+    transformers at once used to fail ("cannot import name 'AutoModelForCausalLM'")."""
+    import subprocess
+    import sys
+
+    script = f"""
+import asyncio
+from adapters import build_adapter
+
+async def main():
+    chat = build_adapter("transformers", {{"path": {str(tiny_moe_dir)!r}, "max_new_tokens": 4}})
+    emb = build_adapter("sentence-transformers", {{}})
+    await asyncio.gather(chat.start(), emb.start())
+    assert await chat.health() and await emb.health()
+    print("both loaded")
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "both loaded" in out.stdout, out.stderr[-2000:]
