@@ -38,29 +38,24 @@ MAX_BUCKETS = 2000
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class KeyCreate(BaseModel):
+class KeyUpdate(BaseModel):
+    """A key's budget and limits. In a PATCH, fields left out stay as they are; `null` removes a
+    limit."""
+
     model_config = ConfigDict(extra="forbid")
+
+    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget_window: Literal["daily", "monthly", "total"] = "monthly"
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    models: list[str] | None = Field(None, max_length=1000)
+    team: str | None = Field(None, min_length=1, max_length=64)
+
+
+class KeyCreate(KeyUpdate):
+    """A new key: its name and the same budget and limits as an update."""
 
     name: str = Field(min_length=1, max_length=64)
-    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
-    budget_window: Literal["daily", "monthly", "total"] = "monthly"
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    models: list[str] | None = Field(None, max_length=1000)
-    team: str | None = Field(None, min_length=1, max_length=64)
-
-
-class KeyUpdate(BaseModel):
-    """Fields left out stay as they are; `null` removes a limit."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
-    budget_window: Literal["daily", "monthly", "total"] = "monthly"
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    models: list[str] | None = Field(None, max_length=1000)
-    team: str | None = Field(None, min_length=1, max_length=64)
 
 
 class KeyNotFoundError(NotFound):
