@@ -1,10 +1,19 @@
-"""The money path: admit -> reserve -> settle, exactly once per request, whatever happens.
+"""The money path: admit and reserve -> settle, exactly once per request, whatever happens.
 
-A `Ticket` is one request's claim on its caller's rate limits and budgets. `Account.admit` counts
-the request against the key's rpm/tpm; `reserve` holds the most the planned request may cost in
-every budget scope; `settle` books what really happened — tokens against the minute that counted
-them, cost against the reservation, metrics, and the ledger record — and does it exactly once:
-the first call starts the settlement as a task of its own, later calls return that same task.
+A `Ticket` is one request's claim on its caller's rate limits and budgets. `Account.open` checks
+the key, counts the request against its rpm/tpm and holds the most the planned request may cost in
+every budget scope, all in one step (one round trip to Redis: router.state.admission); `admit`
+and `reserve` do the same in two. `settle` books what really happened — tokens against the
+minute that counted them, cost against the reservation, metrics, the ledger record and the health
+of the models that answered (one round trip too) — and does it exactly once: the first call
+starts the settlement as a task of its own, later calls return that same task.
+
+`RequestHealth` is model health as one request sees it. A model's success is reported by the
+dispatcher before the request settles: it is held for the request's settlement (the request is
+found through a context variable, set when its ticket is opened), so it travels in the same round
+trip. And the breaker's go-ahead for a model the request's own plan saw closed less than
+`CLOSED_FRESH_S` ago is that observation (a closed breaker lets every request through: asking
+again would only add a round trip); a retry, a half-open probe or an older plan asks the store.
 
 The task runs apart from the request, so cancelling the request (a client that disconnects, a
 server shutting down) cannot interrupt it halfway: awaits in a cancelled request's `finally` would
@@ -15,23 +24,27 @@ waits for the settlements still running before the state store closes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from router import tracing
 from router.access import Access, Caller
 from router.config import LogSettings
+from router.health import CLOSED, ModelHealth, ModelStatus
 from router.metrics import Metrics
 from router.request_log import log_request
 from router.state import RequestRecord, Store
-from router.state.budgets import Reservation
+from router.state.admission import Settle
+from router.state.budgets import MICROS, BudgetScope, Reservation, to_micros
 
 log = logging.getLogger("moe_router.account")
 T = TypeVar("T")
+CLOSED_FRESH_S = 1.0
 
 
 @dataclass(eq=False)
@@ -41,6 +54,8 @@ class Ticket:
     window: int | None  # the minute they were counted in
     reservation: Reservation | None = None
     settlement: asyncio.Task | None = field(default=None, repr=False)
+    scopes: Sequence[BudgetScope] = ()  # of the reservation
+    successes: list[tuple[str, float]] = field(default_factory=list)  # (model, latency_ms) to record
 
     @property
     def settled(self) -> bool:
@@ -65,16 +80,53 @@ class Account:
         self._running: set[asyncio.Task] = set()
         self._open: set[Ticket] = set()  # admitted and not yet settled
 
+    async def open(self, caller: Caller, tokens: int, usd: float | None, request_id: str) -> Ticket:
+        """Admission and reservation in one step (`Access.open`: 401/429, or `Replan`); nothing to
+        settle if this raises. Shielded: a request cancelled while the store admits it still
+        settles what was taken."""
+        event = {
+            "id": request_id,
+            "key": caller.name,
+            "usd": to_micros(usd or 0.0) / MICROS,
+            "created": time.time(),
+        }
+        admitting = asyncio.ensure_future(self.access.open(caller, tokens, usd, event))
+        try:
+            got = await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t))
+            raise
+        ticket = self._ticket(caller, tokens, got.window, got.reservation)
+        _ticket.set(ticket)
+        return ticket
+
+    def _ticket(
+        self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None
+    ) -> Ticket:
+        ticket = Ticket(caller, tokens, window, reservation)
+        if reservation is not None:
+            ticket.scopes = self.access.scopes(caller)
+        self._open.add(ticket)
+        return ticket
+
+    def _give_back(self, caller: Caller, tokens: int, admitting: asyncio.Future) -> None:
+        if not admitting.cancelled() and admitting.exception() is None:
+            got = admitting.result()
+            self.settle(self._ticket(caller, tokens, got.window, got.reservation), None)
+
+    def defer_health(self, ticket: Ticket) -> None:
+        """Successes reported from here on (this task) are recorded by `ticket`'s settlement."""
+        _ticket.set(ticket)
+
     async def admit(self, caller: Caller, tokens: int) -> Ticket:
         """Rate limits (429 when over). Nothing to settle yet if this raises."""
         window = await self.access.admit(caller, tokens)
-        ticket = Ticket(caller, tokens, window)
-        self._open.add(ticket)
-        return ticket
+        return self._ticket(caller, tokens, window, None)
 
     async def reserve(self, ticket: Ticket, usd: float, request_id: str) -> None:
         """Hold `usd` in every budget scope of the caller (429 when one cannot cover it)."""
         ticket.reservation = await self.access.reserve(ticket.caller, usd)
+        ticket.scopes = self.access.scopes(ticket.caller) if ticket.reservation is not None else ()
         if ticket.reservation is not None:
             await self.store.log.record_event(
                 "reserve",
@@ -114,11 +166,30 @@ class Account:
     async def _settle(self, ticket: Ticket, charge: Charge | None) -> float | None:
         cost = charge.record.cost_usd if charge else 0.0
         used = charge.total_tokens if charge else 0
-        await self.access.settle(ticket.reservation, cost)
-        await self.access.settle_tokens(ticket.caller, ticket.tokens, used, ticket.window)
-        if charge is None:
+        key = ticket.caller.key
+        counted = key is not None and key.tpm is not None and ticket.window is not None
+        rec = charge.record if charge else None
+        if rec is not None:
+            self._observe(rec, charge)
+            rec.prompt = self.redact(rec.prompt)
+            tracing.annotate(rec)
+            log_request(rec, self.log_settings.requests)
+        settle = Settle(
+            ticket.reservation,
+            ticket.scopes,
+            cost,
+            key.id if key is not None else None,
+            ticket.window if counted else None,
+            used - ticket.tokens,
+            rec,
+            ticket.successes,
+        )
+        left = await self.store.money.settle(settle)
+        if ticket.reservation is None or charge is None:
             return None
-        rec = charge.record
+        return self.access.settled(ticket.scopes, left)
+
+    def _observe(self, rec: RequestRecord, charge: Charge) -> None:
         if rec.model is not None:
             m = self.metrics
             m.tokens.labels(rec.model, "prompt").inc(rec.prompt_tokens)
@@ -128,11 +199,6 @@ class Account:
             m.cost.labels(rec.model).inc(rec.cost_usd)
             if charge.observe_latency:
                 m.model_latency.labels(rec.model).observe(rec.latency_ms / 1000)
-        rec.prompt = self.redact(rec.prompt)
-        tracing.annotate(rec)
-        log_request(rec, self.log_settings.requests)
-        await self.store.log.record_request(rec)
-        return await self.access.room(ticket.caller) if ticket.reservation is not None else None
 
     async def book(self, record: RequestRecord) -> None:
         """A call the gateway made on its own behalf (the judge): metrics and ledger, no budget."""
@@ -170,3 +236,44 @@ class Account:
                     "%d settlements did not finish within %g s of shutdown", len(self._running), timeout_s
                 )
                 return
+
+
+_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("moe_router_ticket", default=None)
+# models this request saw with a closed breaker, and when
+_closed: contextvars.ContextVar[tuple[float, set[str]] | None] = contextvars.ContextVar(
+    "moe_router_closed", default=None
+)
+
+
+class RequestHealth:
+    """Model health as one request sees it (see the module docstring): its plan's view of the
+    breakers answers its first go-ahead per model, its successes wait for its settlement;
+    everything else goes to the store's health at once."""
+
+    def __init__(self, inner: ModelHealth):
+        self.inner = inner
+
+    async def snapshot(self, models: Sequence[str]) -> dict[str, ModelStatus]:
+        got = await self.inner.snapshot(models)
+        _closed.set((time.monotonic(), {m for m, st in got.items() if st.breaker == CLOSED}))
+        return got
+
+    async def acquire(self, model: str) -> bool:
+        seen = _closed.get()
+        if seen is not None and model in seen[1] and time.monotonic() - seen[0] < CLOSED_FRESH_S:
+            seen[1].discard(model)  # once: a retry of the same model asks the store
+            return True
+        return await self.inner.acquire(model)
+
+    async def record_success(self, model: str, latency_ms: float) -> None:
+        ticket = _ticket.get()
+        if ticket is not None and not ticket.settled:
+            ticket.successes.append((model, latency_ms))
+            return
+        await self.inner.record_success(model, latency_ms)
+
+    async def record_failure(self, model: str) -> None:
+        await self.inner.record_failure(model)
+
+    async def release(self, model: str) -> None:
+        await self.inner.release(model)

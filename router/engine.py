@@ -2,9 +2,14 @@
 
 It composes four parts, each testable alone, and reads top to bottom per request:
 
-    account.admit (rate limits) -> cache? -> planner.plan (policy + constraints -> ranked models)
-    -> account.reserve (budget) -> executor (dispatch: retries, fallbacks, deadline)
-    -> account.settle (exactly once: spend, tokens, ledger) -> feedback (judge, learning)
+    cache? -> planner.plan (policy + constraints -> ranked models)
+    -> account.open (key, rate limits and budget reservation: one step) -> executor (dispatch:
+    retries, fallbacks, deadline) -> account.settle (exactly once: spend, tokens, ledger, health)
+    -> feedback (judge, learning)
+
+The plan comes before admission because the reservation is the plan's most expensive answer; it
+is made on what this replica knows of the caller's key and budgets, and made again in the rare
+case admission finds that shared state knows better (`Replan`, router.access).
 
 - `router.planner`: request -> plan, calling no model and moving no money;
 - `router.account`: the money path, settled exactly once on every path;
@@ -25,14 +30,14 @@ from adapters import Adapter, BackendError, ChatChunk, ChatResult, EmbedResult, 
 from policies.decision import Decision
 from policies.encoders import PromptEncoder
 from router import constraints as C
-from router.access import Access, Caller
-from router.account import Account, Charge, Ticket
+from router.access import Access, Caller, Replan
+from router.account import Account, Charge, RequestHealth, Ticket
 from router.caching import CacheHit, ResponseCaching
 from router.capacity import Capacity
 from router.config import ModelSpec, RouterConfig
 from router.dispatch import Dispatcher, aclose_quietly
 from router.embed_batcher import EmbedBatcher
-from router.errors import RouterError
+from router.errors import BudgetExceeded, RouterError, ServiceUnavailable
 from router.executor import Executor, LiveStream, Outcome, StreamHandle
 from router.feedback import Feedback
 from router.ledger import Ledger, build_ledger
@@ -45,6 +50,7 @@ from router.tracing import Tracing, span
 
 log = logging.getLogger("moe_router")
 T = TypeVar("T")
+REPLANS = 3  # plans made again at most, when admission finds the key or a budget changed
 
 __all__ = ["Engine", "Outcome", "Plan", "StreamHandle", "build_store"]
 
@@ -88,7 +94,9 @@ class Engine:
         self.specs: dict[str, ModelSpec] = {m.name: m for m in config.models}
         self.metrics = Metrics()
         enc = config.encoder
-        self.encoder = encoder or PromptEncoder(enc.model, cache_size=enc.cache_size, threads=enc.threads)
+        self.encoder = encoder or PromptEncoder(
+            config.encoder_model(), cache_size=enc.cache_size, threads=enc.threads
+        )
         self.policies = PolicySet(config, self.encoder)
         self.embedder = EmbedBatcher(self.encoder, window_ms=enc.batch_window_ms)
         self.store = store or build_store(config, self.metrics)
@@ -108,14 +116,19 @@ class Engine:
                 self.unavailable[spec.name] = f"backend {spec.backend!r} cannot be built: {e}"
         lease_ttl = config.capacity.lease_ttl_s or config.dispatch.timeout_s + 30
         self.capacity = Capacity(self.specs, self.store.capacity, self.metrics, lease_ttl)
+        health = RequestHealth(self.store.health)  # the planner's view of breakers is the dispatcher's
         self.dispatcher = Dispatcher(
-            self.adapters, self.store.health, self.metrics, config.dispatch, capacity=self.capacity
+            self.adapters,
+            health,
+            self.metrics,
+            config.dispatch,
+            capacity=self.capacity,
         )
         self.planner = Planner(
             config,
             self.policies,
             self.embedder,
-            self.store.health,
+            health,
             self.access,
             self.store.bandits,
             self.store.sessions,
@@ -214,16 +227,42 @@ class Engine:
     async def plan(
         self, req: ChatCompletionRequest, caller: Caller | None = None, session: str | None = None
     ) -> Plan:
+        if caller is not None:
+            await self.access.check(caller)
         return await self.planner.plan(req, caller, session)
 
     async def feedback(
         self, caller: Caller | None, request_id: str, rating: float, comment: str | None = None
     ) -> FeedbackRecord:
-        return await self.feedbacks.rate(caller or Caller(), request_id, rating, comment)
+        caller = caller or Caller()
+        await self.access.check(caller)
+        return await self.feedbacks.rate(caller, request_id, rating, comment)
 
-    async def _admit(self, req: ChatCompletionRequest, caller: Caller) -> Ticket:
-        self.planner.check(req)  # refused parameters cost the caller nothing
-        return await self.account.admit(caller, C.prompt_tokens(req.messages) + (req.output_limit() or 0))
+    async def _open(
+        self, caller: Caller, tokens: int, planned: Callable[[], Awaitable[Plan | None]]
+    ) -> tuple[Ticket, Plan | None]:
+        """`planned()` (None: nothing to reserve), then the ticket: admitted and reserved in one
+        step. Planned again when admission says the key or a budget changed (`Replan`), or when the
+        planner found no model the budget covers by this replica's knowledge and shared state has
+        more left. A failure before admission still tells a revoked key so first."""
+        for attempt in range(REPLANS + 1):
+            try:
+                plan = await planned()
+            except BudgetExceeded:
+                if attempt < REPLANS and await self.access.refresh(caller):
+                    continue
+                await self.access.check(caller)
+                raise
+            except RouterError:
+                await self.access.check(caller)
+                raise
+            rid = plan.request_id if plan is not None else new_request_id()
+            try:
+                usd = plan.reservation_usd() if plan is not None else None
+                return await self.account.open(caller, tokens, usd, rid), plan
+            except Replan:
+                continue
+        raise ServiceUnavailable("the API key or its budget kept changing during the request; retry")
 
     async def _start(
         self,
@@ -232,16 +271,23 @@ class Engine:
         dispatch: Callable[[Plan], Awaitable[Any]],
         session: str | None,
     ) -> _Started:
-        """admit -> cache? -> plan -> reserve -> dispatch(plan); if any step fails, the ticket is
-        settled (what was reserved goes back, the failure is logged) before the error propagates."""
-        ticket = await self._admit(req, caller)
-        plan: Plan | None = None
+        """cache? -> plan -> admit and reserve -> dispatch(plan); if any step after admission
+        fails, the ticket is settled (what was reserved goes back, the failure is logged) before
+        the error propagates."""
+        hit: CacheHit | None = None
+
+        async def planned() -> Plan | None:
+            nonlocal hit
+            self.planner.check(req)  # refused parameters cost the caller nothing
+            if self.caching.wanted(req, caller):
+                hit = await self.caching.lookup(caller.scope, req)
+            return None if hit is not None else await self.planner.plan(req, caller, session)
+
+        tokens = C.prompt_tokens(req.messages) + (req.output_limit() or 0)
+        ticket, plan = await self._open(caller, tokens, planned)
         try:
-            hit = await self.caching.lookup(caller.scope, req) if self.caching.wanted(req, caller) else None
             if hit is not None:
                 return _Started(ticket, hit=hit, cached=await self._cached(req, ticket, hit))
-            plan = await self.planner.plan(req, caller, session)
-            await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
             with span("dispatch"):
                 value = await dispatch(plan)
             return _Started(ticket, plan=plan, value=value)
@@ -352,6 +398,7 @@ class Engine:
         caller: Caller,
     ) -> None:
         status, outcome = live.status, handle.outcome
+        self.account.defer_health(ticket)  # the model's success is recorded by the settlement
         try:
             await aclose_quietly(live.opened.rest)
             await self.dispatcher.finish_stream(
@@ -384,11 +431,11 @@ class Engine:
 
     async def _embed(self, req: EmbeddingsRequest, caller: Caller) -> tuple[EmbedResult, Outcome]:
         texts = req.texts()
-        ticket = await self.account.admit(caller, sum(C.estimate_tokens(t) for t in texts))
-        plan: Plan | None = None
+        tokens = sum(C.estimate_tokens(t) for t in texts)
+        ticket, plan = await self._open(
+            caller, tokens, lambda: self.planner.plan_embedding(req.model, texts, caller)
+        )
         try:
-            plan = await self.planner.plan_embedding(req.model, texts, caller)
-            await self.account.reserve(ticket, plan.reservation_usd(), plan.request_id)
             model, result, attempts, latency_ms = await self.dispatcher.embed(
                 plan.candidates(),
                 texts,

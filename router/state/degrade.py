@@ -42,6 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.health import MemoryHealth
 from router.metrics import Metrics
+from router.state.admission import Admit, Admitted, Refused, Settle
 from router.state.budgets import Budgets, BudgetScope, Reservation, to_micros
 from router.state.capacity import Full, Lease, Limits, MemoryCapacity
 from router.state.keys import KeyRecord
@@ -157,6 +158,14 @@ class ResilientKeys:
             raise StateUnavailable("API keys cannot be checked right now (shared state unreachable)")
 
         return await self.outage.call("keys.get", fresh, known)
+
+    def know(self, rec: KeyRecord) -> None:
+        """`rec` as Redis just answered it (by the admission script): the outage's last known good."""
+        self._known[rec.id] = rec
+
+    def forget(self, key_id: str) -> None:
+        """Redis just said the key is gone or revoked: not to be served from memory in an outage."""
+        self._known.pop(key_id, None)
 
     async def put(self, rec: KeyRecord) -> None:
         await self.outage.call(
@@ -276,6 +285,41 @@ class ResilientBudgets:
             await self.primary.settle(*self._pending[0])
             self._pending.pop(0)
         self._offline_left = None
+
+
+class ResilientMoney:
+    """Admission and settlement (router.state.admission) through an outage: one script each while
+    Redis answers; while it does not, the components' own outage behaviour above (`local`, the
+    same steps through the resilient components). A settlement also goes the components' way while
+    the outage's spend or records still wait to be written, so they reach Redis in order."""
+
+    def __init__(self, primary, local, outage: Outage, keys: ResilientKeys, budgets, log):
+        self.primary, self.local, self.outage = primary, local, outage
+        self.keys, self.budgets, self.log = keys, budgets, log
+
+    async def admit(self, a: Admit) -> Admitted | Refused:
+        async def online():
+            got = await self.primary.admit(a)
+            if isinstance(got, Admitted):
+                if got.reservation is not None:
+                    self.budgets._remember(a.scopes, got.reservation.left)
+            elif got.reason == "budget":
+                self.budgets._remember(a.scopes, got.left)
+            elif got.reason == "key":
+                self.keys.forget(a.key.id)
+            elif got.reason == "changed":
+                self.keys.know(got.record)
+            return got
+
+        return await self.outage.call("admission", online, lambda: self.local.admit(a))
+
+    async def settle(self, s: Settle) -> tuple[int, ...]:
+        r = s.reservation
+        if (r is not None and r.offline) or self.budgets._pending or self.log._buffer:
+            return await self.local.settle(s)
+        return await self.outage.call(
+            "settlement", lambda: self.primary.settle(s), lambda: self.local.settle(s)
+        )
 
 
 class ResilientLimiter:

@@ -36,24 +36,35 @@ end
 return f
 """
 
+# A success, as a Lua function (the settlement script, router.state.admission, calls it too):
+# hash, probe, latencies keys; latency_ms, alpha, window.
+SUCCESS_FN = """
+local function success(h, probe, lat, latency, alpha, window)
+  redis.call('HSET', h, 'failures', 0)
+  redis.call('HDEL', h, 'opened_at')
+  redis.call('DEL', probe)
+  local x, a = tonumber(latency), tonumber(alpha)
+  local e = redis.call('HGET', h, 'ewma')
+  if e then e = a * x + (1 - a) * tonumber(e) else e = x end
+  redis.call('HSET', h, 'ewma', tostring(e))
+  redis.call('LPUSH', lat, latency)
+  redis.call('LTRIM', lat, 0, tonumber(window) - 1)
+  local xs = redis.call('LRANGE', lat, 0, -1)
+  for i = 1, #xs do xs[i] = tonumber(xs[i]) end
+  table.sort(xs)
+  local k = math.max(1, math.ceil(0.95 * #xs))
+  redis.call('HSET', h, 'p95', tostring(xs[k]), 'n', #xs)
+end
+"""
+
 # KEYS: hash, probe, latencies. ARGV: latency_ms, alpha, window
-_SUCCESS = """
-redis.call('HSET', KEYS[1], 'failures', 0)
-redis.call('HDEL', KEYS[1], 'opened_at')
-redis.call('DEL', KEYS[2])
-local x, a = tonumber(ARGV[1]), tonumber(ARGV[2])
-local e = redis.call('HGET', KEYS[1], 'ewma')
-if e then e = a * x + (1 - a) * tonumber(e) else e = x end
-redis.call('HSET', KEYS[1], 'ewma', tostring(e))
-redis.call('LPUSH', KEYS[3], ARGV[1])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
-local xs = redis.call('LRANGE', KEYS[3], 0, -1)
-for i = 1, #xs do xs[i] = tonumber(xs[i]) end
-table.sort(xs)
-local k = math.max(1, math.ceil(0.95 * #xs))
-redis.call('HSET', KEYS[1], 'p95', tostring(xs[k]), 'n', #xs)
+_SUCCESS = (
+    SUCCESS_FN
+    + """
+success(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
+)
 
 
 class RedisHealth:

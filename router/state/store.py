@@ -3,8 +3,9 @@
 Both expose the same components, so the engine never knows which it has:
 `keys`, `budgets`, `limits` (rate limits), `log` (ledger, request index, feedback), `cache`
 (exact + semantic), `health` (latency + circuit breakers), `bandits` (online policies' state) and
-`sessions` (conversation affinity, stored Responses-API conversations) and `capacity` (models'
-in-flight slots and tokens per minute).
+`sessions` (conversation affinity, stored Responses-API conversations), `capacity` (models'
+in-flight slots and tokens per minute) and `money` (a request's admission and settlement, each one
+round trip on Redis: router.state.admission).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from router.health import MemoryHealth, ModelHealth
 from router.metrics import Metrics
+from router.state.admission import ComposedMoney, RedisMoney
 from router.state.bandit import BanditState, MemoryBanditState, RedisBanditState
 from router.state.budgets import Budgets, MemoryBudgets, RedisBudgets
 from router.state.cache import MemoryCache, RedisCache, ResponseCache
@@ -26,6 +28,7 @@ from router.state.degrade import (
     ResilientKeys,
     ResilientLimiter,
     ResilientLog,
+    ResilientMoney,
     ResilientSessions,
 )
 from router.state.keys import KeyStore, MemoryKeys, RedisKeys
@@ -55,6 +58,7 @@ class Store:
     bandits: BanditState
     sessions: Sessions
     capacity: CapacityState
+    money: ComposedMoney | ResilientMoney
     kind = "memory"
 
     @property
@@ -79,6 +83,7 @@ class MemoryStore(Store):
         self.bandits = MemoryBanditState()
         self.sessions = MemorySessions()
         self.capacity = MemoryCapacity()
+        self.money = ComposedMoney(self.keys, self.limits, self.budgets, self.log, self.health)
 
 
 class RedisStore(Store):
@@ -118,10 +123,12 @@ class RedisStore(Store):
         )
         self.outage = Outage(metrics, retry_every_s)
         r, o = self.redis, self.outage
-        self.keys = ResilientKeys(RedisKeys(r, prefix), o)
-        self.budgets = ResilientBudgets(RedisBudgets(r, prefix + "budget:"), o, budgets, allowance)
-        self.limits = ResilientLimiter(RedisRateLimiter(r, prefix + "rate:"), o)
-        self.log = ResilientLog(RedisLog(r, prefix, max_entries, request_ttl_s), o, spill_path=spill_path)
+        keys, limits = RedisKeys(r, prefix), RedisRateLimiter(r, prefix + "rate:")
+        budgets_, log_ = RedisBudgets(r, prefix + "budget:"), RedisLog(r, prefix, max_entries, request_ttl_s)
+        self.keys = ResilientKeys(keys, o)
+        self.budgets = ResilientBudgets(budgets_, o, budgets, allowance)
+        self.limits = ResilientLimiter(limits, o)
+        self.log = ResilientLog(log_, o, spill_path=spill_path)
         self.cache = ResilientCache(RedisCache(r, prefix + "cache:"), o)
         from router.state.redis_health import RedisHealth
 
@@ -129,6 +136,14 @@ class RedisStore(Store):
             r, health.failure_threshold, health.reset_after_s, health.ewma_alpha, health.window, prefix=prefix
         )
         self.health = ResilientHealth(shared, health.memory(), o)
+        self.money = ResilientMoney(
+            RedisMoney(r, keys, limits, budgets_, log_, shared),
+            ComposedMoney(self.keys, self.limits, self.budgets, self.log, self.health),
+            o,
+            self.keys,
+            self.budgets,
+            self.log,
+        )
         self.bandits = RedisBanditState(r, o, prefix + "bandit:")
         self.sessions = ResilientSessions(RedisSessions(r, prefix + "sess:"), o)
         self.capacity = ResilientCapacity(RedisCapacity(r, prefix + "cap:"), o, capacity_outage_share)
