@@ -24,7 +24,7 @@ DISTILL_VERSION = "2"
 # the bundled MiniLM through ONNX Runtime (policies.onnx_encoder): fp32, and dynamic int8
 ONNX_ALIASES = {"minilm-onnx", "onnx"}
 ONNX_INT8_ALIASES = {"minilm-onnx-int8", "onnx-int8"}
-DEFAULT = "minilm-onnx"
+DEFAULT = "minilm-onnx-int8"  # its routing quality is fp32's within 0.002 AIQ (docs/benchmarks.md)
 # builds whose vectors are the same (to float rounding): a policy fitted with one serves with the other
 INTERCHANGEABLE = {"torch": "minilm", "onnx": "minilm"}
 
@@ -44,9 +44,9 @@ def bundled_model_path() -> str:
 class PromptEncoder:
     """The routing encoder on CPU, offline.
 
-    `model`: "minilm-onnx" (the bundled all-MiniLM-L6-v2 through ONNX Runtime; the default),
+    `model`: "minilm-onnx" (the bundled all-MiniLM-L6-v2 through ONNX Runtime, fp32),
     "all-MiniLM-L6-v2" (the same weights through torch sentence-transformers; same vectors),
-    "minilm-onnx-int8" (ONNX with dynamic int8 quantization: faster, vectors ~0.99 cosine to
+    "minilm-onnx-int8" (the default: ONNX with dynamic int8 quantization, faster, vectors ~0.997 cosine to
     fp32), "minilm-static" (a static encoder distilled from it: ~100x faster, a little less
     accurate; `policies.static_encoder`), or a local sentence-transformers directory.
     `threads`: ONNX Runtime intra-op threads (default min(2, CPUs)).
@@ -94,7 +94,9 @@ class PromptEncoder:
         if self.model in STATIC_ALIASES:
             return f"{wheel}+static{DISTILL_VERSION}"
         if self.model in ONNX_INT8_ALIASES:  # other vectors: an older gateway must refuse them too
-            return f"{wheel}+int8"
+            from policies.onnx_encoder import INT8_RECIPE
+
+            return f"{wheel}+int8r{INT8_RECIPE}"
         if self.model in BUNDLED_ALIASES | ONNX_ALIASES:
             return wheel
         return metadata.version("sentence-transformers")

@@ -111,7 +111,9 @@ def start_gateway(encoder: PromptEncoder):
     started: list[Gateway] = []
 
     def start(config: RouterConfig, **engine_kw: Any) -> Gateway:
-        engine = Engine(config, encoder=encoder, **engine_kw)
+        # the session's loaded encoder, unless the config resolves to another build
+        shared = encoder if config.encoder_model() == encoder.model else None
+        engine = Engine(config, encoder=shared, **engine_kw)
         server = ServerThread(create_app(engine=engine)).start()
         gw = Gateway(server.url, engine, server)
         started.append(gw)

@@ -39,7 +39,7 @@ def validate(
     from router.probe import UNREACHABLE, check_params, probe_models
 
     cfg = load(_path(path, config))
-    policies = PolicySet(cfg, PromptEncoder(cfg.encoder.model, cache_size=cfg.encoder.cache_size))
+    policies = PolicySet(cfg, PromptEncoder(cfg.encoder_model(), cache_size=cfg.encoder.cache_size))
     problems = check_params(cfg.models)
     if problems:
         raise UserError("; ".join(problems))
@@ -48,6 +48,8 @@ def validate(
         f"ok: {len(cfg.models)} models ({len(available)} available now), "
         f"policies: {', '.join(policies.names)} (default {policies.default}), state: {cfg.state}"
     )
+    for w in policies.warnings:
+        typer.echo(f"  warning: {w}")
     if not check:
         return
     probes = asyncio.run(probe_models(cfg.models, timeout_s))

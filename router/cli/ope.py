@@ -71,7 +71,7 @@ def ope(
             f"{log}: {len(rows)} usable rows (need >= 2 rated requests with a propensity, "
             f"routed to models of this config); skipped {skipped}, {unknown} of unknown models"
         )
-    encoder = PromptEncoder(cfg.encoder.model, cache_size=cfg.encoder.cache_size)
+    encoder = PromptEncoder(cfg.encoder_model(), cache_size=cfg.encoder.cache_size)
     if Path(policy).is_dir():
         from policies.artifacts import load_policy
 
