@@ -9,7 +9,9 @@
   accuracy (cost weight 0) on each test split, and the mean over the five.
 - RouteLLM MMLU and GSM8K (2 models, contaminated prompts removed): seeded 5-fold by prompt; the
   out-of-fold predictions of all prompts are swept together. Costs from the default price table;
-  CPT is the share of calls to GPT-4 needed to recover x% of the weak-strong gap.
+  CPT is the share of calls to GPT-4 needed to recover x% of the weak-strong gap. The cascade
+  (GSM8K: recorded answers) scores each fold's answers out of fold; every prompt pays the weak
+  call, escalations the strong one too.
 
 Every number comes from `training.evaluate` (the gateway's own decision function).
 """
@@ -31,8 +33,11 @@ from policies.encoders import PromptEncoder  # noqa: E402
 from training.dataset import RoutingDataset  # noqa: E402
 from training.evaluate import Predictions, evaluate, predict, weight_grid  # noqa: E402
 from training.jobs import fmt, load, run_eval, train  # noqa: E402
+from training.metrics import cost_to_reach  # noqa: E402
 
 PARAMS = {"calib_folds": 3}  # 3 calibration folds everywhere, to keep the run near 30 minutes
+# routerdc holds out 1/calib_folds of the prompts (no cross-fitting): its defaults, not fewer folds
+OWN_PARAMS = {"routerdc": {}}
 ROUTERDC_TASKS = {
     "mmlu": ("mmlu_train.json", "mmlu_test.json"),
     "arc_challenge": ("arc_challenge_train.json", "arc_challenge_test.json"),
@@ -62,7 +67,7 @@ def arc(data: Path, policies: list[str], enc, out: dict) -> str:
     rows, res = [], {}
     for name in policies:
         t0 = time.time()
-        p = train(name, tr, enc, PARAMS)
+        p = train(name, tr, enc, OWN_PARAMS.get(name, PARAMS))
         r = run_eval(p, te, enc).report
         res[name] = r
         ratio = r["cost_to_best_single_quality"]["ratio"]
@@ -101,7 +106,7 @@ def routerdc(data: Path, policies: list[str], enc, out: dict) -> str:
     for name in policies:
         if name == "cascade":
             continue  # no answers in RouterDC data
-        p = train(name, tr, enc, PARAMS)
+        p = train(name, tr, enc, OWN_PARAMS.get(name, PARAMS))
         acc[name] = {}
         for t, te in tests.items():
             te = te.select_models(models)
@@ -149,6 +154,21 @@ def kfold_predictions(name: str, ds: RoutingDataset, enc, k: int = 5, params=Non
     return Predictions(q, c)
 
 
+def kfold_cascade(ds: RoutingDataset, enc, k: int = 5, params=None, points: int = 201):
+    """The cascade's out-of-fold answer scores of every prompt, swept together (with two models
+    every fold's plan is the same: the weak model first, the strong one on escalation)."""
+    from training.cascade import cascade_scores, sweep_cascade
+
+    s, plans = np.zeros(len(ds)), set()
+    for tr_idx, te_idx in ds.kfold(k, seed=0):
+        p = train("cascade", ds.subset(tr_idx), enc, params)
+        s[te_idx] = cascade_scores(p, ds.subset(te_idx))
+        plans.add((p.first_, p.escalate_to_, p.second_))
+    if len(plans) > 1:
+        raise ValueError(f"the folds chose different cascade plans: {plans}")
+    return sweep_cascade(ds, s, *plans.pop(), points=points)
+
+
 def routellm(data: Path, which: str, policies: list[str], enc, out: dict) -> str:
     path = data / "routellm" / ("mmlu" if which == "mmlu" else "gsm8k/gsm8k_responses.csv")
     ds = load(path, "routellm")
@@ -156,24 +176,26 @@ def routellm(data: Path, which: str, policies: list[str], enc, out: dict) -> str
     lines = [
         f"### RouteLLM {which.upper()} ({len(ds)} prompts after removing {ds.report.dropped.get('contaminated prompt', 0)} "
         "contaminated; 5-fold by prompt)\n",
-        "| policy | APGR | CPT(50%) | CPT(80%) | CPT(95%) | GPT-4 calls for 95% of GPT-4's accuracy | max quality |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | APGR | CPT(50%) | CPT(80%) | CPT(95%) | GPT-4 calls for 95% of GPT-4's accuracy "
+        "| $ per prompt there (both calls of a cascade) | max quality |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in policies:
         if name == "cascade" and not ds.responses:
             continue
-        if name == "cascade":
-            continue  # the two-step cascade is evaluated on RouterBench, where costs are real
         t0 = time.time()
-        pred = kfold_predictions(name, ds, enc, params=PARAMS)
-        ev = evaluate(ds, pred, weight_grid(201))
+        if name == "cascade":  # two steps: every prompt pays the weak call, escalations the strong
+            ev = kfold_cascade(ds, enc, params=PARAMS)
+        else:
+            ev = evaluate(ds, kfold_predictions(name, ds, enc, params=PARAMS), weight_grid(201))
         r = ev.report
         t = r["two_model"]
         res[name] = r
         cpt = t["cpt_strong_share"]
+        usd = cost_to_reach(ev.points, 0.95 * r["single_models"][t["strong"]]["quality"])
         lines.append(
             f"| {name} | {fmt(t['apgr'])} | {fmt(cpt['50%'], 3)} | {fmt(cpt['80%'], 3)} | {fmt(cpt['95%'], 3)} "
-            f"| {fmt(t['strong_share_for_95pct_of_strong_quality'], 3)} | {fmt(r['max_quality'])} |"
+            f"| {fmt(t['strong_share_for_95pct_of_strong_quality'], 3)} | {fmt(usd, 3)} | {fmt(r['max_quality'])} |"
         )
         print(
             f"{which} {name}: CPT95 {fmt(cpt['95%'], 3)} ({time.time() - t0:.0f} s)",
@@ -184,10 +206,10 @@ def routellm(data: Path, which: str, policies: list[str], enc, out: dict) -> str
     t = r["two_model"]
     qs, qw = r["single_models"][t["strong"]]["quality"], r["single_models"][t["weak"]]["quality"]
     rnd = (0.95 * qs - qw) / (qs - qw)
-    lines.append(f"| random (expected) | 0.5000 | 0.500 | 0.800 | 0.950 | {rnd:.3f} | |")
+    lines.append(f"| random (expected) | 0.5000 | 0.500 | 0.800 | 0.950 | {rnd:.3f} | | |")
     for m, s in r["single_models"].items():
-        lines.append(f"| single: {m} | | | | | | {fmt(s['quality'])} |")
-    lines.append(f"| oracle | | | | | | {fmt(r['oracle']['quality'])} |")
+        lines.append(f"| single: {m} | | | | | | {fmt(s['cost_usd'], 3)} | {fmt(s['quality'])} |")
+    lines.append(f"| oracle | | | | | | | {fmt(r['oracle']['quality'])} |")
     out[f"routellm_{which}"] = res
     return "\n".join(lines)
 

@@ -11,7 +11,9 @@ Nothing is pickled, so loading an artifact never runs code from it. `load_policy
 artifact that is corrupt, of an unknown type or format version, or fitted with a different
 encoder (name, version, or build other than torch <-> onnx fp32, which give the same vectors)
 than the one it would be served with: its embeddings would mean something else. An artifact with
-no recorded build was fitted through torch (or the static encoder, by its name).
+no recorded build was fitted through torch (or the static encoder, by its name). A policy class
+with `own_encoder` (routerdc) writes its fine-tuned encoder into the artifact (`save_encoder`)
+and embeds with that one (`load_encoder`), whatever the caller's encoder.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def save_policy(
         raise ValueError("a policy that reads embeddings must be saved with its encoder")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    if getattr(policy, "own_encoder", False):  # it embeds with an encoder it fine-tuned: saved here
+        encoder = policy.save_encoder(out)
     arrays: dict[str, np.ndarray] = {}
     state: dict[str, Any] = {}
     for k, v in vars(policy).items():
@@ -167,6 +171,24 @@ def _recorded_build(want: dict[str, Any]) -> str:
     return "static" if want.get("name") == "moe-router/minilm-static" else "torch"  # before builds
 
 
+def fitted_encoder(directory: str | Path) -> str | None:
+    """The `encoder.model` an artifact serves with: the one it was fitted with (ONNX fp32 for a torch
+    fit: the same vectors, faster). None when it records none (it reads no embeddings, or embeds
+    with an encoder of its own) or cannot be read (loading it reports why)."""
+    try:
+        meta = json.loads((Path(directory) / META).read_text())
+    except (OSError, ValueError):
+        return None
+    want = meta.get("encoder") if isinstance(meta, dict) else None
+    cls = policy_class(meta["type"]) if meta.get("type") in POLICIES else None
+    if not isinstance(want, dict) or getattr(cls, "own_encoder", False):
+        return None
+    build = _recorded_build(want)
+    if build == "torch" and want.get("name") == "sentence-transformers/all-MiniLM-L6-v2":
+        return "minilm-onnx"
+    return want.get("model") or want.get("name")
+
+
 def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
     from policies.encoders import build_family
 
@@ -223,7 +245,9 @@ def load_policy(directory: str | Path, encoder: Any = None, **params: Any) -> Po
     cls = policy_class(meta["type"])
     if hasattr(cls, "load_artifact"):  # its own layout (the fine-tuned LLM router): it loads itself
         return cls.load_artifact(d, meta, **params)
-    if meta.get("encoder") is not None:
+    if getattr(cls, "own_encoder", False):  # its encoder is in the artifact; the caller's is unused
+        encoder = cls.load_encoder(d, meta)
+    elif meta.get("encoder") is not None:
         if encoder is None:
             from policies.encoders import PromptEncoder
 

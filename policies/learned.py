@@ -148,6 +148,11 @@ class LearnedPolicy(Policy):
             inner.models_ = self.models_
             inner._fit_scores(X[fold != f], Y[fold != f], M[fold != f])
             oof[fold == f] = inner._scores(X[fold == f])
+        self._fit_maps(oof, Y, M)
+
+    def _fit_maps(self, oof: np.ndarray, Y: np.ndarray, M: np.ndarray) -> None:
+        """Per-model calibration maps from out-of-fold raw scores `oof`, and their metrics."""
+        m = Y.shape[1]
         before, after = [], []
         iso_x, iso_y = [], []
         for j in range(m):

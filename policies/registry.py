@@ -18,6 +18,8 @@ POLICIES: dict[str, str] = {
     "mf": "policies.mf:MFPolicy",
     "bt": "policies.bradley_terry:BradleyTerryPolicy",
     "cluster": "policies.cluster:ClusterPolicy",
+    "routerdc": "policies.routerdc:RouterDCPolicy",
+    "ensemble": "policies.ensemble:EnsemblePolicy",
     "cascade": "policies.cascade:CascadePolicy",
     "llm": "policies.llm_router:LLMRouterPolicy",
     "pg": "policies.policy_gradient:PolicyGradientPolicy",

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.base import ModelInfo
+from router.model_map import check_map
 from router.params import DESTINATION_FIELDS, OPENAI_PARAMS
 
 ENV_REF = "os.environ/"
@@ -142,11 +143,17 @@ class PolicySpec(_Strict):
     type: str | None = None
     artifact: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # artifact model name -> pool model name (router/model_map.py): serve a policy trained on
+    # other names; artifact models left without a pool model are reported, not routed to
+    model_map: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> PolicySpec:
         if bool(self.type) == bool(self.artifact):
             raise ValueError("a policy needs exactly one of 'type' or 'artifact'")
+        if self.model_map and not self.artifact:
+            raise ValueError("model_map renames an artifact's models; this policy has no 'artifact'")
+        check_map(self.model_map)
         return self
 
 
@@ -236,9 +243,11 @@ class HealthSettings(_Strict):
 
 
 class EncoderSettings(_Strict):
-    # minilm-onnx: the bundled all-MiniLM-L6-v2 through ONNX Runtime (same vectors as torch);
-    # all-MiniLM-L6-v2: through torch; minilm-onnx-int8; minilm-static; or a local directory
-    model: str = "minilm-onnx"
+    # None (auto): the encoder the configured policy artifacts were fitted with when they agree,
+    # else minilm-onnx-int8 (the bundled all-MiniLM-L6-v2 through ONNX Runtime, int8). Or name one:
+    # minilm-onnx (fp32: the same vectors as torch), all-MiniLM-L6-v2 (torch), minilm-onnx-int8,
+    # minilm-static, or a local directory
+    model: str | None = None
     cache_size: int = Field(4096, ge=0)
     threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (default min(2, CPUs))
     batch_window_ms: float = Field(0.0, ge=0, le=100)  # wait this long to fill a batch (0: never)
@@ -404,7 +413,14 @@ class RouterConfig(BaseSettings):
             raise ValueError("'router' is reserved for routed requests; rename that model")
         if not (self.state == "memory" or self.state.startswith(("redis://", "rediss://", "unix://"))):
             raise ValueError(f"state must be 'memory' or a redis:// URL, got {self.state!r}")
-        if self.judge.mode == "llm" and self.judge.model not in [m.name for m in self.chat_models()]:
+        chat = [m.name for m in self.chat_models()]
+        for name, spec in self.routing.policies.items():
+            bad = sorted(set(spec.model_map.values()) - set(chat))
+            if bad:
+                raise ValueError(
+                    f"routing.policies.{name}.model_map maps onto {bad}, not chat models of the pool {chat}"
+                )
+        if self.judge.mode == "llm" and self.judge.model not in chat:
             raise ValueError(
                 f"judge.mode 'llm' needs judge.model set to a model of the pool, got {self.judge.model!r}"
             )
@@ -428,6 +444,17 @@ class RouterConfig(BaseSettings):
     def chat_models(self) -> list[ModelSpec]:
         """The models that answer chat requests: the routing pool."""
         return [m for m in self.models if m.kind == "chat"]
+
+    def encoder_model(self) -> str:
+        """`encoder.model`, or when unset the one every configured artifact was fitted with (so
+        artifacts keep serving with the vectors they were fitted on), else the default build."""
+        if self.encoder.model:
+            return self.encoder.model
+        from policies.artifacts import fitted_encoder
+        from policies.encoders import DEFAULT
+
+        fitted = {fitted_encoder(p.artifact) for p in self.routing.policies.values() if p.artifact} - {None}
+        return fitted.pop() if len(fitted) == 1 else DEFAULT
 
 
 class _ShortEnv(PydanticBaseSettingsSource):

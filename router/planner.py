@@ -394,12 +394,14 @@ class Planner:
 
     @staticmethod
     def _cascade_plan(policy: Policy, batch: PromptBatch, decision: Decision) -> Any:
-        """A cascade policy's two-step plan, when both of its models are allowed for this request."""
+        """A cascade policy's two-step plan, when both of its models are allowed for this request.
+        An agreement plan (two cheap models) is evaluated offline only: it routes in one step."""
         if not hasattr(policy, "cascade_plan"):
             return None
         cp = policy.cascade_plan(batch)[0]
         allowed = {c.model for c in decision.ranked}
-        return cp if cp.first != cp.escalate_to and {cp.first, cp.escalate_to} <= allowed else None
+        single = cp.second is None and cp.first != cp.escalate_to
+        return cp if single and {cp.first, cp.escalate_to} <= allowed else None
 
     @staticmethod
     def _predicted_cost(spec: ModelSpec, prompt_tokens: int, out_tokens: int | None) -> float:

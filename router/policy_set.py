@@ -9,6 +9,7 @@ from policies.base import ModelInfo, Policy, PriorPolicy
 from policies.encoders import PromptEncoder
 from policies.registry import policy_class
 from router.config import PolicySpec, RouterConfig
+from router.model_map import mapped
 
 BUILTIN = ("category", "cheapest", "strongest", "random", "rules", "linucb", "thompson")
 
@@ -17,18 +18,33 @@ class PolicyError(ValueError):
     """A configured policy cannot be built or does not fit this gateway's model pool."""
 
 
-def build_policy(name: str, spec: PolicySpec, catalog: Sequence[ModelInfo], encoder: PromptEncoder) -> Policy:
+def build_policy(
+    name: str,
+    spec: PolicySpec,
+    catalog: Sequence[ModelInfo],
+    encoder: PromptEncoder,
+    warnings: list[str] | None = None,
+) -> Policy:
+    """The policy `spec` describes. An artifact model with no pool model (after `model_map`) is
+    appended to `warnings` and not routed to; an artifact with none in the pool is refused."""
     if spec.artifact:
         from policies.artifacts import load_policy  # learned policies: the artifact holds the fitted state
 
         try:
-            policy = load_policy(spec.artifact, encoder=encoder, **spec.params)
+            policy = mapped(load_policy(spec.artifact, encoder=encoder, **spec.params), spec.model_map)
         except (OSError, ValueError) as e:
             raise PolicyError(f"policy {name!r}: cannot load artifact {spec.artifact}: {e}") from None
-        unknown = sorted(set(policy.models_) - {m.name for m in catalog})
-        if unknown:
+        pool = {m.name for m in catalog}
+        unknown = [m for m in policy.models_ if m not in pool]
+        if len(unknown) == len(policy.models_):
             raise PolicyError(
-                f"policy {name!r}: artifact {spec.artifact} scores models not in this gateway's pool: {unknown}"
+                f"policy {name!r}: artifact {spec.artifact} scores models not in this gateway's pool: "
+                f"{unknown}; rename them with model_map (artifact name: pool name)"
+            )
+        if unknown and warnings is not None:
+            warnings.append(
+                f"policy {name!r}: artifact models {unknown} have no pool model (add them to model_map); "
+                f"it routes among {[m for m in policy.models_ if m in pool]}"
             )
         return policy
     try:
@@ -58,7 +74,9 @@ class PolicySet:
         if config.routing.categories:
             specs["category"] = PolicySpec(type="category", params={"categories": config.routing.categories})
         specs.update(config.routing.policies)
-        self._policies = {n: build_policy(n, s, catalog, encoder) for n, s in specs.items()}
+        # what start-up and `config validate` report: artifact models this pool does not serve
+        self.warnings: list[str] = []
+        self._policies = {n: build_policy(n, s, catalog, encoder, self.warnings) for n, s in specs.items()}
         if config.routing.default_policy not in self._policies:
             raise PolicyError(
                 f"routing.default_policy {config.routing.default_policy!r} is not a known policy: {self.names}"

@@ -219,10 +219,20 @@ def test_gateway_serves_a_trained_artifact(fitted, encoder, upstream, start_gate
             model="router:learned", messages=[{"role": "user", "content": text}]
         )
         assert r.parse().model == want, text
-    # an artifact scoring models this pool lacks is refused at startup, with the reason
+    # an artifact scoring models this pool lacks serves the ones it has, and says which it lacks
+    # (tests/test_model_map.py); one scoring none of the pool's models is refused, with the reason
     p = fitted["knn"]
     p2 = load_policy(save_policy(p, tmp_path / "k", encoder=encoder), encoder=encoder)
     p2.models_ = ["cheap", "coder", "gpt-9"]
+    partial = save_policy(p2, tmp_path / "partial", encoder=encoder)
+    gw = start_gateway(
+        make_config(upstream.base_url, routing={"policies": {"x": {"artifact": str(partial)}}})
+    )
+    assert gw.engine.policies.warnings == [
+        "policy 'x': artifact models ['gpt-9'] have no pool model (add them to model_map); "
+        "it routes among ['cheap', 'coder']"
+    ]
+    p2.models_ = ["gpt-7", "gpt-8", "gpt-9"]
     bad = save_policy(p2, tmp_path / "bad", encoder=encoder)
     from router.policy_set import PolicyError
 

@@ -37,18 +37,20 @@ def export(
             "set MOE_ROUTER_LEDGER=... or MOE_ROUTER_STATE=redis://... as for 'serve'"
         )
 
-    async def run() -> tuple[int, int]:
-        n = rated = 0
+    async def run() -> tuple[int, int, int]:
+        n = rated = textless = 0
         with out.open("w") as f:
             async for r, quality in answered:
-                if only_rated and quality is None:
+                # the judge's own calls are the gateway's spend, not traffic to learn routing from
+                if (only_rated and quality is None) or r.owner == "judge":
                     continue
                 f.write(json.dumps(_row(r, quality)) + "\n")
                 n += 1
                 rated += quality is not None
-        return n, rated
+                textless += not r.prompt or r.prompt.startswith("sha256:")
+        return n, rated, textless
 
-    n, rated = asyncio.run(run())
+    n, rated, textless = asyncio.run(run())
     if cfg.ledger_enabled:
         from router.ledger import safe_url
 
@@ -56,6 +58,18 @@ def export(
     else:
         source = "the Redis streams"
     typer.echo(f"wrote {n} rows ({rated} with feedback) to {out}, from {source}")
+    # a policy trained on these rows reads their prompt text, and reads whole prompts when serving
+    notes = (
+        [f"{textless} rows have no prompt text (logged with log.prompts hash or none)"] if textless else []
+    )
+    if cfg.log.prompts == "truncated":
+        notes.append(f"this config logs only the first {cfg.log.prompt_chars} characters of a prompt")
+    elif cfg.log.prompts != "full":
+        notes.append(f"this config logs prompts as {cfg.log.prompts!r}")
+    if notes:
+        typer.echo(
+            f"note: {'; '.join(notes)}: to train on traffic, set log.prompts: full on the gateway", err=True
+        )
 
 
 def _row(r, quality: float | None) -> dict:

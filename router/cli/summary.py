@@ -42,6 +42,7 @@ def summary_lines(engine: Engine, source: Path | None, url: str) -> list[str]:
         f"  default policy: {engine.policies.default} (cost_weight {cfg.routing.cost_weight:g}); "
         f"policies: {', '.join(engine.policies.names)}"
     )
+    lines += [f"  warning: {w}" for w in engine.policies.warnings]
     lines.append(f"  state: {mask_url(cfg.state)}")
     ledger = getattr(engine, "ledger", None)
     lines.append(f"  ledger: {getattr(ledger, 'where', None) or ('on' if ledger is not None else 'off')}")

@@ -70,10 +70,27 @@ def _data(path: Path, fmt, allow_pickle, keep_contaminated, prices, models=None)
     return ds
 
 
+def _renamed(ds, mapping: dict[str, str]):
+    """The data under pool names (prices apply under the data's own names, before this)."""
+    from dataclasses import replace
+
+    from router.model_map import rename
+
+    models = rename(ds.models, mapping, "the data")
+    kept = [m for m in ds.models if m not in mapping]
+    if kept:
+        typer.echo(f"--map: models it does not name keep their names: {kept}", err=True)
+    responses = None if ds.responses is None else {mapping.get(m, m): r for m, r in ds.responses.items()}
+    return replace(ds, models=models, responses=responses)
+
+
 @app.command("train")
 def train_cmd(
     policy: str = typer.Option(
-        ..., "--policy", "-p", help="knn | logistic | mlp | mf | bt | cluster | cascade"
+        ...,
+        "--policy",
+        "-p",
+        help="knn | logistic | mlp | mf | bt | cluster | cascade | routerdc | ensemble | pg",
     ),
     data: Path = typer.Option(..., "--data", "-d", help="training data file (or RouteLLM folder)"),
     out: Path = typer.Option(..., "--out", "-o", help="artifact directory to write"),
@@ -84,17 +101,27 @@ def train_cmd(
     prices: Path | None = PricesOption,
     encoder: str | None = EncoderOption,
     no_cache: bool = NoCache,
+    model_map: Path | None = typer.Option(
+        None,
+        "--map",
+        help="YAML/JSON {data model name: pool model name}: the artifact scores the pool's names "
+        "(models it leaves out keep theirs)",
+    ),
 ) -> None:
     """Fit a learned policy on routing data and write its artifact directory."""
     from policies.artifacts import save_policy
+    from router.model_map import read_map
     from training.jobs import make_policy, train
 
     params = _params(param)
     enc = _encoder(encoder)
     make_policy(policy, params, enc)  # a bad name or parameter fails before the data is read
+    mapping = read_map(model_map) if model_map else {}
     ds = _data(data, fmt, allow_pickle, keep_contaminated, prices)
+    if mapping:
+        ds = _renamed(ds, mapping)
     p = train(policy, ds, enc, params, cache=not no_cache, progress=True)
-    save_policy(p, out, encoder=enc, metrics=p.metrics_, data=ds.describe())
+    save_policy(p, out, encoder=enc, metrics=p.metrics_, data={**ds.describe(), "model_map": mapping})
     cal = p.metrics_.get("calibration", {})
     line = f"trained {policy} on {len(ds)} prompts x {len(ds.models)} models in {p.metrics_['fit_seconds']:.1f} s"
     if "out_of_fold_calibrated" in cal:
