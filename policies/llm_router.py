@@ -2,7 +2,8 @@
 
 The LM reads one instruction, the same at training and serving time (`render_prompt`): the
 model roster (names, prices per 1M tokens, short descriptions) and the tail of the user's
-prompt, and answers `<route>model-name</route>`. Greedy decoding, a few tokens: deterministic.
+prompt, and answers `<route>model-name</route>`. Greedy decoding, a few tokens: deterministic;
+constrained by default to `<route>` + a roster name + `</route>` (`policies.route_constraint`).
 
 How its choice reaches the shared decision (`policies.decision.decide`): `predict_quality`
 returns, per prompt, 1.0 for the model the LM named and `OTHERS_SCALE` x the fallback policy's
@@ -34,12 +35,14 @@ import numpy as np
 from policies.base import ModelInfo, Policy, PriorPolicy, PromptBatch
 from policies.learned import tail
 from policies.registry import policy_class
+from policies.route_constraint import RouteTrie, logits_processors
 
 MODEL_DIR = "model"
 OTHERS_SCALE = 0.5  # non-chosen models get at most 0.5, so the LM's choice wins at cost_weight 0
 SYSTEM = (
     "You are a router. Choose the one model that will answer the user's prompt correctly for the least cost."
 )
+ANSWER_CHARS = 300  # the tail of the first model's answer read in a second round
 _ROUTE = re.compile(r"<route>(.*?)</route>", re.DOTALL)
 
 
@@ -74,24 +77,42 @@ def _price(m: ModelInfo) -> str:
     return f"${m.input_price_per_1m:.3g} in / ${m.output_price_per_1m:.3g} out per 1M tokens"
 
 
-def instruction(prompt: str, roster: Sequence[ModelInfo], max_prompt_chars: int = 600) -> str:
+def _tail(text: str, chars: int) -> str:
+    cut = tail(text, chars)
+    return cut if len(cut) == len(text) else "..." + cut
+
+
+def instruction(
+    prompt: str,
+    roster: Sequence[ModelInfo],
+    max_prompt_chars: int = 600,
+    first: tuple[str, str] | None = None,
+) -> str:
     """The user turn the router LM reads: the roster, then the prompt's tail (the question of a
-    few-shot prompt comes last), then the answer format."""
+    few-shot prompt comes last), then the answer format. Router-R1's second round (`first`:
+    the model asked first and its answer): the answer's tail comes before the format, and naming
+    that model again keeps its answer."""
     lines = [f"- {m.name}: {_price(m)}" + (f"; {m.description}" if m.description else "") for m in roster]
-    text = tail(prompt, max_prompt_chars)
-    if len(text) < len(prompt):
-        text = "..." + text
+    head = "Models:\n" + "\n".join(lines) + f"\n\nUser prompt:\n{_tail(prompt, max_prompt_chars)}\n\n"
+    if first is None:
+        return head + "Reply with <route>model-name</route> and nothing else."
+    model, answer = first
     return (
-        "Models:\n" + "\n".join(lines) + f"\n\nUser prompt:\n{text}\n\n"
-        "Reply with <route>model-name</route> and nothing else."
+        head + f"{model} answered:\n{_tail(answer, ANSWER_CHARS)}\n\n"
+        f"Reply with <route>{model}</route> to keep this answer, or <route>model-name</route> to ask "
+        "another model (you pay for both), and nothing else."
     )
 
 
 def render_prompt(
-    tokenizer: Any, prompt: str, roster: Sequence[ModelInfo], max_prompt_chars: int = 600
+    tokenizer: Any,
+    prompt: str,
+    roster: Sequence[ModelInfo],
+    max_prompt_chars: int = 600,
+    first: tuple[str, str] | None = None,
 ) -> str:
     """The full text fed to the LM: its chat template when it has one, else plain text."""
-    user = instruction(prompt, roster, max_prompt_chars)
+    user = instruction(prompt, roster, max_prompt_chars, first)
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -160,10 +181,18 @@ class LLMRouterPolicy(Policy):
     name = "llm"
     blocking = True  # generation: the gateway runs predictions in a worker thread
 
-    def __init__(self, fallback: str = "strongest", max_new_tokens: int = 16, max_prompt_chars: int = 600):
+    def __init__(
+        self,
+        fallback: str = "strongest",
+        max_new_tokens: int = 16,
+        max_prompt_chars: int = 600,
+        constrain: bool = True,
+    ):
         self.fallback = fallback
         self.max_new_tokens = max_new_tokens
         self.max_prompt_chars = max_prompt_chars
+        # decode only `<route>` + a roster name + `</route>` (policies.route_constraint)
+        self.constrain = constrain
         # serving counters, not learned state: how often the LM answered, and how often it
         # named no model of the roster (the fallback policy decided instead)
         self.route_count = 0
@@ -188,6 +217,7 @@ class LLMRouterPolicy(Policy):
         model.eval()
         self.tokenizer_, self.model_ = tok, model
         self.models_ = [m.name for m in self.roster_]
+        self.trie_ = RouteTrie(tok, self.models_) if self.constrain else None
         return self
 
     @classmethod
@@ -209,28 +239,36 @@ class LLMRouterPolicy(Policy):
         return policy
 
     # ---- prediction ----------------------------------------------------------------------------
-    def generate(self, texts: Sequence[str]) -> list[str]:
-        """The LM's raw answers (greedy) for user prompts."""
+    def generate(self, texts: Sequence[str], first: Sequence[tuple[str, str]] | None = None) -> list[str]:
+        """The LM's raw answers (greedy; constrained to the roster's answers when `constrain`).
+        `first`: per prompt, the model asked first and its answer (a Router-R1 second round)."""
         import torch
 
         self._check_fitted()
         if not texts:
             return []
-        prompts = [render_prompt(self.tokenizer_, t, self.roster_, self.max_prompt_chars) for t in texts]
+        firsts = list(first) if first is not None else [None] * len(texts)
+        prompts = [
+            render_prompt(self.tokenizer_, t, self.roster_, self.max_prompt_chars, f)
+            for t, f in zip(texts, firsts, strict=True)
+        ]
         # tokenised exactly as trl's GRPOTrainer tokenised the training prompts (default special tokens)
-        enc = self.tokenizer_(prompts, return_tensors="pt", padding=True)
+        enc = self.tokenizer_(prompts, return_tensors="pt", padding=True).to(self.model_.device)
         with self._lock, torch.no_grad():
             out = self.model_.generate(
                 **enc,
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer_.pad_token_id,
+                logits_processor=logits_processors(self.trie_) if self.trie_ else None,
             )
         return self.tokenizer_.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    def route(self, texts: Sequence[str]) -> list[str | None]:
-        """The model the LM names for each prompt (None: unparseable, the fallback decides)."""
-        return [parse_route(a, self.models_) for a in self.generate(texts)]
+    def route(self, texts: Sequence[str], first: Sequence[tuple[str, str]] | None = None) -> list[str | None]:
+        """The model the LM names for each prompt (None: unparseable, the fallback decides). With
+        `first` (second round, offline evaluation on recorded answers): naming the first model
+        again keeps its answer, another name asks that model."""
+        return [parse_route(a, self.models_) for a in self.generate(texts, first)]
 
     def predict_quality(self, batch: PromptBatch) -> np.ndarray:
         choices = self.route(batch.texts)

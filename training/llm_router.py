@@ -6,6 +6,12 @@ per prompt and pushes the LM towards the better ones, scored by `training.reward
 `format_reward + outcome_reward + cost_penalty` (the chosen model's known quality on that prompt,
 minus lambda x its cost relative to the prompt's dearest model).
 
+Two things keep RL on the choice rather than on the format (docs/rl-llm-router.md): a short
+supervised warm start (`warm_start`: the rendered prompt -> `<route>name</route>`, by default the
+name of the model with the best reward on that training prompt), and constrained decoding
+(`policies.route_constraint`): GRPO samples only `<route>` + a roster name + `</route>`, with
+non-finite logits sanitised so bf16 sampling cannot hit a device-side assert.
+
 The artifact (`out/`): `model/` (fine-tuned weights, safetensors, + tokenizer), `policy.json`
 (read by `policies.llm_router.LLMRouterPolicy`) and `metrics.json` (the mean reward per step).
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,11 +33,13 @@ import numpy as np
 
 from policies.base import ModelInfo
 from policies.llm_router import MODEL_DIR, fallback_class, render_prompt, write_meta
+from policies.route_constraint import RouteTrie, logits_processors
 from training.dataset import RoutingDataset
 from training.prices import DEFAULT_PRICES
 from training.rewards import cost_penalty, format_reward, outcome_reward
 
 DEFAULT_COMPLETION_TOKENS = 256  # priced output length when the data records no cost
+WARM_START_TARGETS = ("best", "format")
 
 
 @dataclass
@@ -134,32 +143,146 @@ def _cells(row: np.ndarray) -> list[float | None]:
 
 
 def build_grpo_dataset(
-    ds: RoutingDataset, roster: Sequence[ModelInfo], tokenizer: Any, max_prompt_chars: int = 600
+    ds: RoutingDataset,
+    roster: Sequence[ModelInfo],
+    tokenizer: Any,
+    max_prompt_chars: int = 600,
+    rounds: int = 1,
 ) -> Any:
     """A `datasets.Dataset` for GRPOTrainer: `prompt` (the rendered router instruction, as a
     string so training and serving tokenise the same text) plus the reward columns `models`,
-    `quality` (None where masked) and `cost`. Prompts with no observed quality are left out."""
+    `quality` (None where masked) and `cost`. Prompts with no observed quality are left out.
+
+    `rounds=2` (Router-R1's multi-round form, offline): after the first-round rows, one
+    second-round row per prompt and model with a recorded answer and a known quality: the prompt
+    shows that model's answer (`first`, a column the cost reward reads); naming it again keeps
+    the answer, naming another pays for both calls. Needs the data's recorded answers."""
     from datasets import Dataset
 
     names = [m.name for m in roster]
     if names != list(ds.models):
         raise ValueError(f"the roster {names} does not match the data's models {ds.models}")
+    if rounds not in (1, 2):
+        raise ValueError("rounds must be 1 or 2")
+    if rounds == 2 and ds.responses is None:
+        raise ValueError("rounds=2 needs the models' recorded answers (RouterBench `M|model_response`)")
     cost = _cost_matrix(ds, roster)
     keep = np.flatnonzero(ds.mask.any(axis=1))
     if not len(keep):
         raise ValueError("no prompt has an observed quality: nothing to learn from")
-    return Dataset.from_dict(
-        {
-            "prompt": [render_prompt(tokenizer, ds.texts[i], roster, max_prompt_chars) for i in keep],
-            "models": [names] * len(keep),
-            "quality": [_cells(ds.quality[i]) for i in keep],
-            "cost": [_cells(cost[i]) for i in keep],
-        }
-    )
+    rows = [(i, None) for i in keep]
+    if rounds == 2:
+        rows += [(i, m) for i in keep for j, m in enumerate(names) if ds.mask[i, j] and ds.responses[m][i]]
+    columns = {
+        "prompt": [
+            render_prompt(tokenizer, ds.texts[i], roster, max_prompt_chars, f and (f, ds.responses[f][i]))
+            for i, f in rows
+        ],
+        "models": [names] * len(rows),
+        "quality": [_cells(ds.quality[i]) for i, _ in rows],
+        "cost": [_cells(cost[i]) for i, _ in rows],
+    }
+    if rounds == 2:
+        columns["first"] = [f for _, f in rows]
+    return Dataset.from_dict(columns)
+
+
+# ---- warm start --------------------------------------------------------------------------------
+def warm_start_answers(
+    ds: RoutingDataset, roster: Sequence[ModelInfo], target: str = "format", cost_lambda: float = 0.1
+) -> list[str]:
+    """The name each kept training prompt (those `build_grpo_dataset` keeps) is taught to answer.
+    `best`: the model with the highest GRPO outcome on that prompt (known quality - lambda x cost
+    relative to the dearest model; ties: the cheaper); `format`: the roster's names in turn,
+    which teaches the format alone and leaves every choice to GRPO."""
+    if target not in WARM_START_TARGETS:
+        raise ValueError(f"warm-start target {target!r}: one of {', '.join(WARM_START_TARGETS)}")
+    keep = np.flatnonzero(ds.mask.any(axis=1))
+    names = [m.name for m in roster]
+    if target == "format":
+        return [names[k % len(names)] for k in range(len(keep))]
+    cost = _cost_matrix(ds, roster)[keep]
+    top = np.nanmax(np.where(np.isfinite(cost), cost, np.nan), axis=1, keepdims=True)
+    rel = np.nan_to_num(cost / np.where(top > 0, top, 1.0), nan=0.0)
+    r = np.where(ds.mask[keep], np.nan_to_num(ds.quality[keep]) - cost_lambda * rel, -np.inf)
+    # lexsort: highest reward first, then the cheapest among equals
+    best = [np.lexsort((rel[i], -r[i]))[0] for i in range(len(keep))]
+    return [names[j] for j in best]
+
+
+def warm_start(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    trie: RouteTrie,
+    steps: int,
+    *,
+    learning_rate: float = 1e-4,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+    bf16: bool = False,
+) -> list[float]:
+    """`steps` supervised steps (AdamW) on rendered prompt -> `<route>answer</route>` + EOS,
+    the loss on the answer tokens only; the answer's token ids are the constraint's own, so
+    what is taught is exactly what constrained decoding allows. Returns the loss per step."""
+    import torch
+
+    if steps <= 0:
+        return []
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    rng = np.random.default_rng(seed)
+    pad = tokenizer.pad_token_id
+    losses = []
+    for _ in range(steps):
+        ids, labels = [], []
+        for i in rng.integers(len(prompts), size=batch_size):
+            p = tokenizer(prompts[i])["input_ids"]
+            a = trie.answers[answers[i]]
+            ids.append(p + a)
+            labels.append([-100] * len(p) + a)
+        width = max(map(len, ids))
+        x = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
+        y = torch.tensor([[-100] * (width - len(i)) + i for i in labels], device=device)
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=x, attention_mask=mask, labels=y).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(round(float(loss.detach()), 6))
+    return losses
 
 
 # ---- training ----------------------------------------------------------------------------------
-def _curve_callback(curve: list[dict[str, Any]], on_step: Callable[[dict[str, Any]], None] | None):
+def _constrained_trainer(trie: RouteTrie) -> type:
+    """GRPOTrainer whose sampling can only produce the roster's answers. trl 1.16 builds its
+    GenerationConfig from kwargs and offers no logits-processor option, so the hook wraps the
+    model's `generate` for the duration of each sampling call, adding a fresh `RouteConstraint`."""
+    from trl import GRPOTrainer
+
+    class ConstrainedGRPOTrainer(GRPOTrainer):
+        def _generate_single_turn(self, *args: Any, **kwargs: Any) -> Any:
+            model = self.accelerator.unwrap_model(self.model)
+            model.generate = functools.partial(
+                type(model).generate, model, logits_processor=logits_processors(trie)
+            )
+            try:
+                return super()._generate_single_turn(*args, **kwargs)
+            finally:
+                del model.generate
+
+    return ConstrainedGRPOTrainer
+
+
+def _curve_callback(
+    curve: list[dict[str, Any]],
+    on_step: Callable[[dict[str, Any]], None] | None,
+    deadline: float | None = None,
+):
+    """Records the curve; stops training after the step that passes `deadline` (perf_counter)."""
     from transformers import TrainerCallback
 
     keys = {
@@ -179,6 +302,10 @@ def _curve_callback(curve: list[dict[str, Any]], on_step: Callable[[dict[str, An
             curve.append(point)
             if on_step is not None:
                 on_step(point)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if deadline is not None and time.perf_counter() > deadline:
+                control.should_training_stop = True
 
     return Curve()
 
@@ -221,13 +348,30 @@ def train_llm_router(
     seed: int = 0,
     use_cpu: bool | None = None,
     bf16: bool = False,
+    constrain: bool = True,
+    warm_start_steps: int = 32,
+    warm_start_lr: float = 1e-4,
+    warm_start_target: str = "format",
+    rounds: int = 1,
+    scale_rewards: str = "group",
+    max_seconds: float | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> LLMRouterResult:
     """Fine-tune `base` with GRPO on `data` for `steps` optimiser steps and write the artifact.
 
-    Each step samples `num_generations` answers for each of `prompts_per_step` prompts (per
-    process: under `accelerate launch` every GPU takes its own prompts). `use_cpu`: default is
-    CPU unless CUDA is available. `on_step` receives each training-curve point as it is logged."""
+    First `warm_start_steps` supervised steps (`warm_start`, batches of 8, at `warm_start_lr`)
+    teach the answer for `warm_start_target` (`format` | `best`, see `warm_start_answers`).
+    Each GRPO step then samples `num_generations` answers for each of `prompts_per_step` prompts
+    (per process: under `accelerate launch` every GPU takes its own prompts), constrained to the
+    roster's answers when `constrain` (the completion length is then at least the longest
+    answer's). `use_cpu`: default is CPU unless CUDA is available; `bf16`: mixed precision
+    (CUDA). `max_seconds`: stop GRPO after the step that passes this many seconds since the
+    start (loading and warm start included: a time budget on a lent GPU). `rounds=2`: train
+    first and second rounds (`build_grpo_dataset`) from the data's recorded answers. `on_step`
+    receives each training-curve point as it is logged. `scale_rewards`: trl's advantage scaling,
+    `group` (divide by each group's reward std) | `batch` | `none` (Dr. GRPO): with `group`, a
+    group whose answers differ only by a small cost gets the same weight as one that differs
+    in correctness."""
     import torch
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -237,13 +381,33 @@ def train_llm_router(
             "need steps >= 1, num_generations >= 2, prompts_per_step >= 1, max_completion_length >= 4"
         )
     fallback_class(fallback)  # a bad fallback fails before any work
+    if warm_start_steps < 0:
+        raise ValueError("need warm_start_steps >= 0")
     out = Path(out)
     t0 = time.perf_counter()
     model, tok = load_base(base, gguf_file)
     team = build_roster(data, roster)
-    train = build_grpo_dataset(data, team, tok, max_prompt_chars)
+    train = build_grpo_dataset(data, team, tok, max_prompt_chars, rounds)
+    answers = warm_start_answers(data, team, warm_start_target, cost_lambda)
+    # the warm start sees the first-round prompts (the first rows), whose targets these are
+    prompts = train[: len(answers)]["prompt"]
+    trie = RouteTrie(tok, [m.name for m in team])
+    if constrain:
+        max_completion_length = max(max_completion_length, trie.max_len)
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
+    warm_losses = warm_start(
+        model,
+        tok,
+        prompts,
+        answers,
+        trie,
+        warm_start_steps,
+        learning_rate=warm_start_lr,
+        seed=seed,
+        device="cpu" if use_cpu else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}",
+        bf16=bf16 and not use_cpu,
+    )
     scratch = out / ".trainer"
     args = GRPOConfig(
         output_dir=str(scratch),
@@ -255,6 +419,9 @@ def train_llm_router(
         lr_scheduler_type="constant",
         temperature=temperature,
         beta=0.0,  # no KL term: no reference model to hold in memory
+        scale_rewards=scale_rewards,
+        # NaN/inf logits -> finite before sampling (the constraint does it too, when on)
+        generation_kwargs={"remove_invalid_values": True},
         reward_weights=[format_weight, 1.0, 1.0],
         logging_steps=1,
         save_strategy="no",
@@ -268,7 +435,7 @@ def train_llm_router(
         disable_tqdm=True,
     )
     curve: list[dict[str, Any]] = []
-    trainer = GRPOTrainer(
+    trainer = (_constrained_trainer(trie) if constrain else GRPOTrainer)(
         model=model,
         reward_funcs=[
             format_reward,
@@ -278,7 +445,7 @@ def train_llm_router(
         args=args,
         train_dataset=train,
         processing_class=tok,
-        callbacks=[_curve_callback(curve, on_step)],
+        callbacks=[_curve_callback(curve, on_step, None if max_seconds is None else t0 + max_seconds)],
     )
     for cb in (PrinterCallback, ProgressCallback):  # the curve callback reports instead
         trainer.remove_callback(cb)
@@ -291,6 +458,7 @@ def train_llm_router(
         "train_seconds": round(seconds, 2),
         "grpo": {
             "steps": steps,
+            "steps_done": len(curve),
             "num_generations": num_generations,
             "prompts_per_step": prompts_per_step,
             "max_completion_length": max_completion_length,
@@ -300,6 +468,17 @@ def train_llm_router(
             "format_weight": format_weight,
             "seed": seed,
             "device": "cpu" if use_cpu else "cuda",
+            "bf16": bf16,
+            "constrain": constrain,
+            "rounds": rounds,
+            "scale_rewards": scale_rewards,
+        },
+        "warm_start": {
+            "steps": warm_start_steps,
+            "learning_rate": warm_start_lr,
+            "target": warm_start_target,
+            "loss_first": warm_losses[0] if warm_losses else None,
+            "loss_last": warm_losses[-1] if warm_losses else None,
         },
     }
     if trainer.accelerator.is_main_process:
@@ -310,6 +489,7 @@ def train_llm_router(
             "fallback": fallback,
             "max_new_tokens": max_completion_length,
             "max_prompt_chars": max_prompt_chars,
+            "constrain": constrain,
         }
         write_meta(out, team, params, metrics=metrics, data=data.describe())
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

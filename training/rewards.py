@@ -6,6 +6,8 @@ column as a keyword (one value per completion); the GRPO dataset of `training.ll
 - `models`: the roster, in order (list[str])
 - `quality`: each model's known quality on this prompt, 0..1, None where masked (list)
 - `cost`: each model's cost on this prompt, USD, None where unknown (list)
+- `first` (optional, Router-R1 second rounds): the model already asked, whose answer the router
+  read; naming it again keeps that answer, naming another model pays for both calls
 
 A completion is a string, or (conversational datasets) a list of messages whose last `content`
 is the answer. The answer format is `<route>model-name</route>`; `parse_route` reads it the same
@@ -23,11 +25,11 @@ from policies.llm_router import match_model, parse_route, route_tags
 
 __all__ = ["cost_penalty", "format_reward", "outcome_reward", "parse_route"]
 
-# format_reward's partial credit
+# format_reward: all or nothing. Partial credit for a tag with any name (0.2 in an earlier
+# revision) was hacked on an H100: the policy settled on answering the instruction's own
+# `Reply with <route>model-name</route>`, paid for the tag while routing nowhere (issue 13).
 STRICT = 1.0  # the whole answer is exactly one <route>name</route>, name in the roster
-EXTRA_TEXT = 0.5  # exactly one tag with a roster name, but other text around it
-BAD_NAME = 0.2  # tags present, but not exactly one, or the name is not in the roster
-NO_TAG = 0.0  # no complete <route>...</route> tag
+NOT_STRICT = 0.0  # anything else: unknown name, several tags, extra text, no tag
 
 
 def completion_text(completion: Any) -> str:
@@ -52,22 +54,20 @@ def _known(v: Any) -> bool:
 
 
 def format_reward(completions: Sequence[Any], models: Any, **kwargs: Any) -> list[float]:
-    """1.0 for exactly `<route>name</route>` (surrounding whitespace allowed) with a roster name;
-    0.5 for one such tag inside other text; 0.2 for tags that are malformed in content (name not
-    in the roster, or several tags); 0.0 without a complete tag."""
+    """1.0 only for exactly one `<route>name</route>` (surrounding whitespace allowed) naming a
+    roster model; 0.0 for anything else (an unknown name, several tags, any other text): the
+    format is worth nothing unless it routes."""
     rosters = _per_row(models, len(completions))
     out = []
     for c, roster in zip(completions, rosters, strict=True):
         text = completion_text(c)
         tags = route_tags(text)
-        if not tags:
-            out.append(NO_TAG)
-        elif len(tags) > 1 or match_model(tags[0], roster) is None:
-            out.append(BAD_NAME)
-        elif text.strip() == f"<route>{tags[0]}</route>":
-            out.append(STRICT)
-        else:
-            out.append(EXTRA_TEXT)
+        ok = (
+            len(tags) == 1
+            and match_model(tags[0], roster) is not None
+            and text.strip() == f"<route>{tags[0]}</route>"
+        )
+        out.append(STRICT if ok else NOT_STRICT)
     return out
 
 
@@ -84,17 +84,27 @@ def outcome_reward(completions: Sequence[Any], models: Any, quality: Any, **kwar
 
 
 def cost_penalty(
-    completions: Sequence[Any], models: Any, cost: Any, cost_lambda: float = 0.1, **kwargs: Any
+    completions: Sequence[Any],
+    models: Any,
+    cost: Any,
+    cost_lambda: float = 0.1,
+    first: Any = None,
+    **kwargs: Any,
 ) -> list[float]:
     """-cost_lambda x (chosen model's cost / the most expensive model's cost on this prompt), in
-    [-cost_lambda, 0]. 0.0 when nothing parseable was chosen (format_reward already scores that)
-    or the cost is unknown. Bind the weight with `functools.partial(cost_penalty, cost_lambda=x)`."""
+    [-cost_lambda, 0]; in a second round (`first` names the model already asked) that call's
+    relative cost is added when another model is chosen. 0.0 when nothing parseable was chosen
+    (format_reward already scores that) or the cost is unknown. Bind the weight with
+    `functools.partial(cost_penalty, cost_lambda=x)`."""
     n = len(completions)
+    firsts = first if isinstance(first, list | tuple) and len(first) == n else [first] * n
     out = []
-    for c, roster, row in zip(completions, _per_row(models, n), _per_row(cost, n), strict=True):
+    for c, roster, row, f in zip(completions, _per_row(models, n), _per_row(cost, n), firsts, strict=True):
         choice = parse_route(completion_text(c), roster)
         known = [v for v in (row or []) if _known(v)]
         top = max(known, default=0.0)
-        v = row[roster.index(choice)] if choice is not None and row is not None else None
-        out.append(-cost_lambda * float(v) / top if _known(v) and top > 0 else 0.0)
+        calls = [choice] + ([f] if f in roster and f != choice else []) if choice is not None else []
+        spent = [row[roster.index(m)] for m in calls] if row is not None else []
+        ok = bool(spent) and all(_known(v) for v in spent) and top > 0
+        out.append(-cost_lambda * float(sum(spent)) / top if ok else 0.0)
     return out

@@ -61,6 +61,24 @@ def train_llm_router_cmd(
         "--fallback",
         help="policy used when the LM names no model: strongest | cheapest | random",
     ),
+    warm_start_steps: int = typer.Option(
+        32, "--warm-start-steps", min=0, help="supervised steps on the answer before GRPO (0: none)"
+    ),
+    warm_start_target: str = typer.Option(
+        "format",
+        "--warm-start-target",
+        help="format: the roster's names in turn | best: each prompt's best model under the reward",
+    ),
+    warm_start_lr: float = typer.Option(1e-4, "--warm-start-lr", min=0.0),
+    constrain: bool = typer.Option(
+        True,
+        "--constrain/--no-constrain",
+        help="decode only <route>roster-name</route> (training and serving)",
+    ),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 mixed precision (CUDA)"),
+    rounds: int = typer.Option(
+        1, "--rounds", min=1, max=2, help="2: also Router-R1 second rounds on the data's recorded answers"
+    ),
     seed: int = typer.Option(0, "--seed"),
     allow_pickle: bool = AllowPickle,
     keep_contaminated: bool = NoContamination,
@@ -70,9 +88,11 @@ def train_llm_router_cmd(
     import numpy as np
 
     from policies.llm_router import fallback_class
-    from training.llm_router import summarize_curve, train_llm_router
+    from training.llm_router import WARM_START_TARGETS, summarize_curve, train_llm_router
 
     fallback_class(fallback)  # a bad name fails before the data and the model are read
+    if warm_start_target not in WARM_START_TARGETS:
+        raise UserError(f"--warm-start-target must be one of {', '.join(WARM_START_TARGETS)}")
     table = _roster(roster)
     keep = [m.strip() for m in models.split(",") if m.strip()] if models else None
     ds = _data(data, fmt, allow_pickle, keep_contaminated, prices, models=keep)
@@ -102,6 +122,12 @@ def train_llm_router_cmd(
         gguf_file=gguf_file,
         fallback=fallback,
         seed=seed,
+        bf16=bf16,
+        constrain=constrain,
+        warm_start_steps=warm_start_steps,
+        warm_start_lr=warm_start_lr,
+        warm_start_target=warm_start_target,
+        rounds=rounds,
         on_step=report,
     )
     s = summarize_curve(res.curve)
