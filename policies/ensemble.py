@@ -130,13 +130,7 @@ class EnsemblePolicy(LearnedPolicy):
     def fit(self, data: Any, embeddings: np.ndarray | None = None) -> EnsemblePolicy:
         import time
 
-        X = self.embed(data.texts) if embeddings is None else np.asarray(embeddings, dtype=np.float32)
-        if len(X) != len(data.texts):
-            raise ValueError(f"{len(X)} embeddings for {len(data.texts)} prompts")
-        Y = np.asarray(data.quality, dtype=float)
-        M = np.asarray(data.mask, dtype=bool)
-        if not M.any():
-            raise ValueError("no observed quality to learn from")
+        X, Y, M = self._training_arrays(data, embeddings)
         fold = prompt_folds(list(data.texts), self.calib_folds, self.seed)
         if self.calib_folds < 2 or len(np.unique(fold)) < self.calib_folds:
             raise ValueError("the ensemble needs calib_folds >= 2 and at least that many distinct prompts")

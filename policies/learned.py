@@ -118,19 +118,29 @@ class LearnedPolicy(Policy):
 
     def fit(self, data: Any, embeddings: np.ndarray | None = None) -> LearnedPolicy:
         """Learn from a routing dataset. `embeddings`: precomputed `embed(data.texts)` (a cache)."""
-        X = self.embed(data.texts) if embeddings is None else np.asarray(embeddings, dtype=np.float32)
-        if len(X) != len(data.texts):
-            raise ValueError(f"{len(X)} embeddings for {len(data.texts)} prompts")
-        Y = np.asarray(data.quality, dtype=float)
-        M = np.asarray(data.mask, dtype=bool)
-        if not M.any():
-            raise ValueError("no observed quality to learn from")
+        X, Y, M = self._training_arrays(data, embeddings)
         self.models_ = list(data.models)
         self.metrics_: dict[str, Any] = {"train_prompts": int(len(X)), "observed_cells": int(M.sum())}
         self._fit_calibration(X, Y, M)
         self._fit_scores(X, Y, M)
         self._fit_cost_latency(data)
         return self
+
+    def _training_arrays(
+        self, data: Any, embeddings: np.ndarray | None = None, embed: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(X, Y, M): the prompts' embeddings (None when `embed` is False), observed quality and
+        its mask; ValueError when they do not line up or nothing was observed."""
+        X = None
+        if embed:
+            X = self.embed(data.texts) if embeddings is None else np.asarray(embeddings, dtype=np.float32)
+            if len(X) != len(data.texts):
+                raise ValueError(f"{len(X)} embeddings for {len(data.texts)} prompts")
+        Y = np.asarray(data.quality, dtype=float)
+        M = np.asarray(data.mask, dtype=bool)
+        if not M.any():
+            raise ValueError("no observed quality to learn from")
+        return X, Y, M
 
     def _fit_calibration(self, X: np.ndarray, Y: np.ndarray, M: np.ndarray) -> None:
         m = Y.shape[1]

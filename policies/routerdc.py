@@ -181,10 +181,7 @@ class RouterDCPolicy(LearnedPolicy):
 
         from policies.encoders import bundled_model_path
 
-        Y = np.asarray(data.quality, dtype=float)
-        M = np.asarray(data.mask, dtype=bool)
-        if not M.any():
-            raise ValueError("no observed quality to learn from")
+        _, Y, M = self._training_arrays(data, embed=False)
         n = len(data.texts)
         self.models_ = list(data.models)
         self.metrics_ = {"train_prompts": n, "observed_cells": int(M.sum())}

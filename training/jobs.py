@@ -64,7 +64,8 @@ def train(
     progress: bool = False,
 ) -> LearnedPolicy:
     policy = make_policy(name, params or {}, encoder)
-    X = embed_for(policy, ds.texts, encoder, cache=cache, progress=progress)
+    # a policy with an encoder of its own (routerdc) reads no shared embeddings
+    X = embed_for(policy, ds.texts, encoder, cache=cache, progress=progress) if policy.needs_embeddings else None
     t0 = time.perf_counter()
     if isinstance(policy, CascadePolicy):
         from training.cascade import answer_embeddings
