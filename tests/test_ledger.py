@@ -299,6 +299,11 @@ def test_postgres_outage_mid_load_loses_nothing(
         private_pg.stop("immediate")
         during = len(ids)
         wait_for(lambda: len(ids) >= during + 20, what="requests answered during the outage")
+        # keep the database down until the writer has tried it (its flush may come after 20 fast answers)
+        wait_for(
+            lambda: any("unreachable" in r.getMessage() for r in caplog.records),
+            what="the writer meets the outage",
+        )
         private_pg.start()
         after = len(ids)
         wait_for(lambda: len(ids) >= after + 10, what="requests after the outage")
