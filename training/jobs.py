@@ -65,7 +65,11 @@ def train(
 ) -> LearnedPolicy:
     policy = make_policy(name, params or {}, encoder)
     # a policy with an encoder of its own (routerdc) reads no shared embeddings
-    X = embed_for(policy, ds.texts, encoder, cache=cache, progress=progress) if policy.needs_embeddings else None
+    X = (
+        embed_for(policy, ds.texts, encoder, cache=cache, progress=progress)
+        if policy.needs_embeddings
+        else None
+    )
     t0 = time.perf_counter()
     if isinstance(policy, CascadePolicy):
         from training.cascade import answer_embeddings
