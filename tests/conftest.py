@@ -21,19 +21,23 @@ from tests.upstream import MockUpstream
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def priced_model(base_url: str, name: str, pin: float, pout: float, **kw: Any) -> dict[str, Any]:
+    """A model entry on the mock upstream at `pin`/`pout` USD per 1M tokens (`kw`: more fields)."""
+    return {
+        "name": name,
+        "backend": "openai",
+        "params": {"model": name, "base_url": base_url, "timeout": 10},
+        "input_price_per_1m": pin,
+        "output_price_per_1m": pout,
+        **kw,
+    }
+
+
 def pool(base_url: str) -> list[dict[str, Any]]:
     """Three priced models on the mock upstream, plus one whose API key is never set."""
 
     def m(name, pin, pout, quality, **kw):
-        return {
-            "name": name,
-            "backend": "openai",
-            "params": {"model": name, "base_url": base_url, "timeout": 10},
-            "input_price_per_1m": pin,
-            "output_price_per_1m": pout,
-            "quality": quality,
-            **kw,
-        }
+        return priced_model(base_url, name, pin, pout, quality=quality, **kw)
 
     return [
         m("cheap", 0.1, 0.2, {"default": 0.5, "code": 0.2, "math": 0.3, "chat": 0.75}, context_window=4096),

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from router.config import load_config
+from tests.conftest import priced_model
 from tests.test_cli import run
 from tests.test_ledger import count, wait_for
 from tests.training_fixtures import HELD_OUT, TOPICS
@@ -28,16 +29,7 @@ def _cache_dir(tmp_path_factory, monkeypatch):
 
 
 def two_models(base_url: str) -> list[dict]:
-    def m(name, pin, pout):
-        return {
-            "name": name,
-            "backend": "openai",
-            "params": {"model": name, "base_url": base_url, "timeout": 10},
-            "input_price_per_1m": pin,
-            "output_price_per_1m": pout,
-        }
-
-    return [m("small", 0.2, 0.4), m("large", 5.0, 15.0)]
+    return [priced_model(base_url, "small", 0.2, 0.4), priced_model(base_url, "large", 5.0, 15.0)]
 
 
 def write_config(path, base_url: str, ledger: str, **extra) -> str:
