@@ -263,6 +263,39 @@ def test_entries_a_dead_replica_took_are_claimed_and_written(redis_url, sqlite_u
     assert pending == 0
 
 
+def test_the_redis_feed_gathers_records_that_trickle_in_into_one_batch(redis_url):
+    """At low traffic the writer takes what arrived over an interval in one batch (one transaction),
+    not one per request, like the in-memory buffer feed."""
+    from router.ledger.writer import StreamFeed
+
+    async def go():
+        import redis.asyncio as aioredis
+
+        r = aioredis.from_url(redis_url)
+        log = RedisLog(r)
+        feed = StreamFeed(redis_url, "moe:", batch=100, interval_s=0.5, claim_idle_s=60)
+        try:
+            await log.record_request(record(0))
+            first = await feed.take(False)
+
+            async def trickle():
+                for i in range(1, 4):
+                    await asyncio.sleep(0.02)
+                    await log.record_request(record(i))
+
+            writing = asyncio.create_task(trickle())
+            second = await feed.take(False)  # without gathering: only record 1, alone
+            await writing
+        finally:
+            await feed.aclose()
+            await r.aclose()
+        return [x.id for x in first.records], [x.id for x in second.records]
+
+    first, second = asyncio.run(go())
+    assert first == ["chatcmpl-0000"]
+    assert second == [f"chatcmpl-{i:04d}" for i in (1, 2, 3)]
+
+
 # ---- the database goes down mid-load: nothing is lost, every request is answered -----------------------
 @pytest.mark.parametrize("state", ["memory", "redis"])
 def test_postgres_outage_mid_load_loses_nothing(

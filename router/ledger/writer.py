@@ -11,6 +11,9 @@ Two feeds, one writer:
   one replica; it is acknowledged (`XACK`) only after its batch is committed. Entries a replica
   took and never acknowledged (it died) are claimed by another after `claim_idle_s` (`XAUTOCLAIM`).
   The group is created at id 0: a stream that existed before the ledger did is imported whole.
+  Like the buffer feed it batches: after a read that did not fill a batch, the next read waits
+  until `interval_s` has passed (at low traffic one transaction per interval, not per request;
+  measured in docs/benchmarks.md "Replicas on Redis").
 
 Writes are idempotent upserts (requests by id, ratings by (request, rater), newest wins), so an
 entry delivered twice is harmless. While the database is down the writer retries with backoff
@@ -104,6 +107,7 @@ class StreamFeed:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._grouped = False
         self._next_claim = 0.0
+        self._next_read = 0.0  # after a partial batch: gather until then
         self.trimmed = 0  # entries the stream cap removed before they were written
 
     async def _groups(self) -> None:
@@ -123,6 +127,9 @@ class StreamFeed:
         if not self._grouped:
             await self._groups()
         b = Batch()
+        wait = self._next_read - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + self.claim_idle_s / 2
             for stream in self.streams:
@@ -138,6 +145,7 @@ class StreamFeed:
         )
         for stream, entries in got or []:
             self._parse(stream.decode() if isinstance(stream, bytes) else stream, entries, b)
+        self._next_read = time.monotonic() + self.interval_s if 0 < b.size < self.batch else 0.0
         return b
 
     async def _claim(self, stream: str, b: Batch) -> None:
