@@ -15,6 +15,7 @@ import time
 import pytest
 import redis.asyncio.connection as rc
 
+from router.account import SNAPSHOT_TTL_S
 from router.engine import Engine
 from router.errors import RateLimited, Unauthorized
 from router.schemas import ChatCompletionRequest
@@ -97,8 +98,9 @@ async def test_a_keyed_request_admits_in_one_round_trip_and_settles_in_one(engin
 
     assert result.text and outcome.budget_left_usd is not None
     assert admits == [[["EVALSHA"]]] and settles == [[["EVALSHA"]]]
-    # the whole request: model health for the plan (its closed breaker is the go-ahead), admission, settlement
-    assert trips.sent == [["HMGET", "EXISTS"], ["EVALSHA"], ["EVALSHA"]]
+    # the whole request: admission and settlement; the plan read model health from this replica's
+    # snapshot, less than SNAPSHOT_TTL_S old (its closed breaker is the go-ahead)
+    assert trips.sent == [["EVALSHA"], ["EVALSHA"]]
     # and what the two scripts did is all there: reservation settled, record, tokens, health
     spent = (await e.store.budgets.spent([BudgetScope(f"key:{rec.id}", 10.0)]))[0]
     assert spent == pytest.approx(3 * outcome.cost_usd, abs=1e-6)
@@ -107,6 +109,11 @@ async def test_a_keyed_request_admits_in_one_round_trip_and_settles_in_one(engin
     assert (await e.store.health.snapshot(["cheap"]))["cheap"].samples == 3
     events = [x["kind"] async for x in e.store.log.iter_events()]
     assert events == ["reserve", "request"] * 3
+
+    await asyncio.sleep(SNAPSHOT_TTL_S)  # an older snapshot is read again: one more round trip
+    trips.sent.clear()
+    await e.chat(ask(), await e.authenticate(raw))
+    assert trips.sent == [["HMGET", "EXISTS"], ["EVALSHA"], ["EVALSHA"]]
 
 
 async def test_revocation_and_limit_changes_take_effect_on_the_next_request(engine, redis_url):

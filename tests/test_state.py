@@ -201,6 +201,28 @@ async def test_shared_breaker_and_latency(store):
     assert not await h.acquire("m")
 
 
+async def test_plans_see_another_replicas_breaker_within_the_snapshot_ttl_and_their_own_at_once(prefix):
+    from router.account import RequestHealth
+    from router.state.redis_health import RedisHealth
+
+    r1, r2 = aioredis.from_url(REDIS_URL), aioredis.from_url(REDIS_URL)
+    here = RequestHealth(RedisHealth(r1, failure_threshold=1, reset_after_s=60, prefix=prefix), ttl_s=0.3)
+    other = RedisHealth(r2, failure_threshold=1, reset_after_s=60, prefix=prefix)
+    try:
+        assert (await here.snapshot(["m", "n"]))["m"].breaker == CLOSED
+        await other.record_failure("m")  # another replica opens m's breaker
+        assert (await here.snapshot(["m", "n"]))["m"].breaker == CLOSED  # this replica's snapshot
+        await asyncio.sleep(0.3)
+        assert (await here.snapshot(["m", "n"]))["m"].breaker == OPEN  # seen once it is older
+        assert (await here.snapshot(["m", "n"]))["n"].breaker == CLOSED
+        await here.record_failure("n")  # a failure here drops the snapshot: seen at once
+        assert (await here.snapshot(["m", "n"]))["n"].breaker == OPEN
+    finally:
+        await r1.delete(*[k async for k in r1.scan_iter(match=prefix + "*")])
+        await r1.aclose()
+        await r2.aclose()
+
+
 async def test_redis_breaker_is_shared_between_replicas(prefix):
     clock = Clock()
     from router.state.redis_health import RedisHealth
