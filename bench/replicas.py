@@ -6,10 +6,14 @@ Everything runs on this machine: the mock OpenAI-compatible upstream (answers at
 redis-server on a free port, and `moe-router serve` processes. Setups:
 
 1. one replica, in-memory state, no API keys (the README's default);
-2. one replica on Redis with an API key that has a budget and a rate limit (every request then
-   authenticates, checks the rate limit, reserves and settles budget and appends to the ledger
-   in Redis);
-3. two replicas on the same Redis and key, requests spread round-robin (what a load balancer does).
+2. one replica, in-memory state, with an API key that has a budget and a rate limit (created
+   through `/admin/keys`): the same work as 3, in process memory;
+3. one replica on Redis with the same kind of key (every request then authenticates, checks the
+   rate limit, reserves and settles budget and appends to the ledger in Redis);
+4. two replicas on the same Redis and key, requests spread round-robin (what a load balancer does).
+
+"What Redis adds" is 3 minus 2: the same key, budget and rate limit, kept in Redis instead of in
+memory.
 
 Measured: latency at concurrency 1 (added over calling the upstream directly) and requests/s at
 concurrency 32 for `duration` seconds. All requests name the model (`router:cheapest` would add
@@ -143,6 +147,18 @@ def main() -> None:
             return f"http://127.0.0.1:{port}/v1/chat/completions"
 
         memory = serve("memory", {"MOE_ROUTER_STATE": "memory"})
+        master = "sk-bench-master"
+        memory_keyed = serve(
+            "memory-keyed",
+            {"MOE_ROUTER_STATE": "memory", "MOE_ROUTER_REQUIRE_KEYS": "1", "MOE_ROUTER_MASTER_KEY": master},
+        )
+        made = httpx.post(
+            memory_keyed.replace("/v1/chat/completions", "/admin/keys"),
+            json={"name": "bench", "budget_usd": 1000, "rpm": 1000000},
+            headers={"authorization": f"Bearer {master}"},
+        )
+        made.raise_for_status()
+        memory_auth = {"authorization": f"Bearer {made.json()['key']}"}
         r1, r2 = serve("redis-1", redis_env), serve("redis-2", redis_env)
         created = subprocess.run(
             ["moe-router", "keys", "create", "--name", "bench", "--budget-usd", "1000", "--rpm", "1000000"],
@@ -156,6 +172,7 @@ def main() -> None:
         direct = asyncio.run(sequential(f"{upstream}/chat/completions", "cheap", args.requests, {}))
         setups = {
             "1 replica, in-memory state": ([memory], {}),
+            "1 replica, in-memory state (key with budget + rpm)": ([memory_keyed], memory_auth),
             "1 replica, Redis (key with budget + rpm)": ([r1], auth),
             "2 replicas, one Redis, same key": ([r1, r2], auth),
         }
@@ -172,7 +189,12 @@ def main() -> None:
                 "p50_at_32_ms": sat["p50_ms"],
                 "errors_at_32": sat["errors"],
             }
+        redis_adds = (
+            results["1 replica, Redis (key with budget + rpm)"]["p50_ms"]
+            - results["1 replica, in-memory state (key with budget + rpm)"]["p50_ms"]
+        )
         out = {
+            "redis_adds_p50_ms": redis_adds,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "requests": args.requests,
             "duration_s": args.duration,
@@ -188,7 +210,8 @@ def main() -> None:
                 f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['added_p50_ms']:.2f} | "
                 f"{r['added_p99_ms']:.2f} | {r['rps_at_32']:.0f} | {r['p50_at_32_ms']:.1f} | {r['errors_at_32']} |"
             )
-        print(f"\nraw results: {args.out}")
+        print(f"\nRedis adds {redis_adds:.2f} ms p50 over in-memory state (same key, budget and rpm)")
+        print(f"raw results: {args.out}")
     finally:
         for p in procs:
             p.terminate()
