@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from importlib import metadata
 from pathlib import Path
@@ -186,7 +187,17 @@ def fitted_encoder(directory: str | Path) -> str | None:
     build = _recorded_build(want)
     if build == "torch" and want.get("name") == "sentence-transformers/all-MiniLM-L6-v2":
         return "minilm-onnx"
+    recipe = _int8_recipe(want)
+    if build == "onnx-int8" and recipe is not None:  # the recipe it was fitted with, by name if older
+        from policies.encoders import int8_model
+
+        return int8_model(recipe)
     return want.get("model") or want.get("name")
+
+
+def _int8_recipe(want: dict[str, Any]) -> str | None:
+    m = re.search(r"\+int8r(\d+)$", str(want.get("version") or ""))
+    return m.group(1) if m else None
 
 
 def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
@@ -205,10 +216,12 @@ def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
             f"with this encoder, or set encoder.model to {want.get('model') or want.get('name')!r}"
         )
     if (want.get("name"), want.get("version")) != (have["name"], have["version"]):
+        recipe = _int8_recipe(want) if fitted == "onnx-int8" else None
+        hint = f" (encoder.model: minilm-onnx-int8-r{recipe})" if recipe else ""
         raise ValueError(
             f"{where} was trained with encoder {want.get('name')} {want.get('version')}, but this gateway "
             f"encodes prompts with {have['name']} {have['version']}; retrain the policy with this encoder "
-            "or configure the encoder it was trained with"
+            f"or configure the encoder it was trained with{hint}"
         )
 
 

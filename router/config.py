@@ -246,10 +246,11 @@ class EncoderSettings(_Strict):
     # None (auto): the encoder the configured policy artifacts were fitted with when they agree,
     # else minilm-onnx-int8 (the bundled all-MiniLM-L6-v2 through ONNX Runtime, int8). Or name one:
     # minilm-onnx (fp32: the same vectors as torch), all-MiniLM-L6-v2 (torch), minilm-onnx-int8,
+    # minilm-onnx-int8-r3 (a faster int8 recipe),
     # minilm-static, or a local directory
     model: str | None = None
     cache_size: int = Field(4096, ge=0)
-    threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (default min(2, CPUs))
+    threads: int | None = Field(None, ge=1)  # ONNX Runtime threads of batched passes (default min(2, CPUs))
     batch_window_ms: float = Field(0.0, ge=0, le=100)  # wait this long to fill a batch (0: never)
 
 

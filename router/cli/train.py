@@ -30,8 +30,8 @@ PricesOption = typer.Option(
 EncoderOption = typer.Option(
     None,
     "--encoder",
-    help="prompt encoder: minilm-onnx (default; same vectors as all-MiniLM-L6-v2 through torch), "
-    "minilm-onnx-int8, minilm-static (fast), or a local directory",
+    help="prompt encoder: minilm-onnx-int8 (default), minilm-onnx-int8-r3 (a faster int8 recipe), "
+    "minilm-onnx (fp32: all-MiniLM-L6-v2's vectors), minilm-static (fast), or a local directory",
 )
 NoCache = typer.Option(False, "--no-cache", help="do not read or write the on-disk embedding cache")
 PointsOption = typer.Option(61, "--points", min=20, help="cost-weight sweep points (>= 20)")
