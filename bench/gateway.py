@@ -93,8 +93,9 @@ def litellm_python() -> Path:
     return venv / "bin" / "litellm"
 
 
-def decision_latency(n: int = 300) -> dict:
-    """In-process Engine.plan() latency: the routing decision alone, with fresh prompts."""
+def decision_latency(n: int = 300, encoders: tuple[str, ...] = ("minilm-onnx-int8-r3",)) -> dict:
+    """In-process Engine.plan() latency: the routing decision alone, with fresh prompts; `category`
+    with the default encoder, and again with each of `encoders` (rows "category (<model>)")."""
     from router.config import load_config
     from router.engine import Engine
     from router.schemas import ChatCompletionRequest
@@ -110,8 +111,11 @@ def decision_latency(n: int = 300) -> dict:
         }
         for i in range(5)
     ]
-    engine = Engine(load_config(None, models=models))
-    engine.encoder.load()
+    engines = {"": Engine(load_config(None, models=models))}
+    for name in encoders:
+        engines[f" ({name})"] = Engine(load_config(None, models=models, encoder={"model": name}))
+    for e in engines.values():
+        e.encoder.load()
     words = [
         "alpha",
         "beta",
@@ -132,7 +136,7 @@ def decision_latency(n: int = 300) -> dict:
         text = " ".join(rng.choice(words, 12)) + f" {rng.integers(1e9)}: write code to sort these words"
         return ChatCompletionRequest(model="router", messages=[{"role": "user", "content": text}])
 
-    async def run(policy: str, concurrency: int) -> list[float]:
+    async def run(engine: Engine, policy: str, concurrency: int) -> list[float]:
         out: list[float] = []
 
         async def one():
@@ -150,10 +154,11 @@ def decision_latency(n: int = 300) -> dict:
         return out
 
     res = {}
-    for policy in ("cheapest", "category"):
-        for conc in (1, 32):
-            xs = asyncio.run(run(policy, conc))
-            res[f"{policy}@{conc}"] = {"p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99), "n": len(xs)}
+    for label, engine in engines.items():
+        for policy in ("cheapest", "category") if not label else ("category",):
+            for conc in (1, 32):
+                xs = asyncio.run(run(engine, policy, conc))
+                res[f"{policy}{label}@{conc}"] = {"p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99), "n": len(xs)}
     return res
 
 
