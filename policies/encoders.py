@@ -24,8 +24,8 @@ STATIC_ALIASES = {"minilm-static", "static", "fast"}
 DISTILL_VERSION = "2"
 # the bundled MiniLM through ONNX Runtime (policies.onnx_encoder): fp32, and dynamic int8
 ONNX_ALIASES = {"minilm-onnx", "onnx"}
-ONNX_INT8_ALIASES = {"minilm-onnx-int8", "onnx-int8"}  # the current int8 recipe
-INT8_NAMED = re.compile(r"minilm-onnx-int8-r(\d+)")  # a recipe by name: artifacts fitted with an older one
+ONNX_INT8_ALIASES = {"minilm-onnx-int8", "onnx-int8"}  # the default int8 recipe
+INT8_NAMED = re.compile(r"minilm-onnx-int8-r(\d+)")  # any recipe by name (an option, or an artifact's)
 DEFAULT = "minilm-onnx-int8"  # its routing quality is fp32's within 0.003 AIQ (docs/benchmarks.md)
 # builds whose vectors are the same (to float rounding): a policy fitted with one serves with the other
 INTERCHANGEABLE = {"torch": "minilm", "onnx": "minilm"}
@@ -36,7 +36,7 @@ def build_family(build: str) -> str:
 
 
 def int8_recipe(model: str) -> str | None:
-    """The int8 recipe `model` names ("minilm-onnx-int8": the current one), None if not int8."""
+    """The int8 recipe `model` names ("minilm-onnx-int8": the default one), None if not int8."""
     from policies.onnx_encoder import INT8_RECIPE, INT8_RECIPES
 
     if model in ONNX_INT8_ALIASES:
@@ -71,8 +71,8 @@ class PromptEncoder:
 
     `model`: "minilm-onnx" (the bundled all-MiniLM-L6-v2 through ONNX Runtime, fp32),
     "all-MiniLM-L6-v2" (the same weights through torch sentence-transformers; same vectors),
-    "minilm-onnx-int8" (the default: ONNX with dynamic int8 quantization, faster, vectors ~0.998 cosine to
-    fp32; "minilm-onnx-int8-r3" a faster int8 recipe, an option), "minilm-static" (a static encoder distilled from it: ~100x faster, a little less
+    "minilm-onnx-int8" (the default: ONNX with dynamic int8 quantization, faster, vectors ~0.997 cosine to
+    fp32; "minilm-onnx-int8-r3" a faster int8 recipe, ~0.998, an option), "minilm-static" (a static encoder distilled from it: ~100x faster, a little less
     accurate; `policies.static_encoder`), or a local sentence-transformers directory.
     `threads`: ONNX Runtime intra-op threads (default min(2, CPUs)).
     Thread-safe; the model loads on first use (or `load()`)."""
