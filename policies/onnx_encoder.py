@@ -243,10 +243,14 @@ def _ensure(model_path: str, fp32: Path, q: Path, int8: bool, recipe: str) -> Pa
     return q
 
 
-def session(path: Path, threads: int | None = None):
+def session(path: Path, threads: int | None = None, shared: dict | None = None):
+    """A CPU session; `shared`: initializers (name -> OrtValue) it reads from the caller's buffers
+    instead of keeping its own copy (`shared_initializers`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    for name, value in (shared or {}).items():
+        opts.add_initializer(name, value)
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -257,6 +261,23 @@ def session(path: Path, threads: int | None = None):
     # (docs/benchmarks.md)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def shared_initializers(path: Path, min_bytes: int = 1 << 20) -> dict:
+    """The model's large weights (the word embeddings, fp32 weight matrices) as OrtValues to hand
+    to several sessions of it, which then share one copy. For the int8 model's two sessions: RSS
+    after loading and encoding +179 MB instead of +204 (the rest of the second session's ~75 MB is
+    its packed MatMul weights and arena), for 0.14 s more loading (0.41 vs 0.27 s)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return {
+        t.name: ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t))
+        for t in model.graph.initializer
+        if len(t.raw_data) >= min_bytes
+    }
 
 
 def max_seq_length(model_path: str) -> int:
@@ -299,9 +320,13 @@ class OnnxModel:
     ):
         self.path = path
         self.tokenizer = tokenizer(model_path)
-        self.session = session(path, threads)
-        many = threads or default_threads()
-        self.single = session(path, 1) if one_thread_singles and many > 1 else self.session
+        if one_thread_singles and (threads or default_threads()) > 1:
+            self.shared = shared_initializers(path)  # kept alive: both sessions read these buffers
+            self.session = session(path, threads, self.shared)
+            self.single = session(path, 1, self.shared)
+        else:
+            self.shared = {}
+            self.session = self.single = session(path, threads)
         self._dim = int(self.session.get_outputs()[0].shape[-1])
 
     def get_embedding_dimension(self) -> int:

@@ -160,6 +160,10 @@ def test_row_scaling_keeps_the_product_and_one_prompt_passes_run_on_one_thread(f
     assert m.single is m.session  # fp32 runs every pass on two threads (faster for it)
     q = int8_enc.load()
     assert q.single is not q.session  # int8: one-prompt passes on one thread, a session of their own
+    # ... reading the large weights from one shared copy, which both sessions compute with alike
+    assert "m.embeddings.word_embeddings.weight" in q.shared
+    one = oe._batch(oe.tokenizer(bundled_model_path()), texts[1:])
+    assert np.allclose(q.single.run(None, one)[0], q.session.run(None, one)[0], atol=1e-4)
     assert cos(m.encode(texts[:1]), m.encode(texts)[:1])[0] > 0.99999
     # int8 quantizes activations with one scale per pass, so a prompt's vector moves a little with
     # its pass-mates: r2 0.990 for this pair (0.994 mean over bench prompts alone vs in passes of 8),
