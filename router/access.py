@@ -31,7 +31,12 @@ MAX_CACHED = 10_000  # keys and budget buckets remembered per replica
 
 class Replan(Exception):
     """The plan was made on what this replica knew, and shared state knows better (the key changed,
-    or a budget has less left): plan the request again."""
+    or a budget has less left): plan the request again. `refusal`: for a budget, the 429 the
+    request gets if planning again cannot end it (budgets racing to zero under concurrent spend)."""
+
+    def __init__(self, refusal: Exception | None = None):
+        super().__init__()
+        self.refusal = refusal
 
 
 @dataclass
@@ -148,9 +153,10 @@ class Access:
             raise self._limited(caller, got.reason, got.retry_after_s)
         known = self._hint(scopes)
         self._learn(scopes, got.left)
+        refusal = self._over_budget(got.scope, usd)
         if known != self._hint(scopes):
-            raise Replan()
-        raise self._over_budget(got.scope, usd)
+            raise Replan(refusal)
+        raise refusal
 
     def settled(self, scopes: Sequence[BudgetScope], left: Sequence[int]) -> float | None:
         """Learn what a settlement left in each budget; the remaining budget (None: unlimited)."""

@@ -245,6 +245,7 @@ class Engine:
         step. Planned again when admission says the key or a budget changed (`Replan`), or when the
         planner found no model the budget covers by this replica's knowledge and shared state has
         more left. A failure before admission still tells a revoked key so first."""
+        refusal: Exception | None = None
         for attempt in range(REPLANS + 1):
             try:
                 plan = await planned()
@@ -260,9 +261,12 @@ class Engine:
             try:
                 usd = plan.reservation_usd() if plan is not None else None
                 return await self.account.open(caller, tokens, usd, rid), plan
-            except Replan:
+            except Replan as e:
+                refusal = e.refusal
                 continue
-        raise ServiceUnavailable("the API key or its budget kept changing during the request; retry")
+        if refusal is not None:  # the last refusal was a budget's: what the request would get again
+            raise refusal
+        raise ServiceUnavailable("the API key kept changing during the request; retry")
 
     async def _start(
         self,

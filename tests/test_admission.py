@@ -15,9 +15,10 @@ import time
 import pytest
 import redis.asyncio.connection as rc
 
+from router.access import Replan
 from router.account import SNAPSHOT_TTL_S
-from router.engine import Engine
-from router.errors import RateLimited, Unauthorized
+from router.engine import REPLANS, Engine
+from router.errors import BudgetExceeded, RateLimited, Unauthorized
 from router.schemas import ChatCompletionRequest
 from router.state import RedisStore
 from router.state.admission import Admit, Admitted, Refused
@@ -167,6 +168,26 @@ async def test_a_plan_beyond_the_budget_is_made_again_within_it(engine, redis_ur
     assert outcome.model != "big"  # big's worst case does not fit: refused, planned again
     assert len(admits) == 2
     assert await e.access.room(caller) == pytest.approx(0.0005 - outcome.cost_usd, abs=1e-6)
+
+
+async def test_a_budget_that_refuses_every_admission_ends_in_429_not_503(engine, redis_url, monkeypatch):
+    """Replicas racing a budget to zero: each admission is refused with a different amount left,
+    so the request is planned again; once the re-plans are spent it gets the budget's 429 (a 503
+    'retry' was what it got, seen once in a two-process test)."""
+    e = engine()
+    raw, rec = new_key("racing", budget_usd=10.0)
+    await e.store.keys.put(rec)
+    caller = await e.authenticate(raw)
+    tries: list[float | None] = []
+
+    async def refused(caller, tokens, usd, event=None):
+        tries.append(usd)
+        raise Replan(BudgetExceeded("budget key:racing cannot cover this request"))
+
+    monkeypatch.setattr(e.access, "open", refused)
+    with pytest.raises(BudgetExceeded, match="cannot cover"):
+        await e.chat(ask(), caller)
+    assert len(tries) == REPLANS + 1
 
 
 # ---- two processes, one Redis ----------------------------------------------------------------
