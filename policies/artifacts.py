@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from importlib import metadata
 from pathlib import Path
@@ -187,17 +186,16 @@ def fitted_encoder(directory: str | Path) -> str | None:
     build = _recorded_build(want)
     if build == "torch" and want.get("name") == "sentence-transformers/all-MiniLM-L6-v2":
         return "minilm-onnx"
-    recipe = _int8_recipe(want)
-    if build == "onnx-int8" and recipe is not None:  # the recipe it was fitted with, by name if older
-        from policies.encoders import int8_model
-
-        return int8_model(recipe)
-    return want.get("model") or want.get("name")
+    return _int8_model(want, build) or want.get("model") or want.get("name")
 
 
-def _int8_recipe(want: dict[str, Any]) -> str | None:
-    m = re.search(r"\+int8r(\d+)$", str(want.get("version") or ""))
-    return m.group(1) if m else None
+def _int8_model(want: dict[str, Any], build: str) -> str | None:
+    """The `encoder.model` that builds the int8 recipe an artifact was fitted with (by name when it
+    is not the default recipe); None for other builds."""
+    from policies.encoders import int8_model, int8_recipe_of
+
+    recipe = int8_recipe_of(str(want.get("version") or "")) if build == "onnx-int8" else None
+    return int8_model(recipe) if recipe is not None else None
 
 
 def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
@@ -216,8 +214,8 @@ def check_encoder(meta: dict[str, Any], encoder: Any, where: str) -> None:
             f"with this encoder, or set encoder.model to {want.get('model') or want.get('name')!r}"
         )
     if (want.get("name"), want.get("version")) != (have["name"], have["version"]):
-        recipe = _int8_recipe(want) if fitted == "onnx-int8" else None
-        hint = f" (encoder.model: minilm-onnx-int8-r{recipe})" if recipe else ""
+        model = _int8_model(want, fitted)
+        hint = f" (encoder.model: {model})" if model else ""
         raise ValueError(
             f"{where} was trained with encoder {want.get('name')} {want.get('version')}, but this gateway "
             f"encodes prompts with {have['name']} {have['version']}; retrain the policy with this encoder "

@@ -51,6 +51,12 @@ def int8_recipe(model: str) -> str | None:
     return m.group(1)
 
 
+def int8_recipe_of(version: str) -> str | None:
+    """The int8 recipe an encoder `version` names (`PromptEncoder.version`: "<wheel>+int8r<N>")."""
+    m = re.search(r"\+int8r(\d+)$", version)
+    return m.group(1) if m else None
+
+
 def int8_model(recipe: str) -> str:
     """The `encoder.model` that builds int8 `recipe`."""
     from policies.onnx_encoder import INT8_RECIPE
