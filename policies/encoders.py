@@ -155,17 +155,31 @@ class PromptEncoder:
                 threads=self.threads,
                 recipe=self.int8_recipe or INT8_RECIPE,
             )
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        if self.build == "static":
+        if self.build == "static":  # torch and transformers only to distill, once
             from policies.static_encoder import load_static
 
             return load_static(bundled_model_path(), self.version)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         from sentence_transformers import SentenceTransformer
 
         path = bundled_model_path() if self.model in BUNDLED_ALIASES else self.model
         return SentenceTransformer(path, device=self.device)
+
+    @property
+    def inline(self) -> bool:
+        """Cheap enough to run on the caller's event loop (the static encoder: a tokenizer call and
+        a lookup, ~0.04 ms); the others take milliseconds and run on a worker thread."""
+        return self.build == "static"
+
+    def cached(self, text: str) -> np.ndarray | None:
+        """`text`'s vector if the cache holds it (a lookup, no encoding), else None."""
+        with self._lock:
+            v = self._cache.get(text)
+            if v is not None:
+                self._cache.move_to_end(text)
+            return v
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """(len(texts), dim) float32, unit-norm rows. Cached texts are not re-encoded."""

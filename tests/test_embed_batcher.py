@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 
-from router.embed_batcher import EmbedBatcher
+from router.embed_batcher import INLINE_MAX_CHARS, EmbedBatcher
 
 
 class CountingEncoder:
@@ -44,4 +45,51 @@ async def test_an_encoder_failure_reaches_every_waiting_request(encoder):
     assert all(isinstance(r, RuntimeError) for r in results)
     (again,) = await asyncio.gather(batcher.encode("y"), return_exceptions=True)
     assert isinstance(again, RuntimeError)  # the batcher survives a failure and keeps serving
+    await batcher.aclose()
+
+
+class GatedEncoder:
+    """A real encoder behind a gate: `encode` waits until the test opens it, and records the thread
+    it ran on."""
+
+    def __init__(self, encoder, inline: bool = False):
+        self.encoder, self.inline = encoder, inline
+        self.gate, self.threads = threading.Event(), []
+
+    def cached(self, text):
+        return self.encoder.cached(text)
+
+    def encode(self, texts):
+        self.threads.append(threading.get_ident())
+        assert self.gate.wait(10), "the test never opened the gate"
+        return self.encoder.encode(texts)
+
+
+async def test_a_cached_prompt_is_answered_while_a_pass_is_still_running(encoder):
+    gated = GatedEncoder(encoder)
+    gated.gate.set()
+    batcher = EmbedBatcher(gated)
+    first = await batcher.encode("how do I reverse a linked list?")
+    gated.gate.clear()  # the next pass blocks until the gate opens
+    slow = asyncio.ensure_future(batcher.encode("a prompt nobody has sent before, 8731"))
+    await asyncio.sleep(0.05)
+    assert not slow.done() and len(gated.threads) == 2  # the worker is busy with it
+    again = await asyncio.wait_for(batcher.encode("how do I reverse a linked list?"), 1)
+    np.testing.assert_array_equal(again, first)  # from the cache, not queued behind the pass
+    again[0, 0] += 1.0  # the caller's copy: the cache keeps its vector
+    np.testing.assert_array_equal(encoder.cached("how do I reverse a linked list?"), first[0])
+    gated.gate.set()
+    assert (await slow).shape == first.shape
+    await batcher.aclose()
+
+
+async def test_an_inline_encoder_runs_on_the_event_loop_unless_the_prompt_is_long(encoder):
+    gated = GatedEncoder(encoder, inline=True)
+    gated.gate.set()
+    batcher = EmbedBatcher(gated)
+    short = await batcher.encode("route me, 4411")
+    assert gated.threads == [threading.get_ident()]  # no hand-off to the worker thread
+    long = await batcher.encode("word " * (INLINE_MAX_CHARS // 5 + 1))
+    assert gated.threads[1] != threading.get_ident()  # a long prompt must not stall the loop
+    assert short.shape == long.shape == (1, encoder.dim)
     await batcher.aclose()
