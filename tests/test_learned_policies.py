@@ -246,16 +246,40 @@ def test_static_encoder_fast_path_is_a_different_encoder(encoder):
 
     fast = PromptEncoder("minilm-static")
     assert fast.name != encoder.name and fast.version != encoder.version  # artifacts tell them apart
-    from transformers import AutoTokenizer
+    from policies.static_encoder import tokenizer
 
-    tok = AutoTokenizer.from_pretrained(bundled_model_path())
-    vecs = np.random.default_rng(0).normal(size=(tok.vocab_size, 8)).astype(np.float32)
+    tok = tokenizer(bundled_model_path())
+    vecs = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 8)).astype(np.float32)
     m = StaticModel(tok, vecs)
     out = m.encode(["hello world", "", "hello world"])
     assert out.shape == (3, 8) and m.get_embedding_dimension() == 8
     np.testing.assert_allclose(np.linalg.norm(out[0]), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out[0], out[2])
     assert not out[1].any()  # no tokens: a zero vector, not NaN
+
+
+def test_static_encoder_tokenizes_like_transformers_without_importing_it():
+    """The static encoder's vectors were distilled per token id: its fast tokenizer must give the
+    ids transformers' tokenizer gives, on every kind of text."""
+    from transformers import AutoTokenizer
+
+    from policies.encoders import bundled_model_path
+    from policies.static_encoder import tokenizer
+
+    texts = [
+        "How do I reverse a linked list in O(1) space?",
+        "Ünïcödé façade — naïve café, 東京で寿司を食べたい 🍣",
+        "   spaces\tand\nnewlines   ",
+        "word " * 300,  # past tokenizer.json's 128 and the model's 256: no truncation
+        "",
+        "SELECT * FROM users WHERE id = 1; -- [CLS] [SEP] [PAD]",
+    ]
+    want = AutoTokenizer.from_pretrained(bundled_model_path())(
+        texts, add_special_tokens=False, truncation=False
+    )
+    got = [e.ids for e in tokenizer(bundled_model_path()).encode_batch(texts, add_special_tokens=False)]
+    assert got == want["input_ids"]
+    assert len(got[3]) > 256
 
 
 def test_gateway_runs_a_cascade_as_a_two_step_dispatch(encoder, upstream, start_gateway, tmp_path):
