@@ -7,7 +7,8 @@ process: `python -m tests.upstream`, answering at once), and both gateways get t
 one worker each (`--workers` changes moe-router's) and no authentication:
 
 1. added latency at concurrency 1: p50/p95/p99 of (via proxy) − (direct to the upstream), for
-   moe-router with learned routing (an embedding policy: `router:category`), a non-embedding
+   moe-router with learned routing (an embedding policy: `router:category`; on the default
+   encoder, and on a second moe-router gateway with `encoder.model: minilm-static`), a non-embedding
    policy (`router:cheapest`), a named model (no routing) — also through `/v1/messages` and
    `/v1/responses`, to measure the format translation — and LiteLLM's proxy (no routing);
 2. max throughput at concurrency 32 for `duration` seconds (requests/s, p50 latency);
@@ -54,6 +55,8 @@ sys.path.insert(0, str(ROOT))
 from tests.servers import free_port  # noqa: E402
 
 LITELLM_VERSION = "1.108.7"
+STATIC = "moe-router (static encoder)"
+LEARNED_STATIC = "moe-router, learned routing, static encoder (router:category)"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -93,7 +96,9 @@ def litellm_python() -> Path:
     return venv / "bin" / "litellm"
 
 
-def decision_latency(n: int = 300, encoders: tuple[str, ...] = ("minilm-onnx-int8-r3",)) -> dict:
+def decision_latency(
+    n: int = 300, encoders: tuple[str, ...] = ("minilm-onnx-int8-r3", "minilm-static")
+) -> dict:
     """In-process Engine.plan() latency: the routing decision alone, with fresh prompts; `category`
     with the default encoder, and again with each of `encoders` (rows "category (<model>)")."""
     from router.config import load_config
@@ -223,7 +228,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="moe-bench-"))
     procs: list[subprocess.Popen] = []
-    up_port, gw_port, ll_port = free_port(), free_port(), free_port()
+    up_port, gw_port, st_port, ll_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
     pool = [("cheap", 0.1, 0.5), ("mid", 1.0, 0.7), ("big", 10.0, 0.9)]
     gateways: dict[str, Gateway] = {}
@@ -248,26 +253,29 @@ def main() -> None:
             "ledger": "none",  # LiteLLM runs without a database: neither writes a spend log
         }
         (tmp / "moe.yaml").write_text(yaml.safe_dump(cfg))
-        gw = f"http://127.0.0.1:{gw_port}"
-        gateways["moe-router"] = launch(
-            [
+
+        def moe_router(name: str, port: int, env: dict) -> str:
+            url = f"http://127.0.0.1:{port}"
+            cmd = [
                 str(Path(sys.executable).parent / "moe-router"),
                 "serve",
                 "--config",
                 str(tmp / "moe.yaml"),
-                "--port",
-                str(gw_port),
-                "--log-level",
-                "warning",
-                "--workers",
-                str(args.workers),
-            ],
-            tmp / "gateway.log",
-            f"{gw}/health",
-            f"{gw}/ready",
-            env={"MOE_ROUTER_STATE": "memory"},
-        )
-        procs.append(gateways["moe-router"].proc)
+            ]
+            cmd += ["--port", str(port), "--log-level", "warning", "--workers", str(args.workers)]
+            gateways[name] = launch(
+                cmd,
+                tmp / f"{port}.log",
+                f"{url}/health",
+                f"{url}/ready",
+                {"MOE_ROUTER_STATE": "memory", **env},
+            )
+            procs.append(gateways[name].proc)
+            return url
+
+        gw = moe_router("moe-router", gw_port, {})
+        # the same gateway with the static encoder (encoder.model: minilm-static)
+        st = moe_router(STATIC, st_port, {"MOE_ROUTER_ENCODER__MODEL": "minilm-static"})
 
         chat = f"{gw}/v1/chat/completions"
         moe = "moe-router"
@@ -275,6 +283,7 @@ def main() -> None:
             "direct upstream": Target(f"{upstream}/chat/completions", "cheap"),
             "moe-router, named model": Target(chat, "cheap", gateway=moe),
             "moe-router, learned routing (router:category)": Target(chat, "router:category", gateway=moe),
+            LEARNED_STATIC: Target(f"{st}/v1/chat/completions", "router:category", gateway=STATIC),
             "moe-router, router:cheapest": Target(chat, "router:cheapest", gateway=moe),
             # the same named-model request through the format translators
             "moe-router, named model, /v1/messages": Target(f"{gw}/v1/messages", "cheap", gateway=moe),
@@ -409,6 +418,7 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: | ---: |")
         for name, p50_max, rps_min in (
             ("moe-router, learned routing (router:category)", 0.5, 1.5),
+            (LEARNED_STATIC, 0.5, 1.5),
             ("moe-router, named model", 0.15, 5.0),
         ):
             a, r = overhead[name]["added_p50_ms"] / ll_added, throughput[name]["rps"] / ll_rps
