@@ -170,7 +170,7 @@ class PromptEncoder:
     @property
     def inline(self) -> bool:
         """Cheap enough to run on the caller's event loop (the static encoder: a tokenizer call and
-        a lookup, ~0.04 ms); the others take milliseconds and run on a worker thread."""
+        a lookup, under 0.1 ms); the others take milliseconds and run on a worker thread."""
         return self.build == "static"
 
     def cached(self, text: str) -> np.ndarray | None:

@@ -3,7 +3,7 @@
 Encoding 32 prompts in one forward pass costs far less than 32 passes of one; passes run on a
 worker thread. A prompt the encoder has cached is answered at once from its cache, never queued
 behind a running pass, and an encoder cheap enough for the event loop (`inline`: the static one,
-~0.04 ms a prompt) encodes there, skipping the thread hand-off. The batcher adds no
+under 0.1 ms a prompt) encodes there, skipping the thread hand-off. The batcher adds no
 wait at low load: a prompt that arrives while the encoder is idle is encoded at once, alone; the
 prompts that arrive while that pass runs are encoded together in the next one.
 
