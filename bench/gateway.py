@@ -7,15 +7,21 @@ process: `python -m tests.upstream`, answering at once), and both gateways get t
 one worker each (`--workers` changes moe-router's) and no authentication:
 
 1. added latency at concurrency 1: p50/p95/p99 of (via proxy) − (direct to the upstream), for
-   moe-router with learned routing (an embedding policy: `router:category`; on the default
-   encoder, and on a second moe-router gateway with `encoder.model: minilm-static`), a non-embedding
-   policy (`router:cheapest`), a named model (no routing) — also through `/v1/messages` and
+   moe-router with learned routing — the zero-shot embedding policy `router:category`, and an
+   `mf` policy fitted with the gateway's encoder (`router:mf`) on the default encoder and on a
+   second moe-router gateway with `encoder.model: minilm-static` —, a non-embedding policy
+   (`router:cheapest`), a named model (no routing) — also through `/v1/messages` and
    `/v1/responses`, to measure the format translation — and LiteLLM's proxy (no routing);
 2. max throughput at concurrency 32 for `duration` seconds (requests/s, p50 latency);
 3. RSS (the whole process tree) when ready, after the concurrency-1 phase and after the load, and
    start-up time (spawn to the first 200 from the liveness and the readiness endpoint);
 4. routing-decision latency in-process (`Engine.plan`: embed + score + constraints) for single
    prompts and 32 concurrent ones, with fresh prompts (no encoder cache hits).
+
+The `mf` policies are fitted at start on synthetic prompts with random qualities (`fitted_policy`):
+the benchmark measures what serving a fitted policy costs, not what it learned. (The zero-shot
+`category` policy is not run on the static encoder: its example descriptions classify prompts
+poorly through static vectors — docs/learned-policies.md, "Fast encoder".)
 
 Prompts are fresh: a different one on every request, never repeated within a run (`bench/load.py`
 makes them: the same base text for request i on every target, so the upstream sees the same work,
@@ -56,7 +62,9 @@ from tests.servers import free_port  # noqa: E402
 
 LITELLM_VERSION = "1.108.7"
 STATIC = "moe-router (static encoder)"
-LEARNED_STATIC = "moe-router, learned routing, static encoder (router:category)"
+DEFAULT_ENCODER = "minilm-onnx-int8"
+LEARNED_MF = "moe-router, learned routing (router:mf, fitted)"
+LEARNED_STATIC = "moe-router, learned routing, static encoder (router:mf, fitted with it)"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -96,31 +104,47 @@ def litellm_python() -> Path:
     return venv / "bin" / "litellm"
 
 
-def decision_latency(
-    n: int = 300, encoders: tuple[str, ...] = ("minilm-onnx-int8-r3", "minilm-static")
-) -> dict:
-    """In-process Engine.plan() latency: the routing decision alone, with fresh prompts; `category`
-    with the default encoder, and again with each of `encoders` (rows "category (<model>)")."""
+def fitted_policy(dest: Path, models: list[str], encoder: str) -> Path:
+    """An `mf` policy fitted with `encoder` on 400 synthetic prompts in the load's style (never
+    sent by it) with random qualities: a latency benchmark, so what it learned does not matter;
+    serving it embeds the prompt with that encoder and scores the pool, like any fitted policy."""
+    from bench.load import prompt as load_prompt
+    from policies.artifacts import save_policy
+    from policies.encoders import PromptEncoder
+    from training.dataset import RoutingDataset
+    from training.jobs import train
+
+    texts = [load_prompt(100_000 + i, "fit", True) for i in range(400)]
+    quality = np.random.default_rng(0).random((len(texts), len(models)))
+    ds = RoutingDataset(texts, list(models), quality, np.ones_like(quality, dtype=bool))
+    enc = PromptEncoder(encoder)
+    return save_policy(train("mf", ds, enc, {"calib_folds": 3}, cache=False), dest, encoder=enc)
+
+
+def decision_latency(models: list[dict], fitted: dict[str, Path], n: int = 300) -> dict:
+    """In-process Engine.plan() latency: the routing decision alone, with fresh prompts, on the
+    bench's pool. Rows "<policy> (<encoder>)@<concurrency>": `cheapest` (no embedding) and the
+    zero-shot `category` with the default encoder, `category` with int8 recipe r3, and `mf` fitted
+    with each encoder of `fitted` (encoder.model -> artifact)."""
     from router.config import load_config
     from router.engine import Engine
     from router.schemas import ChatCompletionRequest
 
-    models = [
-        {
-            "name": f"m{i}",
-            "backend": "openai",
-            "params": {"model": f"m{i}", "base_url": "http://127.0.0.1:9/v1"},
-            "input_price_per_1m": 0.1 * (i + 1),
-            "output_price_per_1m": 0.3 * (i + 1),
-            "quality": {"default": 0.4 + 0.1 * i, "code": 0.3 + 0.15 * i},
-        }
-        for i in range(5)
+    default = "minilm-onnx-int8"
+    cases = [
+        ("cheapest", default, None),
+        ("category", default, None),
+        ("category", "minilm-onnx-int8-r3", None),
     ]
-    engines = {"": Engine(load_config(None, models=models))}
-    for name in encoders:
-        engines[f" ({name})"] = Engine(load_config(None, models=models, encoder={"model": name}))
-    for e in engines.values():
-        e.encoder.load()
+    cases += [("mf", enc, artifact) for enc, artifact in fitted.items()]
+    engines: dict[tuple[str, Path | None], Engine] = {}
+    for _, enc, artifact in cases:
+        if (enc, artifact) not in engines:
+            routing = {"policies": {"mf": {"artifact": str(artifact)}}} if artifact else {}
+            engines[enc, artifact] = Engine(
+                load_config(None, models=models, encoder={"model": enc}, **routing and {"routing": routing})
+            )
+            engines[enc, artifact].encoder.load()
     words = [
         "alpha",
         "beta",
@@ -159,11 +183,10 @@ def decision_latency(
         return out
 
     res = {}
-    for label, engine in engines.items():
-        for policy in ("cheapest", "category") if not label else ("category",):
-            for conc in (1, 32):
-                xs = asyncio.run(run(engine, policy, conc))
-                res[f"{policy}{label}@{conc}"] = {"p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99), "n": len(xs)}
+    for policy, enc, artifact in cases:
+        for conc in (1, 32):
+            xs = asyncio.run(run(engines[enc, artifact], policy, conc))
+            res[f"{policy} ({enc})@{conc}"] = {"p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99), "n": len(xs)}
     return res
 
 
@@ -252,30 +275,30 @@ def main() -> None:
             ],
             "ledger": "none",  # LiteLLM runs without a database: neither writes a spend log
         }
-        (tmp / "moe.yaml").write_text(yaml.safe_dump(cfg))
+        # an `mf` policy fitted with each encoder: a gateway serves artifacts of its own encoder
+        names = [n for n, _, _ in pool]
+        fitted = {
+            enc: fitted_policy(tmp / f"mf-{enc}", names, enc) for enc in (DEFAULT_ENCODER, "minilm-static")
+        }
 
-        def moe_router(name: str, port: int, env: dict) -> str:
+        def moe_router(name: str, port: int, encoder: str) -> str:
             url = f"http://127.0.0.1:{port}"
-            cmd = [
-                str(Path(sys.executable).parent / "moe-router"),
-                "serve",
-                "--config",
-                str(tmp / "moe.yaml"),
-            ]
+            conf = tmp / f"moe-{encoder}.yaml"
+            policies = {"mf": {"artifact": str(fitted[encoder])}}
+            conf.write_text(
+                yaml.safe_dump({**cfg, "encoder": {"model": encoder}, "routing": {"policies": policies}})
+            )
+            cmd = [str(Path(sys.executable).parent / "moe-router"), "serve", "--config", str(conf)]
             cmd += ["--port", str(port), "--log-level", "warning", "--workers", str(args.workers)]
             gateways[name] = launch(
-                cmd,
-                tmp / f"{port}.log",
-                f"{url}/health",
-                f"{url}/ready",
-                {"MOE_ROUTER_STATE": "memory", **env},
+                cmd, tmp / f"{port}.log", f"{url}/health", f"{url}/ready", {"MOE_ROUTER_STATE": "memory"}
             )
             procs.append(gateways[name].proc)
             return url
 
-        gw = moe_router("moe-router", gw_port, {})
+        gw = moe_router("moe-router", gw_port, DEFAULT_ENCODER)
         # the same gateway with the static encoder (encoder.model: minilm-static)
-        st = moe_router(STATIC, st_port, {"MOE_ROUTER_ENCODER__MODEL": "minilm-static"})
+        st = moe_router(STATIC, st_port, "minilm-static")
 
         chat = f"{gw}/v1/chat/completions"
         moe = "moe-router"
@@ -283,7 +306,8 @@ def main() -> None:
             "direct upstream": Target(f"{upstream}/chat/completions", "cheap"),
             "moe-router, named model": Target(chat, "cheap", gateway=moe),
             "moe-router, learned routing (router:category)": Target(chat, "router:category", gateway=moe),
-            LEARNED_STATIC: Target(f"{st}/v1/chat/completions", "router:category", gateway=STATIC),
+            LEARNED_MF: Target(chat, "router:mf", gateway=moe),
+            LEARNED_STATIC: Target(f"{st}/v1/chat/completions", "router:mf", gateway=STATIC),
             "moe-router, router:cheapest": Target(chat, "router:cheapest", gateway=moe),
             # the same named-model request through the format translators
             "moe-router, named model, /v1/messages": Target(f"{gw}/v1/messages", "cheap", gateway=moe),
@@ -370,7 +394,7 @@ def main() -> None:
         name: {"start_to_health_s": g.start_health_s, "start_to_ready_s": g.start_ready_s, "rss_mb": g.rss}
         for name, g in gateways.items()
     }
-    decisions = decision_latency()
+    decisions = decision_latency(cfg["models"], fitted)
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -418,6 +442,7 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: | ---: |")
         for name, p50_max, rps_min in (
             ("moe-router, learned routing (router:category)", 0.5, 1.5),
+            (LEARNED_MF, 0.5, 1.5),
             (LEARNED_STATIC, 0.5, 1.5),
             ("moe-router, named model", 0.15, 5.0),
         ):

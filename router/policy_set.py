@@ -11,6 +11,13 @@ from policies.registry import policy_class
 from router.config import PolicySpec, RouterConfig
 from router.model_map import mapped
 
+# the zero-shot category policy matches prompts to its example descriptions; through the static
+# encoder's vectors that misclassifies (docs/learned-policies.md, "Fast encoder")
+STATIC_CATEGORY = (
+    "routing.default_policy 'category' (zero-shot) classifies prompts poorly with encoder.model "
+    "minilm-static (none of HumanEval's code prompts went to 'code', 71% with MiniLM); make the "
+    "default a policy fitted with it: moe-router train ... --encoder minilm-static"
+)
 BUILTIN = ("category", "cheapest", "strongest", "random", "rules", "linucb", "thompson")
 
 
@@ -82,6 +89,8 @@ class PolicySet:
                 f"routing.default_policy {config.routing.default_policy!r} is not a known policy: {self.names}"
             )
         self.default = config.routing.default_policy
+        if self.default == "category" and encoder.build == "static":
+            self.warnings.append(STATIC_CATEGORY)
 
     @property
     def names(self) -> list[str]:

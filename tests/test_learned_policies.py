@@ -258,6 +258,25 @@ def test_static_encoder_fast_path_is_a_different_encoder(encoder):
     assert not out[1].any()  # no tokens: a zero vector, not NaN
 
 
+def test_the_zero_shot_default_on_the_static_encoder_is_warned_about():
+    """router:category matches prompts to example descriptions, which the static encoder's vectors
+    do poorly: start-up and `config validate` say so when it is the default policy."""
+    from policies.encoders import PromptEncoder, bundled_model_path
+    from policies.static_encoder import StaticModel, tokenizer
+    from router.policy_set import STATIC_CATEGORY, PolicySet
+
+    fast = PromptEncoder("minilm-static")
+    tok = tokenizer(bundled_model_path())  # random token vectors: no minute-long distillation here
+    fast._st = StaticModel(tok, np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 8)))
+    upstream = "http://127.0.0.1:9/v1"
+    static = make_config(upstream, encoder={"model": "minilm-static"})
+    assert PolicySet(static, fast).warnings == [STATIC_CATEGORY]
+    fitted_default = make_config(
+        upstream, encoder={"model": "minilm-static"}, routing={"default_policy": "cheapest"}
+    )
+    assert PolicySet(fitted_default, fast).warnings == []
+
+
 def test_static_encoder_tokenizes_like_transformers_without_importing_it():
     """The static encoder's vectors were distilled per token id: its fast tokenizer must give the
     ids transformers' tokenizer gives, on every kind of text."""
