@@ -1,6 +1,6 @@
 """Gateway overhead, throughput, memory and start-up, beside LiteLLM's proxy.
 
-    python bench/gateway.py [--requests 400] [--duration 10] [--workers 1] [--out bench/results/gateway.json]
+    python bench/gateway.py [--requests 400] [--duration 10] [--rounds 4] [--workers 1] [--out bench/results/gateway.json]
 
 Everything runs on this machine against the same mock OpenAI-compatible upstream (a separate
 process: `python -m tests.upstream`, answering at once), and both gateways get the same pool,
@@ -14,7 +14,8 @@ one worker each (`--workers` changes moe-router's) and no authentication:
    `/v1/responses`, to measure the format translation — and LiteLLM's proxy (no routing);
 2. max throughput at concurrency 32 for `duration` seconds (requests/s, p50 latency);
 3. RSS (the whole process tree) when ready, after the concurrency-1 phase and after the load, and
-   start-up time (spawn to the first 200 from the liveness and the readiness endpoint);
+   start-up time (spawn to the first 200 from the liveness and the readiness endpoint); after the
+   starts, the phases wait until every gateway is idle (`settle`);
 4. routing-decision latency in-process (`Engine.plan`: embed + score + constraints) for single
    prompts and 32 concurrent ones, with fresh prompts (no encoder cache hits).
 
@@ -27,6 +28,11 @@ Prompts are fresh: a different one on every request, never repeated within a run
 makes them: the same base text for request i on every target, so the upstream sees the same work,
 with a per-target prefix so no gateway cache can answer). Rows marked "repeated prompt" send one
 prompt every time: what an encoder cache sees at its best, kept to show the difference.
+
+The targets are interleaved: `--rounds` (default 4) rounds, each sending every target its share
+of the requests (and of the saturation seconds) in turn, so a slow spell of a shared machine
+slows every row alike instead of the ones measured during it; each round starts with 20 warm-up
+requests.
 
 The load generator is a separate process (`python -m bench.load`) with one keep-alive connection
 per concurrent client, so the client neither shares the gateway's event loop nor queues on a pool.
@@ -190,6 +196,30 @@ def decision_latency(models: list[dict], fitted: dict[str, Path], n: int = 300) 
     return res
 
 
+def settle(pids: list[int], idle_cpu: float = 5.0, limit_s: float = 60.0) -> float:
+    """Wait until the gateways (whole process trees) are idle: under `idle_cpu` % of one core
+    together over half a second, or `limit_s`. A gateway may keep working after it first answers
+    ready (LiteLLM did), and the rows measured first would pay for it. Seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        procs = []
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.cpu_percent(None)  # starts the interval
+        time.sleep(0.5)
+        busy = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                busy += p.cpu_percent(None)
+        if busy < idle_cpu:
+            break
+    return time.monotonic() - t0
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of `pid` and its descendants (workers, a resource tracker), in MB."""
     root = psutil.Process(pid)
@@ -244,6 +274,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=400, help="sequential requests per target")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds of saturation per target")
+    ap.add_argument(
+        "--rounds", type=int, default=4, help="interleave the targets: each gets requests/rounds per round"
+    )
     ap.add_argument("--concurrency", type=int, default=32, help="clients in the throughput phase")
     ap.add_argument("--workers", type=int, default=1, help="moe-router's worker processes")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
@@ -351,17 +384,26 @@ def main() -> None:
                 f"{ll}/v1/chat/completions", "cheap", gateway="LiteLLM"
             )
 
+        settled_s = settle([g.proc.pid for g in gateways.values()])
+
         def run(phase: str, **kw) -> dict[str, dict]:
-            out = {}
-            for i, (name, t) in enumerate(targets.items()):
-                salt = f"{phase}{i}"  # this target's prompts are its own: no cache can answer them
-                out[name] = load(t.url, t.model, t.headers, prompts=t.prompts, salt=salt, **kw)
+            """Every target in turn, `args.rounds` times over, each round a share of the requests
+            (or seconds): a slow minute of a shared machine then lands on every row alike."""
+            out: dict[str, dict] = {n: {"latencies_ms": [], "errors": 0, "elapsed_s": 0.0} for n in targets}
+            for r in range(args.rounds):
+                for i, (name, t) in enumerate(targets.items()):
+                    salt = f"{phase}{i}"  # this target's prompts are its own: no cache can answer them
+                    # round r starts at its own prompt index: prompts stay fresh across rounds
+                    res = load(t.url, t.model, t.headers, prompts=t.prompts, salt=salt, start=r * 10**7, **kw)
+                    out[name]["latencies_ms"] += res["latencies_ms"]
+                    out[name]["errors"] += res["errors"]
+                    out[name]["elapsed_s"] += res["elapsed_s"]
             return out
 
-        seq = run("s", mode="sequential", requests=args.requests)
+        seq = run("s", mode="sequential", requests=max(1, args.requests // args.rounds))
         for g in gateways.values():
             g.rss["after concurrency 1"] = rss_mb(g.proc.pid)
-        sat = run("c", mode="saturate", concurrency=args.concurrency, duration=args.duration)
+        sat = run("c", mode="saturate", concurrency=args.concurrency, duration=args.duration / args.rounds)
         for g in gateways.values():
             g.rss["after load"] = rss_mb(g.proc.pid)
     finally:
@@ -402,12 +444,14 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "requests": args.requests,
+        "rounds": args.rounds,
         "duration_s": args.duration,
         "concurrency": args.concurrency,
         "moe_router_workers": args.workers,
         "overhead_concurrency_1": overhead,
         f"throughput_concurrency_{args.concurrency}": throughput,
         "processes": processes,
+        "settled_after_start_s": settled_s,
         "decision_latency": decisions,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -454,7 +498,7 @@ def main() -> None:
     for name, d in decisions.items():
         policy, conc = name.split("@")
         print(f"| {policy}, {conc} concurrent | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} |")
-    print(f"\nraw results: {args.out}")
+    print(f"\ngateways idle {settled_s:.1f} s after the last one was ready; raw results: {args.out}")
 
 
 if __name__ == "__main__":
