@@ -2,6 +2,7 @@
 
     python bench/quality.py [--data ../shared/data] [--sets arc,routerdc,mmlu,gsm8k]
                             [--policies knn,logistic,mlp,mf,bt,cluster,cascade,pg] [--json out.json]
+                            [--encoder NAME] [--perturb COS --seed N]
 
 - RouterBench ARC (11 models, real costs): train on the train split, evaluate on the test split:
   AIQ, max quality, cost at which the policy first reaches the best single model's quality.
@@ -214,6 +215,38 @@ def routellm(data: Path, which: str, policies: list[str], enc, out: dict) -> str
     return "\n".join(lines)
 
 
+class Perturbed:
+    """`encoder`'s vectors each moved to cosine `cos` from itself, in a random direction fixed by
+    the prompt and `seed`: what an encoder that far from this one does to routing quality by
+    chance alone — the noise floor a comparison of encoders must clear (`--perturb`)."""
+
+    def __init__(self, encoder: PromptEncoder, cos: float, seed: int):
+        from training.embed_cache import EmbeddingCache
+
+        if not 0 < cos <= 1:
+            raise SystemExit(f"--perturb takes a cosine in (0, 1], not {cos}")
+        self.encoder, self.cos, self.seed = encoder, cos, seed
+        self.base = EmbeddingCache(encoder)  # the unperturbed vectors, from the disk cache
+        self.name, self.build = encoder.name, encoder.build
+        self.version = f"{encoder.version}+perturb{cos}s{seed}"  # its own embedding cache
+
+    def __getattr__(self, name: str):
+        return getattr(self.encoder, name)
+
+    def encode(self, texts, **_) -> np.ndarray:
+        import hashlib
+
+        v = self.base.encode(list(texts)).astype(np.float32)
+        out = np.empty_like(v)
+        for i, t in enumerate(texts):
+            digest = int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:8], "little")
+            u = np.random.default_rng([self.seed, digest]).standard_normal(v.shape[1]).astype(np.float32)
+            u -= (u @ v[i]) * v[i]  # orthogonal to the vector: the cosine is exactly `cos`
+            u /= np.linalg.norm(u)
+            out[i] = self.cos * v[i] + np.sqrt(1 - self.cos**2) * u
+        return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -223,8 +256,18 @@ def main() -> None:
         "--encoder", default=None, help="prompt encoder (default: the bundled MiniLM through ONNX)"
     )
     ap.add_argument("--json", type=Path, default=None, help="write every report here")
+    ap.add_argument(
+        "--perturb",
+        type=float,
+        default=None,
+        metavar="COS",
+        help="move every vector to this cosine from itself, randomly (a noise floor; with --seed)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="--perturb's random directions")
     a = ap.parse_args()
     enc = PromptEncoder(a.encoder) if a.encoder else PromptEncoder()
+    if a.perturb is not None:
+        enc = Perturbed(enc, a.perturb, a.seed)
     policies = [p for p in a.policies.split(",") if p]
     out: dict = {"encoder": {"name": enc.name, "version": enc.version, "build": enc.build}}
     t0 = time.time()
