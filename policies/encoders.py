@@ -170,8 +170,9 @@ class PromptEncoder:
     @property
     def inline(self) -> bool:
         """Cheap enough to run on the caller's event loop (the static encoder: a tokenizer call and
-        a lookup, under 0.1 ms); the others take milliseconds and run on a worker thread."""
-        return self.build == "static"
+        a lookup, under 0.1 ms) once loaded: loading may distill it first, which takes a minute; the
+        others take milliseconds and run on a worker thread."""
+        return self.build == "static" and self._st is not None
 
     def cached(self, text: str) -> np.ndarray | None:
         """`text`'s vector if the cache holds it (a lookup, no encoding), else None."""

@@ -256,6 +256,10 @@ def test_static_encoder_fast_path_is_a_different_encoder(encoder):
     np.testing.assert_allclose(np.linalg.norm(out[0]), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out[0], out[2])
     assert not out[1].any()  # no tokens: a zero vector, not NaN
+    # the event loop encodes with it only once it is loaded (loading may distill for a minute)
+    assert not fast.inline
+    fast._st = m
+    assert fast.inline and not encoder.inline
 
 
 def test_the_zero_shot_default_on_the_static_encoder_is_warned_about():
