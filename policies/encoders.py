@@ -170,7 +170,7 @@ class PromptEncoder:
     @property
     def inline(self) -> bool:
         """Cheap enough to run on the caller's event loop (the static encoder: a tokenizer call and
-        a lookup, under 0.1 ms) once loaded: loading may distill it first, which takes a minute; the
+        a lookup per token, ~0.2 ms for 200 characters) once loaded: loading may distill it first, which takes a minute; the
         others take milliseconds and run on a worker thread."""
         return self.build == "static" and self._st is not None
 
