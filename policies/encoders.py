@@ -169,9 +169,9 @@ class PromptEncoder:
 
     @property
     def inline(self) -> bool:
-        """Cheap enough to run on the caller's event loop (the static encoder: a tokenizer call and
-        a lookup per token, ~0.2 ms for 200 characters) once loaded: loading may distill it first, which takes a minute; the
-        others take milliseconds and run on a worker thread."""
+        """Cheap enough to run on the caller's event loop: the static encoder once loaded (a
+        tokenizer call and a lookup per token, ~0.2 ms for 200 characters; its first load may
+        distill it, a minute). The others take milliseconds and run on a worker thread."""
         return self.build == "static" and self._st is not None
 
     def cached(self, text: str) -> np.ndarray | None:
