@@ -136,10 +136,9 @@ def decision_latency(models: list[dict], fitted: dict[str, Path], n: int = 300) 
     from router.engine import Engine
     from router.schemas import ChatCompletionRequest
 
-    default = "minilm-onnx-int8"
     cases = [
-        ("cheapest", default, None),
-        ("category", default, None),
+        ("cheapest", DEFAULT_ENCODER, None),
+        ("category", DEFAULT_ENCODER, None),
         ("category", "minilm-onnx-int8-r3", None),
     ]
     cases += [("mf", enc, artifact) for enc, artifact in fitted.items()]
@@ -198,15 +197,15 @@ def decision_latency(models: list[dict], fitted: dict[str, Path], n: int = 300) 
 
 def settle(pids: list[int], idle_cpu: float = 5.0, limit_s: float = 60.0) -> float:
     """Wait until the gateways (whole process trees) are idle: under `idle_cpu` % of one core
-    together over half a second, or `limit_s`. A gateway may keep working after it first answers
-    ready (LiteLLM did), and the rows measured first would pay for it. Seconds waited."""
+    together over half a second, or `limit_s`. A guard: a gateway still working after it first
+    answers ready would slow the rows measured first (in the runs so far every gateway was idle
+    within the first half second). Seconds waited."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit_s:
         procs = []
         for pid in pids:
             with contextlib.suppress(psutil.NoSuchProcess):
-                root = psutil.Process(pid)
-                procs += [root, *root.children(recursive=True)]
+                procs += tree(pid)
         for p in procs:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.cpu_percent(None)  # starts the interval
@@ -220,11 +219,16 @@ def settle(pids: list[int], idle_cpu: float = 5.0, limit_s: float = 60.0) -> flo
     return time.monotonic() - t0
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and its descendants (workers, a resource tracker), in MB."""
+def tree(pid: int) -> list[psutil.Process]:
+    """`pid` and its descendants (workers, a resource tracker)."""
     root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and its descendants, in MB."""
     total = 0
-    for p in [root, *root.children(recursive=True)]:
+    for p in tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             total += p.memory_info().rss
     return total / 2**20
