@@ -98,7 +98,9 @@ async def test_a_silent_server_is_a_read_timeout_and_a_hang_up_a_protocol_error(
             r.read()
 
 
-async def test_a_cookie_an_upstream_sets_is_not_sent_on_later_requests():
+async def test_the_adapter_sends_its_headers_and_never_an_upstream_cookie():
+    """The adapter posts straight to the transport: every request still carries the configured
+    headers, the key, JSON's content type and length, and never a cookie an upstream set."""
     from adapters.openai_compat import OpenAICompatAdapter
 
     heads: list[bytes] = []
@@ -118,7 +120,7 @@ async def test_a_cookie_an_upstream_sets_is_not_sent_on_later_requests():
             await writer.drain()
 
     server, url = await raw_server(handler)
-    adapter = OpenAICompatAdapter(model="m", base_url=url + "/v1")
+    adapter = OpenAICompatAdapter(model="m", base_url=url + "/v1", api_key="sk-up", headers={"X-Org": "acme"})
     try:
         from adapters.base import ChatRequest
 
@@ -128,3 +130,12 @@ async def test_a_cookie_an_upstream_sets_is_not_sent_on_later_requests():
         await adapter.aclose()
         server.close()
     assert len(heads) == 2 and b"cookie:" not in heads[1] and b"caller-a" not in heads[1]
+    for req in heads:
+        head, _, body = req.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"post /v1/chat/completions http/1.1"
+        fields = dict(line.split(b": ", 1) for line in lines[1:])
+        assert fields[b"authorization"] == b"bearer sk-up" and fields[b"x-org"] == b"acme"
+        assert fields[b"user-agent"] == b"moe-router" and fields[b"content-type"] == b"application/json"
+        assert fields[b"host"] == url.split("//")[1].encode() and int(fields[b"content-length"]) == len(body)
+        assert b'"model":"m"' in body and b'"content":"hi"' in body
