@@ -31,6 +31,7 @@ Order (`rank`), best first; every step only breaks the ties left by the ones bef
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -77,7 +78,7 @@ def _finite(x: float | None, ndigits: int | None = None) -> float | None:
     if x is None:
         return None
     x = float(x)
-    if not np.isfinite(x):
+    if not math.isfinite(x):
         return None
     return x if ndigits is None else round(x, ndigits)
 
@@ -262,7 +263,16 @@ def _quality(x: float | None) -> float | None:
     if x is None:
         return None
     x = float(x)
-    return None if np.isnan(x) else x
+    return None if math.isnan(x) else x
+
+
+def _score_one(cand: Candidate, cost_weight: float) -> float:
+    """`scores` for a lone candidate, in plain floats (its own cost is the reference)."""
+    q = math.nan if cand.quality is None else cand.quality
+    c = cand.cost_usd
+    w = min(max(float(cost_weight), 0.0), 1.0)
+    c_ref = c if math.isfinite(c) and c > 0 else 1.0
+    return (1.0 - w) * q - (w * c / c_ref if w > 0 else 0.0)
 
 
 def decide(
@@ -285,7 +295,7 @@ def decide(
     blocked = blocked or {}
     cands: list[Candidate] = []
     for i, m in enumerate(models):
-        lat = None if latency[i] is None or np.isnan(float(latency[i])) else float(latency[i])
+        lat = None if latency[i] is None or math.isnan(float(latency[i])) else float(latency[i])
         cand = Candidate(m, _quality(quality[i]), float(cost[i]), lat)
         cand.excluded.extend(blocked.get(m, ()))
         k = constraints
@@ -326,7 +336,12 @@ def decide(
         cands.append(cand)
 
     ranked: list[Candidate] = []
-    if cands:
+    if len(cands) == 1:  # a named model: nothing to order, and numpy costs more than the rule
+        cand = cands[0]
+        if cand.eligible:
+            cand.score = _finite(_score_one(cand, cost_weight))
+            ranked = [cand]
+    elif cands:
         q = np.array([[np.nan if c.quality is None else c.quality for c in cands]])
         c = np.array([[c.cost_usd for c in cands]])
         lat = np.array([[np.nan if c.latency_ms is None else c.latency_ms for c in cands]])

@@ -165,6 +165,21 @@ def test_choose_and_decide_follow_one_rule(problem):
         json.dumps(d.as_dict(), allow_nan=False)
 
 
+@pytest.mark.parametrize("w", WEIGHTS)
+def test_a_lone_candidate_scores_as_the_vectorised_rule_does(w):
+    """`decide` scores one candidate (a named model) in plain floats: the same number as `scores`."""
+    for q in [*QUALITIES, None]:
+        for c in [*COSTS, -0.5, float("inf"), float("nan")]:
+            d = decide(["m"], [q], [c], [None], cost_weight=w)
+            qv = np.nan if q is None else q
+            want = scores(np.array([[qv]]), np.array([[c]]), w, np.ones((1, 1), bool))[0, 0]
+            assert d.chosen.model == "m"
+            assert d.chosen.score == (float(want) if np.isfinite(want) else None), (q, c)
+    blocked = {"m": [Exclusion("unavailable", "m is down", SERVICE)]}
+    d = decide(["m"], [0.5], [0.1], [None], cost_weight=w, blocked=blocked)
+    assert d.chosen is None and d.excluded[0].score is None
+
+
 def test_near_equal_scores_are_ties_then_cheaper_then_faster_then_first():
     q = np.array([[0.3, 0.1 + 0.2, 0.3, 0.3]])  # 0.1 + 0.2 = 0.30000000000000004
     c = np.array([[0.02, 0.01, 0.01, 0.01]])
