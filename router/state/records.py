@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+
+def _as_dict(record) -> dict[str, Any]:
+    """The record's fields, its lists and dicts copied one level down (what is logged is a
+    snapshot); deeper values (a decision's ranking) are shared, written once, never changed.
+    `dataclasses.asdict` deep-copies everything: ~2% of a named-model request's CPU."""
+    return {
+        f.name: (v.copy() if isinstance(v := getattr(record, f.name), (dict, list)) else v)
+        for f in fields(record)
+    }
 
 
 @dataclass
@@ -38,7 +48,7 @@ class RequestRecord:
     created: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _as_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RequestRecord:
@@ -59,7 +69,7 @@ class FeedbackRecord:
     created: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _as_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeedbackRecord:
