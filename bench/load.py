@@ -92,9 +92,13 @@ class Connection:
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(self.head + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-        done = False
+        done = keep_alive = False
 
         class Callbacks:
+            def on_headers_complete(self) -> None:
+                nonlocal keep_alive  # llhttp answers False once the message is complete
+                keep_alive = parser.should_keep_alive()
+
             def on_message_complete(self) -> None:
                 nonlocal done
                 done = True
@@ -105,7 +109,7 @@ class Connection:
             if not data:
                 raise ConnectionError("the server closed the connection mid-response")
             parser.feed_data(data)
-        if not parser.should_keep_alive():
+        if not keep_alive:
             self.writer.close()
             self.writer = None
         return parser.get_status_code()
