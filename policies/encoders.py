@@ -14,8 +14,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
+
+
+def cache_root() -> Path:
+    """Where built encoders and cached embeddings live: `$MOE_ROUTER_CACHE_DIR`, by default
+    `~/.cache/moe-router` (the ONNX exports, the static encoder's vectors, training's embeddings)."""
+    return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
+
 
 BUNDLED = "all-MiniLM-L6-v2"
 BUNDLED_ALIASES = {BUNDLED, "sentence-transformers/all-MiniLM-L6-v2", "minilm", "bundled"}

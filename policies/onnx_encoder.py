@@ -25,16 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.encoders import cache_root
+
 EXPORT_VERSION = "1"  # bump when the export or quantization recipe changes
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # passes of at most this many prompts: on 2 cores a pass of 32 long prompts cost ~1.6-3x more per
 # prompt than passes of 1-8 (padding is not the cause: sorting by length did not help); measured
 # in docs/benchmarks.md
 MAX_BATCH = 8
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
 
 
 # the int8 recipe `minilm-onnx-int8` builds (the default encoder); a new recipe gets a new number:

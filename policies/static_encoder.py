@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
+from policies.encoders import cache_root
 
 
 def tokenizer(model_path: str):

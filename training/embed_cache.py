@@ -11,7 +11,6 @@ their `cache` section.)
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -19,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
+from policies.encoders import cache_root
 
 
 def _digest(text: str) -> bytes:
