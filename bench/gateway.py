@@ -67,10 +67,26 @@ sys.path.insert(0, str(ROOT))
 from tests.servers import free_port  # noqa: E402
 
 LITELLM_VERSION = "1.108.7"
+POOL = (("cheap", 0.1, 0.5), ("mid", 1.0, 0.7), ("big", 10.0, 0.9))  # name, $/1M input, prior quality
 STATIC = "moe-router (static encoder)"
 DEFAULT_ENCODER = "minilm-onnx-int8"
 LEARNED_MF = "moe-router, learned routing (router:mf, fitted)"
 LEARNED_STATIC = "moe-router, learned routing, static encoder (router:mf, fitted with it)"
+
+
+def pool_models(upstream: str) -> list[dict]:
+    """The bench's pool as moe-router config: three models on the mock upstream at `upstream`."""
+    return [
+        {
+            "name": n,
+            "backend": "openai",
+            "params": {"model": n, "base_url": upstream},
+            "input_price_per_1m": p,
+            "output_price_per_1m": 3 * p,
+            "quality": {"default": q, "code": q, "chat": q},
+        }
+        for n, p, q in POOL
+    ]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -290,7 +306,6 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     up_port, gw_port, st_port, ll_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
-    pool = [("cheap", 0.1, 0.5), ("mid", 1.0, 0.7), ("big", 10.0, 0.9)]
     gateways: dict[str, Gateway] = {}
     try:
         procs.append(
@@ -299,21 +314,11 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{up_port}/health", procs[-1])
 
         cfg = {
-            "models": [
-                {
-                    "name": n,
-                    "backend": "openai",
-                    "params": {"model": n, "base_url": upstream},
-                    "input_price_per_1m": p,
-                    "output_price_per_1m": 3 * p,
-                    "quality": {"default": q, "code": q, "chat": q},
-                }
-                for n, p, q in pool
-            ],
+            "models": pool_models(upstream),
             "ledger": "none",  # LiteLLM runs without a database: neither writes a spend log
         }
         # an `mf` policy fitted with each encoder: a gateway serves artifacts of its own encoder
-        names = [n for n, _, _ in pool]
+        names = [n for n, _, _ in POOL]
         fitted = {
             enc: fitted_policy(tmp / f"mf-{enc}", names, enc) for enc in (DEFAULT_ENCODER, "minilm-static")
         }
@@ -361,7 +366,7 @@ def main() -> None:
                         "model_name": n,
                         "litellm_params": {"model": f"openai/{n}", "api_base": upstream, "api_key": "x"},
                     }
-                    for n, _, _ in pool
+                    for n, _, _ in POOL
                 ],
                 # no auth on either gateway (it refuses to start without a key unless told this)
                 "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
