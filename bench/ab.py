@@ -15,7 +15,6 @@ client on this machine, and it moves far less than wall-clock time when the mach
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,14 +28,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import start, wait_http  # noqa: E402
+from bench.gateway import load, pool_models, start, wait_http  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 
-def load(url: str, model: str, salt: str, n: int) -> dict:
-    cmd = [sys.executable, "-m", "bench.load", "--url", url, "--model", model]
-    cmd += ["--mode", "sequential", "--requests", str(n), "--salt", salt]
-    return json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+def sequential(url: str, model: str, salt: str, n: int) -> dict:
+    return load(url, model, {}, mode="sequential", requests=n, salt=salt)
 
 
 def main() -> None:
@@ -53,18 +50,8 @@ def main() -> None:
         up = free_port()
         procs.append(start([sys.executable, "-m", "tests.upstream", "--port", str(up)], tmp / "upstream.log"))
         wait_http(f"http://127.0.0.1:{up}/health", procs[-1])
-        pool = (("cheap", 0.1), ("mid", 1.0), ("big", 10.0))
         cfg = {
-            "models": [
-                {
-                    "name": m,
-                    "backend": "openai",
-                    "params": {"model": m, "base_url": f"http://127.0.0.1:{up}/v1"},
-                    "input_price_per_1m": p,
-                    "output_price_per_1m": 3 * p,
-                }
-                for m, p in pool
-            ],
+            "models": pool_models(f"http://127.0.0.1:{up}/v1"),
             "ledger": "none",
             "encoder": {"model": args.encoder},
         }
@@ -80,14 +67,14 @@ def main() -> None:
             procs.append(subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT))
             wait_http(f"http://127.0.0.1:{port}/ready", procs[-1], ok_only=True)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            load(url, args.model, "warm", 300)
-            gateways.append((str(tree), url, psutil.Process(procs[-1].pid)))
+            sequential(url, args.model, "warm", 300)
+            gateways.append((f"[{i}] {tree}", url, psutil.Process(procs[-1].pid)))  # two trees may be one
         cpu: dict[str, list[float]] = {t: [] for t, _, _ in gateways}
         p50: dict[str, list[float]] = {t: [] for t, _, _ in gateways}
         for b in range(args.bursts):
             for tree, url, proc in gateways if b % 2 == 0 else gateways[::-1]:
                 c0 = sum(proc.cpu_times()[:2])
-                out = load(url, args.model, f"b{b}", args.requests)
+                out = sequential(url, args.model, f"b{b}", args.requests)
                 used = sum(proc.cpu_times()[:2]) - c0
                 cpu[tree].append(used * 1000 / max(1, len(out["latencies_ms"])))
                 p50[tree].append(statistics.median(out["latencies_ms"]))
