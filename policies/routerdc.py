@@ -22,7 +22,7 @@ the rest, the held-out prompts' scores fit the per-model maps (`LearnedPolicy._f
 default), and that encoder is kept (not refitted on everything).
 
 Serving: the artifact holds the fine-tuned encoder in `encoder/` (model.safetensors, config,
-tokenizer) and its ONNX export (`policies.onnx_encoder.export`, checked against torch). The
+tokenizer) and its ONNX export (`policies.onnx_export.export`, checked against torch). The
 policy embeds prompts with it, through ONNX Runtime, never with the gateway's shared encoder:
 `needs_embeddings` is False (the gateway embeds nothing for it) and `own_encoder` is True
 (`policies.artifacts` loads the encoder from the artifact instead of checking the gateway's).
@@ -85,8 +85,8 @@ class TunedEncoder:
         """Weights (safetensors), config and tokenizer, then the ONNX export of them."""
         from transformers.utils import logging as hf_logging
 
-        from policies.encoders import bundled_model_path
-        from policies.onnx_encoder import export
+        from policies.encoder_files import bundled_model_path
+        from policies.onnx_export import export
 
         hf_logging.disable_progress_bar()
         directory.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ class TunedEncoder:
 def _tokenizer(max_tokens: int):
     """The bundled tokenizer as ONNX serving uses it (`policies.onnx_encoder.tokenizer`), cut at
     `max_tokens`, so training and serving see the same word pieces."""
-    from policies.encoders import bundled_model_path
+    from policies.encoder_files import bundled_model_path
     from policies.onnx_encoder import tokenizer
 
     tok = tokenizer(bundled_model_path())
@@ -179,7 +179,7 @@ class RouterDCPolicy(LearnedPolicy):
         import torch
         from transformers import AutoModel
 
-        from policies.encoders import bundled_model_path
+        from policies.encoder_files import bundled_model_path
 
         _, Y, M = self._training_arrays(data, embed=False)
         n = len(data.texts)

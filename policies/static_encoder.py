@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from policies.encoders import cache_root, wheel_tokenizer
+from policies.encoder_files import static_file, wheel_tokenizer
 
 
 def tokenizer(model_path: str):
@@ -79,7 +79,7 @@ def distill(model_path: str, batch_size: int = 512, dims: int = 256) -> np.ndarr
 def load_static(model_path: str, version: str) -> StaticModel:
     from safetensors.numpy import load_file, save_file
 
-    f = cache_root() / "static" / f"minilm-{version}.safetensors"
+    f = static_file(version)
     if f.exists():
         vecs = load_file(str(f))["vectors"]
     else:

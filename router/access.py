@@ -259,7 +259,7 @@ class Access:
         upper bound on the prompt's tokens (`constraints.prompt_bytes`), images count
         `max_image_tokens` each, and the output is capped at `output_cap` upstream."""
         prompt = prompt_bound + images * spec.max_image_tokens
-        return spec.info().cost_usd(prompt, self.output_cap(spec, out_tokens))
+        return spec.cost_usd(prompt, self.output_cap(spec, out_tokens))
 
     async def reserve(self, caller: Caller, usd: float) -> Reservation | None:
         scopes = self.scopes(caller)

@@ -64,6 +64,12 @@ def error_code(err: BackendError) -> str:
     }.get(type(err), "upstream_error")
 
 
+def tried(ranked: Sequence[str], max_fallbacks: int) -> list[str]:
+    """The models one request may try, in order: the first of `ranked` and at most
+    `max_fallbacks` after it (`dispatch.max_fallbacks`)."""
+    return list(ranked[: 1 + max_fallbacks])
+
+
 @dataclass
 class Attempts:
     """What happened on the way to an answer."""
@@ -176,9 +182,6 @@ class Dispatcher:
             if other != model:
                 await self._count_failure(other)
 
-    def _candidates(self, ranked: Sequence[str]) -> list[str]:
-        return list(ranked[: 1 + self.settings.max_fallbacks])
-
     def _gave_up(
         self, attempts: Attempts, model: str, err: BackendError | None, why: str | None = None
     ) -> None:
@@ -213,7 +216,7 @@ class Dispatcher:
         request is over; every other lease taken here is released here, on every path."""
         loop = asyncio.get_running_loop()
         attempts = Attempts()
-        for model in self._candidates(ranked):
+        for model in tried(ranked, self.settings.max_fallbacks):
             if loop.time() >= deadline:
                 break
             lease = await self._slot(model, tokens, attempts)

@@ -43,7 +43,8 @@ from router.feedback import Feedback
 from router.ledger import Ledger, build_ledger
 from router.metrics import Metrics
 from router.planner import Plan, Planner, new_request_id
-from router.policy_set import PolicySet
+from router.policy_set import PolicySet, build_encoder
+from router.probe import check_backends
 from router.schemas import ChatCompletionRequest, EmbeddingsRequest
 from router.state import FeedbackRecord, HealthOptions, MemoryStore, RedisStore, RequestRecord, Store
 from router.tracing import Tracing, span
@@ -89,14 +90,13 @@ class Engine:
         encoder: PromptEncoder | None = None,
         tracing: Tracing | None = None,
     ):
+        check_backends(config.models)  # a typo'd backend is an error, not an unavailable model
         self.config = config
         self.tracing = tracing or Tracing(config.tracing)
         self.specs: dict[str, ModelSpec] = {m.name: m for m in config.models}
         self.metrics = Metrics()
         enc = config.encoder
-        self.encoder = encoder or PromptEncoder(
-            config.encoder_model(), cache_size=enc.cache_size, threads=enc.threads
-        )
+        self.encoder = encoder or build_encoder(config)
         self.policies = PolicySet(config, self.encoder)
         self.embedder = EmbedBatcher(self.encoder, window_ms=enc.batch_window_ms)
         self.store = store or build_store(config, self.metrics)
@@ -451,7 +451,7 @@ class Engine:
             await self._settle(ticket, None if plan is None else self._failure(plan, ticket, e))
             raise
         usage = result.usage if result.usage.prompt_tokens else Usage(plan.prompt_tokens, 0)
-        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, 0)
+        cost = self.specs[model].cost_usd(usage.prompt_tokens, 0)
         outcome = Outcome(
             plan, model, usage, cost, latency_ms, list(attempts.fallbacks), spilled=attempts.spills()
         )

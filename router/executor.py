@@ -22,7 +22,7 @@ from adapters.errors import BackendTimeout
 from router import constraints as C
 from router.caching import CacheHit
 from router.config import ModelSpec, RouterConfig
-from router.dispatch import Attempts, Dispatcher, OpenStream
+from router.dispatch import Attempts, Dispatcher, OpenStream, tried
 from router.errors import RouterError
 from router.metrics import Metrics
 from router.planner import Plan
@@ -152,7 +152,7 @@ class Executor:
     ) -> Outcome:
         if usage is None:  # backend did not report usage: estimate from the texts
             usage = Usage(plan.prompt_tokens, C.estimate_tokens(text))
-        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens)
+        cost = self.specs[model].cost_usd(usage.prompt_tokens, usage.completion_tokens)
         return Outcome(
             plan, model, usage, cost, latency_ms, list(attempts.fallbacks), experts, attempts.spills()
         )
@@ -184,7 +184,7 @@ class Executor:
         cp = plan.cascade
         request = self.request_for(req, plan)
         rest = [m for m in plan.candidates() if m not in (cp.first, cp.escalate_to)]
-        order = [cp.first, cp.escalate_to, *rest][: 1 + self.config.dispatch.max_fallbacks]
+        order = tried([cp.first, cp.escalate_to, *rest], plan.max_fallbacks)
         model, result, attempts, latency_ms = await self.dispatcher.chat(
             order, request, deadline=deadline, request_id=plan.request_id, tokens=self.tokens_for(plan)
         )

@@ -140,7 +140,7 @@ class Feedback:
                 prompt=f"[judge] {o.request_id}",
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
-                cost_usd=self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens),
+                cost_usd=self.specs[model].cost_usd(usage.prompt_tokens, usage.completion_tokens),
                 latency_ms=latency_ms,
                 key="judge",
                 owner="judge",

@@ -25,6 +25,7 @@ from router import constraints as C
 from router import tracing
 from router.access import Access, Caller
 from router.config import ModelSpec, RouterConfig
+from router.dispatch import tried
 from router.embed_batcher import EmbedBatcher
 from router.errors import (
     BadRequest,
@@ -93,7 +94,7 @@ class Plan:
 
     def candidates(self) -> list[str]:
         """The models dispatch may try, in order (the chosen one, then its fallbacks)."""
-        return [c.model for c in self.decision.ranked][: 1 + self.max_fallbacks]
+        return tried([c.model for c in self.decision.ranked], self.max_fallbacks)
 
     def reservation_usd(self) -> float:
         """Enough for the dearest model this request may end up on, or both steps of a cascade."""
@@ -192,10 +193,10 @@ class Planner:
         )
         # upper bound: one token per UTF-8 byte (see constraints.prompt_bytes)
         bound = sum(len(t.encode("utf-8", "replace")) for t in texts)
-        max_costs = {model: spec.info().cost_usd(bound, 0)}
+        max_costs = {model: spec.cost_usd(bound, 0)}
         await self._budget_exclusions(caller, max_costs, blocked)
         tokens = sum(C.estimate_tokens(t) for t in texts)
-        cost = [spec.info().cost_usd(tokens, 0)]
+        cost = [spec.cost_usd(tokens, 0)]
         latency = [status[model].ewma_ms or spec.latency_ms]
         plan = Plan(
             new_request_id(), Decision("", 0.0, [], []), "", tokens, routed=False, max_costs=max_costs
@@ -406,7 +407,7 @@ class Planner:
     @staticmethod
     def _predicted_cost(spec: ModelSpec, prompt_tokens: int, out_tokens: int | None) -> float:
         expected = min(out_tokens, spec.expected_output_tokens) if out_tokens else spec.expected_output_tokens
-        return spec.info().cost_usd(prompt_tokens, expected)
+        return spec.cost_usd(prompt_tokens, expected)
 
 
 def conversation_key(req: ChatCompletionRequest, caller: Caller, session: str | None) -> str:

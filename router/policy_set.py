@@ -6,10 +6,10 @@ import inspect
 from collections.abc import Sequence
 
 from policies.base import ModelInfo, Policy, PriorPolicy
-from policies.encoders import PromptEncoder
+from policies.encoders import DEFAULT, PromptEncoder
 from policies.registry import policy_class
-from router.config import PolicySpec, RouterConfig
-from router.model_map import mapped
+from router.config import ModelSpec, PolicySpec, RouterConfig
+from router.mapped_policy import mapped
 
 # the zero-shot category policy matches prompts to its example descriptions; through the static
 # encoder's vectors that misclassifies (docs/learned-policies.md, "Fast encoder")
@@ -23,6 +23,36 @@ BUILTIN = ("category", "cheapest", "strongest", "random", "rules", "linucb", "th
 
 class PolicyError(ValueError):
     """A configured policy cannot be built or does not fit this gateway's model pool."""
+
+
+def model_info(spec: ModelSpec) -> ModelInfo:
+    """What policies know of a configured model."""
+    return ModelInfo(
+        name=spec.name,
+        input_price_per_1m=spec.input_price_per_1m,
+        output_price_per_1m=spec.output_price_per_1m,
+        quality=dict(spec.quality),
+        latency_ms=spec.latency_ms,
+        description=spec.description,
+    )
+
+
+def encoder_model(config: RouterConfig) -> str:
+    """`encoder.model`, or when unset the one every configured artifact was fitted with (so
+    artifacts keep serving with the vectors they were fitted on), else the default build."""
+    if config.encoder.model:
+        return config.encoder.model
+    from policies.artifacts import fitted_encoder
+
+    artifacts = [p.artifact for p in config.routing.policies.values() if p.artifact]
+    fitted = {fitted_encoder(a) for a in artifacts} - {None}
+    return fitted.pop() if len(fitted) == 1 else DEFAULT
+
+
+def build_encoder(config: RouterConfig) -> PromptEncoder:
+    """The routing encoder `config` asks for (not loaded yet)."""
+    enc = config.encoder
+    return PromptEncoder(encoder_model(config), cache_size=enc.cache_size, threads=enc.threads)
 
 
 def build_policy(
@@ -76,7 +106,7 @@ def build_policy(
 
 class PolicySet:
     def __init__(self, config: RouterConfig, encoder: PromptEncoder):
-        catalog = [m.info() for m in config.chat_models()]
+        catalog = [model_info(m) for m in config.chat_models()]
         specs: dict[str, PolicySpec] = {n: PolicySpec(type=n) for n in BUILTIN}
         if config.routing.categories:
             specs["category"] = PolicySpec(type="category", params={"categories": config.routing.categories})

@@ -11,8 +11,8 @@ import asyncio
 import inspect
 from dataclasses import dataclass
 
-from adapters import Adapter, adapter_class
-from router.config import ModelSpec
+from adapters import BACKENDS, Adapter, adapter_class
+from router.config import ConfigError, ModelSpec
 
 REACHABLE, UNREACHABLE, NOT_PROBED, UNAVAILABLE, INVALID = (
     "reachable",
@@ -34,6 +34,15 @@ class ModelProbe:
     def usable(self) -> bool:
         """Could serve now, as far as a free check can tell."""
         return self.status in (REACHABLE, NOT_PROBED)
+
+
+def check_backends(specs: list[ModelSpec]) -> None:
+    """ConfigError naming the first model whose backend no adapter registers (`adapters.BACKENDS`,
+    read now: tests and plugins may register more)."""
+    for i, spec in enumerate(specs):
+        if spec.backend not in BACKENDS:
+            known = ", ".join(sorted(BACKENDS))
+            raise ConfigError(f"models.{i}.backend: unknown backend {spec.backend!r}; known: {known}")
 
 
 def build(spec: ModelSpec) -> Adapter:

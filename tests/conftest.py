@@ -15,6 +15,7 @@ from policies.encoders import PromptEncoder
 from router.config import RouterConfig, load_config
 from router.engine import Engine
 from router.gateway import create_app
+from router.policy_set import encoder_model
 from tests.servers import ServerThread
 from tests.upstream import MockUpstream
 
@@ -116,7 +117,7 @@ def start_gateway(encoder: PromptEncoder):
 
     def start(config: RouterConfig, **engine_kw: Any) -> Gateway:
         # the session's loaded encoder, unless the config resolves to another build
-        shared = encoder if config.encoder_model() == encoder.model else None
+        shared = encoder if encoder_model(config) == encoder.model else None
         engine = Engine(config, encoder=shared, **engine_kw)
         server = ServerThread(create_app(engine=engine)).start()
         gw = Gateway(server.url, engine, server)

@@ -241,7 +241,8 @@ def test_gateway_serves_a_trained_artifact(fitted, encoder, upstream, start_gate
 
 
 def test_static_encoder_fast_path_is_a_different_encoder(encoder):
-    from policies.encoders import PromptEncoder, bundled_model_path
+    from policies.encoder_files import bundled_model_path
+    from policies.encoders import PromptEncoder
     from policies.static_encoder import StaticModel
 
     fast = PromptEncoder("minilm-static")
@@ -265,7 +266,8 @@ def test_static_encoder_fast_path_is_a_different_encoder(encoder):
 def test_the_zero_shot_default_on_the_static_encoder_is_warned_about():
     """router:category matches prompts to example descriptions, which the static encoder's vectors
     do poorly: start-up and `config validate` say so when it is the default policy."""
-    from policies.encoders import PromptEncoder, bundled_model_path
+    from policies.encoder_files import bundled_model_path
+    from policies.encoders import PromptEncoder
     from policies.static_encoder import StaticModel, tokenizer
     from router.policy_set import STATIC_CATEGORY, PolicySet
 
@@ -286,7 +288,7 @@ def test_static_encoder_tokenizes_like_transformers_without_importing_it():
     ids transformers' tokenizer gives, on every kind of text."""
     from transformers import AutoTokenizer
 
-    from policies.encoders import bundled_model_path
+    from policies.encoder_files import bundled_model_path
     from policies.static_encoder import tokenizer
 
     texts = [
@@ -334,8 +336,8 @@ def test_gateway_runs_a_cascade_as_a_two_step_dispatch(encoder, upstream, start_
     assert len(upstream.calls("big")) == 1 and len(upstream.calls("cheap")) == 2
     # the response's cost covers both calls
     specs = gw.engine.specs
-    first = specs["cheap"].info().cost_usd(*_usage_of(upstream, "cheap", -1))
-    second = specs["big"].info().cost_usd(*_usage_of(upstream, "big", -1))
+    first = specs["cheap"].cost_usd(*_usage_of(upstream, "cheap", -1))
+    second = specs["big"].cost_usd(*_usage_of(upstream, "big", -1))
     assert float(raw.headers["x-moe-router-cost-usd"]) == pytest.approx(first + second, rel=1e-3)
 
 

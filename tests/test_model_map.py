@@ -123,7 +123,7 @@ def test_model_map_serves_an_artifact_under_pool_names(rb_artifact, upstream, st
 
 def test_a_mapped_cascade_plans_with_pool_names(encoder, tmp_path):
     from policies.base import PromptBatch
-    from router.model_map import mapped
+    from router.mapped_policy import mapped
     from tests.training_fixtures import write_routerbench
     from training.jobs import train as fit
     from training.loaders import load_dataset

@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from policies import encoder_files as files
 from policies import onnx_encoder as oe
+from policies import onnx_export as ox
 from policies.artifacts import load_policy, save_policy
-from policies.encoders import PromptEncoder, bundled_model_path
+from policies.encoder_files import bundled_model_path
+from policies.encoders import PromptEncoder
 from router.config import EncoderSettings, load_config
-from router.policy_set import PolicyError
+from router.policy_set import PolicyError, encoder_model
 from tests.conftest import make_config
 from tests.training_fixtures import HELD_OUT, planted_dataset
 from training.jobs import train
@@ -76,7 +79,7 @@ def real_prompts() -> list[str]:
 
 def test_int8_is_the_default_and_fp32_is_torch(encoder):
     assert EncoderSettings().model is None and load_config(None).encoder.model is None
-    assert load_config(None).encoder_model() == "minilm-onnx-int8"  # no artifacts: the default build
+    assert encoder_model(load_config(None)) == "minilm-onnx-int8"  # no artifacts: the default build
     assert encoder.build == "onnx-int8" and PromptEncoder().build == "onnx-int8"
     fp32, torch_build = PromptEncoder("minilm-onnx"), PromptEncoder("all-MiniLM-L6-v2")
     # same name and version: artifacts fitted through torch keep loading under fp32
@@ -98,7 +101,7 @@ def test_fp32_matches_torch_on_real_prompts(encoder, torch_enc, real_prompts):
 
 def test_long_prompts_are_truncated_like_torch(torch_enc):
     tok = oe.tokenizer(bundled_model_path())
-    assert oe.max_seq_length(bundled_model_path()) == 256
+    assert files.max_seq_length(bundled_model_path()) == 256
     head = "the quick brown fox jumps over the lazy dog " * 40  # > 256 word pieces
     assert len(tok.encode(head).ids) == 256  # [CLS] + 254 + [SEP]
     texts = [
@@ -124,8 +127,8 @@ def test_int8_runs_and_is_close(int8_enc, torch_enc, real_prompts):
     # int8 without r3's row scaling: ~0.993 mean
     assert c.mean() > 0.996 and c.min() > 0.99, (c.mean(), c.min())
     assert c.mean() < 0.99999  # quantized: close, not the same vectors
-    assert int8_enc.build == "onnx-int8" and int8_enc.version == f"{WHEEL}+int8r{oe.INT8_RECIPE}"
-    assert oe.INT8_RECIPE == "2"
+    assert int8_enc.build == "onnx-int8" and int8_enc.version == f"{WHEEL}+int8r{files.INT8_RECIPE}"
+    assert files.INT8_RECIPE == "2"
     # r3 (row-scaled inputs, every MatMul in int8): closer still, 0.9977 / 0.9926 measured
     r3 = PromptEncoder("minilm-onnx-int8-r3", cache_size=0)
     c3 = cos(r3.encode(real_prompts), ref)
@@ -140,14 +143,14 @@ def test_row_scaling_keeps_the_product_and_one_prompt_passes_run_on_one_thread(f
     import onnx
     import onnxruntime as ort
 
-    src = oe.ensure(bundled_model_path(), WHEEL)
+    src = ox.ensure(bundled_model_path(), WHEEL)
     model = onnx.load(str(src))
     before = sum(n.op_type == "MatMul" for n in model.graph.node)
-    oe._row_scaled(model, lambda n: "/attention/output/dense/" not in n.name)
+    ox._row_scaled(model, lambda n: "/attention/output/dense/" not in n.name)
     assert sum(n.op_type == "Div" and n.name.endswith("/row_scale/div") for n in model.graph.node) == 18
     assert sum(n.op_type == "MatMul" for n in model.graph.node) == before
     scaled = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    batch = oe._batch(
+    batch = oe.batch_inputs(
         oe.tokenizer(bundled_model_path()), ["short one", "a longer prompt, so the first is padded " * 3]
     )
     want = oe.session(src, threads=1).run(None, batch)[0]
@@ -162,7 +165,7 @@ def test_row_scaling_keeps_the_product_and_one_prompt_passes_run_on_one_thread(f
     assert q.single is not q.session  # int8: one-prompt passes on one thread, a session of their own
     # ... reading the large weights from one shared copy, which both sessions compute with alike
     assert "m.embeddings.word_embeddings.weight" in q.shared
-    one = oe._batch(oe.tokenizer(bundled_model_path()), texts[1:])
+    one = oe.batch_inputs(oe.tokenizer(bundled_model_path()), texts[1:])
     assert np.allclose(q.single.run(None, one)[0], q.session.run(None, one)[0], atol=1e-4)
     assert cos(m.encode(texts[:1]), m.encode(texts)[:1])[0] > 0.99999
     # int8 quantizes activations with one scale per pass, so a prompt's vector moves a little with
@@ -183,7 +186,7 @@ def test_an_artifact_fitted_with_another_int8_recipe_serves_with_it(
     cfg = make_config(
         upstream.base_url, routing={"policies": {"r3": {"artifact": str(d)}}, "cost_weight": 0.0}
     )
-    assert cfg.encoder_model() == "minilm-onnx-int8-r3"
+    assert encoder_model(cfg) == "minilm-onnx-int8-r3"
     gw = start_gateway(cfg)
     for text, want in HELD_OUT[::2]:
         r = gw.client.chat.completions.create(model="router:r3", messages=[{"role": "user", "content": text}])
@@ -202,23 +205,23 @@ def test_an_artifact_fitted_with_another_int8_recipe_serves_with_it(
 def test_export_is_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path))
     path = bundled_model_path()
-    f = oe.ensure(path, WHEEL)
-    assert f == oe.model_file(WHEEL, int8=False) and f.is_relative_to(tmp_path) and f.stat().st_size > 80e6
-    q = oe.ensure(path, WHEEL, int8=True)
-    assert q.name == f"model-int8-r{oe.INT8_RECIPE}.onnx" and q.stat().st_size < f.stat().st_size * 0.8
+    f = ox.ensure(path, WHEEL)
+    assert f == files.onnx_file(WHEEL, int8=False) and f.is_relative_to(tmp_path) and f.stat().st_size > 80e6
+    q = ox.ensure(path, WHEEL, int8=True)
+    assert q.name == f"model-int8-r{files.INT8_RECIPE}.onnx" and q.stat().st_size < f.stat().st_size * 0.8
     before = (f.stat().st_mtime_ns, q.stat().st_mtime_ns)
 
     def boom(*a, **k):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(oe, "export", boom)
-    monkeypatch.setattr(oe, "quantize", boom)
+    monkeypatch.setattr(ox, "export", boom)
+    monkeypatch.setattr(ox, "quantize", boom)
     enc = PromptEncoder("minilm-onnx-int8", cache_size=0)
     assert enc.encode(["hello"]).shape == (1, 384)  # loads from the cache: no export, no quantize
     assert PromptEncoder("minilm-onnx", cache_size=0).encode(["hello"]).shape == (1, 384)
     assert (f.stat().st_mtime_ns, q.stat().st_mtime_ns) == before
     assert sorted(p.name for p in f.parent.iterdir()) == [
-        f"model-int8-r{oe.INT8_RECIPE}.onnx",
+        f"model-int8-r{files.INT8_RECIPE}.onnx",
         "model.onnx",
     ]  # no temp files
 
@@ -266,7 +269,7 @@ def test_torch_artifact_serves_with_onnx_fp32(
     cfg = make_config(
         upstream.base_url, routing={"policies": {"learned": {"artifact": str(d)}}, "cost_weight": 0.0}
     )
-    assert cfg.encoder.model is None and cfg.encoder_model() == "minilm-onnx"
+    assert cfg.encoder.model is None and encoder_model(cfg) == "minilm-onnx"
     gw = start_gateway(cfg)
     for text, want in HELD_OUT[::2]:
         r = gw.client.chat.completions.create(
@@ -286,7 +289,7 @@ def test_int8_artifact_is_refused_under_fp32(planted, int8_enc, fp32_enc, upstre
     meta = json.loads((d / "policy.json").read_text())
     assert meta["encoder"] == {
         "name": "sentence-transformers/all-MiniLM-L6-v2",
-        "version": f"{WHEEL}+int8r{oe.INT8_RECIPE}",
+        "version": f"{WHEEL}+int8r{files.INT8_RECIPE}",
         "build": "onnx-int8",
         "model": "minilm-onnx-int8",
     }
@@ -303,7 +306,7 @@ def test_int8_artifact_is_refused_under_fp32(planted, int8_enc, fp32_enc, upstre
         start_gateway(cfg)
     # with encoder.model unset, the gateway encodes with the build its artifacts agree on ...
     auto = make_config(upstream.base_url, routing={"policies": {"q": {"artifact": str(d)}}})
-    assert auto.encoder_model() == "minilm-onnx-int8"
+    assert encoder_model(auto) == "minilm-onnx-int8"
     # with no encoder given, the one it was fitted with is built: it loads
     assert load_policy(d).encoder.build == "onnx-int8"
     # the other way round: an fp32 artifact under int8 is refused too
@@ -316,7 +319,7 @@ def test_int8_artifact_is_refused_under_fp32(planted, int8_enc, fp32_enc, upstre
     both = make_config(
         upstream.base_url, routing={"policies": {"q": {"artifact": str(d)}, "f": {"artifact": str(d2)}}}
     )
-    assert both.encoder_model() == "minilm-onnx-int8"
+    assert encoder_model(both) == "minilm-onnx-int8"
     with pytest.raises(PolicyError, match="policy 'f'.*fitted with the 'onnx' build"):
         start_gateway(both)
 
@@ -340,7 +343,7 @@ def test_unwritable_cache_exports_to_a_temporary_directory(tmp_path, monkeypatch
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the cache directory would be")
     monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(blocked))
-    f = oe.ensure(bundled_model_path(), WHEEL)
+    f = ox.ensure(bundled_model_path(), WHEEL)
     try:
         assert f.exists() and not f.is_relative_to(blocked)
         assert oe.OnnxModel(f, bundled_model_path()).encode(["still works"]).shape == (1, 384)

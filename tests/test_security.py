@@ -18,6 +18,7 @@ import redis as redis_sync
 from fastapi import Request
 
 from router.gateway import create_app
+from router.policy_set import model_info
 from router.state import RedisStore
 from router.state.budgets import BudgetScope
 from router.state.degrade import is_outage
@@ -199,7 +200,7 @@ def test_a_second_rating_replaces_the_first_in_the_shared_bandit(upstream, start
     # a replica that starts now reads the shared stream: exactly one observation, the last rating
     policy, rec = asyncio.run(_fresh_bandit(redis_url, cfg, rid))
     assert policy.n_.sum() == pytest.approx(1.0)
-    expected = ThompsonPolicy().fit([m.info() for m in cfg.models])
+    expected = ThompsonPolicy().fit([model_info(m) for m in cfg.models])
     expected.update(model, np.asarray(rec.learn["x"], dtype=float), 0.25 - rec.learn["prior"][model])
     assert np.allclose(policy.b_, expected.b_, atol=1e-9) and np.allclose(policy.A_, expected.A_, atol=1e-9)
 
@@ -209,7 +210,7 @@ async def _fresh_bandit(redis_url, cfg, rid):
 
     s = RedisStore(redis_url)
     try:
-        policy = ThompsonPolicy().fit([m.info() for m in cfg.models])
+        policy = ThompsonPolicy().fit([model_info(m) for m in cfg.models])
         await s.bandits.refresh("thompson", policy, force=True)
         return policy, await s.log.get_request(rid)
     finally:

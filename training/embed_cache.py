@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.encoders import cache_root
+from policies.encoder_files import cache_root
 
 
 def _digest(text: str) -> bytes:

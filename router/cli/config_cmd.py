@@ -34,12 +34,12 @@ def validate(
 ) -> None:
     """Parse the config, build its policies and model adapters (without loading any model), and
     with --check probe every model; exit 1 if anything is invalid or unreachable."""
-    from policies.encoders import PromptEncoder
-    from router.policy_set import PolicySet
-    from router.probe import UNREACHABLE, check_params, probe_models
+    from router.policy_set import PolicySet, build_encoder
+    from router.probe import UNREACHABLE, check_backends, check_params, probe_models
 
     cfg = load(_path(path, config))
-    policies = PolicySet(cfg, PromptEncoder(cfg.encoder_model(), cache_size=cfg.encoder.cache_size))
+    check_backends(cfg.models)
+    policies = PolicySet(cfg, build_encoder(cfg))
     problems = check_params(cfg.models)
     if problems:
         raise UserError("; ".join(problems))

@@ -57,8 +57,7 @@ def ope(
 
     from policies.base import PromptBatch
     from policies.decision import choose
-    from policies.encoders import PromptEncoder
-    from router.policy_set import PolicySet
+    from router.policy_set import PolicySet, build_encoder
     from training.ope import effective_sample_size, estimate, reward_model
 
     rows, skipped = read_log(log)
@@ -71,7 +70,7 @@ def ope(
             f"{log}: {len(rows)} usable rows (need >= 2 rated requests with a propensity, "
             f"routed to models of this config); skipped {skipped}, {unknown} of unknown models"
         )
-    encoder = PromptEncoder(cfg.encoder_model(), cache_size=cfg.encoder.cache_size)
+    encoder = build_encoder(cfg)
     if Path(policy).is_dir():
         from policies.artifacts import load_policy
 
@@ -92,9 +91,7 @@ def ope(
     pq = target.predict_quality(batch)
     quality = np.array([[pq[i, col[m]] if m in col else 0.0 for m in arms] for i in range(len(rows))])
     specs = {m.name: m for m in cfg.models}
-    cost = np.array(
-        [[specs[m].info().cost_usd(t, specs[m].expected_output_tokens) for m in arms] for t in tokens]
-    )
+    cost = np.array([[specs[m].cost_usd(t, specs[m].expected_output_tokens) for m in arms] for t in tokens])
     pc = target.predict_cost(batch)
     if pc is not None:
         cost[:, scored] = pc[:, [col[m] for m in np.array(arms)[scored]]]

@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from router.ledger import queries
-from router.ledger.schema import connect, parse_url, safe_url, upgrade
+from router.ledger.schema import connect, upgrade
 from router.ledger.writer import BufferFeed, StreamFeed, Writer
+from router.ledger_url import parse_url, safe_url
 from router.state.records import FeedbackRecord, RequestRecord
 
 __all__ = ["Ledger", "LedgerUnavailable", "build_ledger", "disabled", "parse_url", "safe_url"]

@@ -194,7 +194,7 @@ async def overview(
             b["_lat"].append(latency)
             latencies.append(latency)
         if base is not None and status == "ok" and model in chat:
-            baseline_cost += base.info().cost_usd(ptok, ctok)
+            baseline_cost += base.cost_usd(ptok, ctok)
             priced_cost += cost
     out = []
     for t in sorted(buckets):

@@ -2,7 +2,7 @@
 
 The URL is `sqlite+aiosqlite:///path` (embedded; the folder is created) or
 `postgresql+asyncpg://user:pass@host/db`; `sqlite:///` and `postgresql://` are read as those.
-URLs are only ever shown with the password hidden (`safe_url`).
+URLs are only ever shown with the password hidden (`safe_url`, router/ledger_url.py).
 """
 
 from __future__ import annotations
@@ -10,33 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+from router.ledger_url import parse_url
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 # any constant: replicas starting together take turns migrating (PostgreSQL advisory lock)
 _MIGRATION_LOCK = 0x6D6F65_6C6467
-
-
-def parse_url(raw: str) -> URL:
-    """The URL with its async driver; ValueError (that never quotes the URL) for anything else."""
-    try:
-        url = make_url(raw)
-    except Exception:  # noqa: BLE001 - the message must not echo a URL that may hold a password
-        raise ValueError(
-            "ledger: not a database URL (expected sqlite+aiosqlite:/// or postgresql+asyncpg://)"
-        ) from None
-    backend = url.get_backend_name()
-    if backend not in DRIVERS:
-        raise ValueError(f"ledger: unsupported database {backend!r} (use sqlite or postgresql)")
-    if url.drivername not in (backend, DRIVERS[backend]):
-        raise ValueError(f"ledger: use the {DRIVERS[backend]} driver, not {url.drivername!r}")
-    return url.set(drivername=DRIVERS[backend])
-
-
-def safe_url(url: URL | str) -> str:
-    return (make_url(url) if isinstance(url, str) else url).render_as_string(hide_password=True)
 
 
 def connect(raw: str) -> AsyncEngine:
