@@ -38,7 +38,8 @@ import numpy as np
 
 from policies.answers import answer_features
 from policies.base import PromptBatch
-from policies.learned import sigmoid
+from policies.folds import out_of_fold
+from policies.learned import out_of_fold_scores, sigmoid
 from policies.logistic import LogisticPolicy
 
 SCORERS = ("auto", "logistic", "boosting")
@@ -190,11 +191,7 @@ class CascadePolicy(LogisticPolicy):
         # the one-step router's view of the prompt (how likely each of the two models is right),
         # out of fold here as the served predictor (fitted on everything) is for a new prompt
         Y, Mk = np.asarray(data.quality, dtype=float)[:, [jf, js]], np.asarray(data.mask)[:, [jf, js]]
-        onestep = np.zeros((len(X), 2))
-        for f in np.unique(fold):
-            inner = LogisticPolicy(C=self.C, calibration="none")
-            inner._fit_scores(X[fold != f], Y[fold != f], Mk[fold != f])
-            onestep[fold == f] = inner._scores(X[fold == f])
+        onestep = out_of_fold_scores(partial(LogisticPolicy, C=self.C, calibration="none"), X, Y, Mk, fold)
         H = np.concatenate([H, onestep[rows]], axis=1).astype(np.float32)
         A = (
             answer_embeddings(self.first_)
@@ -378,15 +375,14 @@ def _trees(m: dict, H: np.ndarray) -> np.ndarray:
 
 def _oof(fit: Callable[..., dict], F: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Out-of-fold P(good): each row scored by `fit(F, y)` fitted without its fold."""
-    out = np.zeros(len(y))
-    for f in np.unique(fold):
-        te = fold == f
-        model = fit(F[~te], y[~te])
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        model = fit(F[train], y[train])
         if "gb_roots_" in model:
-            out[te] = sigmoid(_trees(model, F[te]))
-        else:
-            out[te] = sigmoid(F[te] @ model["scorer_coef_"] + model["scorer_intercept_"])
-    return out
+            return sigmoid(_trees(model, F[test]))
+        return sigmoid(F[test] @ model["scorer_coef_"] + model["scorer_intercept_"])
+
+    return out_of_fold(fold, fit_predict, np.zeros(len(y)))
 
 
 def _pick_threshold(oof: np.ndarray, qf: np.ndarray, qs: np.ndarray, target: float) -> float:

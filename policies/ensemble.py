@@ -22,13 +22,15 @@ Fitting, on the training data only:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 
 from policies.base import PromptBatch
 from policies.features import category_centroids, feature_names, prompt_features
-from policies.learned import LearnedPolicy, logit, sigmoid
+from policies.folds import out_of_fold
+from policies.learned import LearnedPolicy, logit, out_of_fold_scores, sigmoid
 
 DEFAULT_BASES = ("knn", "logistic", "mf", "cluster")
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -68,12 +70,12 @@ def fit_logistic(Z: np.ndarray, q: np.ndarray, C: float) -> tuple[np.ndarray, fl
 
 def cross_fit(Z: np.ndarray, q: np.ndarray, fold: np.ndarray, C: float) -> np.ndarray:
     """Each row's prediction by a combiner fitted on the other folds."""
-    p = np.empty(len(q))
-    for f in np.unique(fold):
-        te = fold == f
-        coef, b = fit_logistic(Z[~te], q[~te], C)
-        p[te] = sigmoid(Z[te] @ coef + b)
-    return p
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        coef, b = fit_logistic(Z[train], q[train], C)
+        return sigmoid(Z[test] @ coef + b)
+
+    return out_of_fold(fold, fit_predict, np.empty(len(q)))
 
 
 class EnsemblePolicy(LearnedPolicy):
@@ -146,11 +148,7 @@ class EnsemblePolicy(LearnedPolicy):
         fitted, seconds = [], {}
         for b, name in enumerate(self.bases):
             t0 = time.perf_counter()
-            for f in range(self.calib_folds):
-                inner = self._base(name)
-                inner.models_ = self.models_
-                inner._fit_scores(X[fold != f], Y[fold != f], M[fold != f])
-                S[fold == f, :, b] = inner._scores(X[fold == f])
+            S[:, :, b] = out_of_fold_scores(partial(self._base, name), X, Y, M, fold, self.models_)
             full = self._base(name)
             full.models_ = self.models_
             full._fit_scores(X, Y, M)

@@ -21,11 +21,13 @@ Learned state is every attribute ending in `_`: arrays go to safetensors, the re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from policies.base import Policy, PromptBatch
+from policies.folds import out_of_fold
 
 CALIBRATIONS = ("platt", "isotonic", "none")
 
@@ -58,6 +60,27 @@ def ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
         if sel.any():
             err += sel.mean() * abs(p[sel].mean() - y[sel].mean())
     return float(err)
+
+
+def out_of_fold_scores(
+    make: Callable[[], LearnedPolicy],
+    X: np.ndarray,
+    Y: np.ndarray,
+    M: np.ndarray,
+    fold: np.ndarray,
+    models: list[str] | None = None,
+) -> np.ndarray:
+    """(n, m) raw scores (`_scores`), each row's from a fresh `make()` fitted (`_fit_scores`) on
+    the other folds; `models`: the fitted copies' `models_`."""
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        inner = make()
+        if models is not None:
+            inner.models_ = models
+        inner._fit_scores(X[train], Y[train], M[train])
+        return inner._scores(X[test])
+
+    return out_of_fold(fold, fit_predict, np.full(Y.shape, np.nan))
 
 
 def fit_linear_nonneg(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -150,15 +173,14 @@ class LearnedPolicy(Policy):
             self.metrics_["calibration"] = {"method": "none"}
             return
         # out-of-fold raw scores: each prompt scored by a policy that did not see it
-        oof = np.full(Y.shape, np.nan)
         fold = np.random.default_rng(self.seed).permutation(len(X)) % self.calib_folds
-        for f in range(self.calib_folds):
+
+        def uncalibrated() -> LearnedPolicy:
             inner = self.clone()
             inner.calibration = "none"
-            inner.models_ = self.models_
-            inner._fit_scores(X[fold != f], Y[fold != f], M[fold != f])
-            oof[fold == f] = inner._scores(X[fold == f])
-        self._fit_maps(oof, Y, M)
+            return inner
+
+        self._fit_maps(out_of_fold_scores(uncalibrated, X, Y, M, fold, self.models_), Y, M)
 
     def _fit_maps(self, oof: np.ndarray, Y: np.ndarray, M: np.ndarray) -> None:
         """Per-model calibration maps from out-of-fold raw scores `oof`, and their metrics."""
