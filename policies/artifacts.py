@@ -12,7 +12,7 @@ artifact that is corrupt, of an unknown type or format version, or fitted with a
 encoder (name, version, or build other than torch <-> onnx fp32, which give the same vectors)
 than the one it would be served with: its embeddings would mean something else. An artifact with
 no recorded build was fitted through torch (or the static encoder, by its name). A policy class
-with `own_encoder` (routerdc) writes its fine-tuned encoder into the artifact (`save_encoder`)
+that has its own encoder (`policies.capabilities.OwnEncoder`: routerdc) writes its fine-tuned encoder into the artifact (`save_encoder`)
 and embeds with that one (`load_encoder`), whatever the caller's encoder.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import Policy
+from policies.capabilities import LoadsItself, OwnEncoder, implements
 from policies.registry import POLICIES, policy_class
 
 FORMAT = "moe-router-policy"
@@ -86,7 +87,7 @@ def save_policy(
         raise ValueError("a policy that reads embeddings must be saved with its encoder")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    if getattr(policy, "own_encoder", False):  # it embeds with an encoder it fine-tuned: saved here
+    if implements(policy, OwnEncoder):  # it embeds with an encoder it fine-tuned: saved here
         encoder = policy.save_encoder(out)
     arrays: dict[str, np.ndarray] = {}
     state: dict[str, Any] = {}
@@ -181,7 +182,7 @@ def fitted_encoder(directory: str | Path) -> str | None:
         return None
     want = meta.get("encoder") if isinstance(meta, dict) else None
     cls = policy_class(meta["type"]) if meta.get("type") in POLICIES else None
-    if not isinstance(want, dict) or getattr(cls, "own_encoder", False):
+    if not isinstance(want, dict) or (cls is not None and implements(cls, OwnEncoder)):
         return None
     build = _recorded_build(want)
     if build == "torch" and want.get("name") == "sentence-transformers/all-MiniLM-L6-v2":
@@ -254,9 +255,9 @@ def load_policy(directory: str | Path, encoder: Any = None, **params: Any) -> Po
     if meta["type"] not in POLICIES:
         raise ValueError(f"{d}: unknown policy type {meta['type']!r}; known: {', '.join(sorted(POLICIES))}")
     cls = policy_class(meta["type"])
-    if hasattr(cls, "load_artifact"):  # its own layout (the fine-tuned LLM router): it loads itself
+    if implements(cls, LoadsItself):  # its own layout (the fine-tuned LLM router): it loads itself
         return cls.load_artifact(d, meta, **params)
-    if getattr(cls, "own_encoder", False):  # its encoder is in the artifact; the caller's is unused
+    if implements(cls, OwnEncoder):  # its encoder is in the artifact; the caller's is unused
         encoder = cls.load_encoder(d, meta)
     elif meta.get("encoder") is not None:
         if encoder is None:

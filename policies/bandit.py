@@ -42,7 +42,6 @@ from policies.decision import choose
 class LinearBandit(PriorPolicy):
     name: ClassVar[str] = "bandit"
     needs_embeddings: ClassVar[bool] = True
-    online: ClassVar[bool] = True
 
     def __init__(
         self,

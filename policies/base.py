@@ -61,9 +61,8 @@ class Policy:
 
     name: ClassVar[str] = "base"
     needs_embeddings: ClassVar[bool] = False
-    # online policies learn from feedback while serving and choose at random with known
-    # probabilities: they implement `observation`, `update`, `action_probabilities`, `sample_arm`
-    online: ClassVar[bool] = False
+    # what some policies can do beyond this (a cascade's two steps, learning online, an artifact
+    # layout or encoder of their own) is declared in policies/capabilities.py
     # predicting runs a model (e.g. an LM generating): the gateway calls it in a worker thread
     blocking: ClassVar[bool] = False
 

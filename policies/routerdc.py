@@ -24,8 +24,8 @@ default), and that encoder is kept (not refitted on everything).
 Serving: the artifact holds the fine-tuned encoder in `encoder/` (model.safetensors, config,
 tokenizer) and its ONNX export (`policies.onnx_export.export`, checked against torch). The
 policy embeds prompts with it, through ONNX Runtime, never with the gateway's shared encoder:
-`needs_embeddings` is False (the gateway embeds nothing for it) and `own_encoder` is True
-(`policies.artifacts` loads the encoder from the artifact instead of checking the gateway's).
+`needs_embeddings` is False (the gateway embeds nothing for it) and it implements
+`policies.capabilities.OwnEncoder` (`policies.artifacts` loads the encoder from the artifact instead of checking the gateway's).
 """
 
 from __future__ import annotations
@@ -138,7 +138,6 @@ class RouterDCPolicy(LearnedPolicy):
     name = "routerdc"
     needs_embeddings: ClassVar[bool] = False  # it embeds with its own encoder, not the gateway's
     blocking: ClassVar[bool] = True  # that encoder runs a transformer: the gateway's worker thread
-    own_encoder: ClassVar[bool] = True  # saved in, and loaded from, the artifact
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from adapters import ChatRequest, Usage
+from policies.capabilities import OnlineRouter, implements
 from router import constraints as C
 from router import judge
 from router.access import Access, Caller
@@ -81,7 +82,12 @@ class Feedback:
         """Feed a rating to the online policy that routed the request (shared through the store);
         a replaced rating is taken back out first."""
         policy = self.policies.get(rec.policy) if rec.policy else None
-        if policy is None or not policy.online or rec.model not in policy.models_ or not rec.learn:
+        if (
+            policy is None
+            or not implements(policy, OnlineRouter)
+            or rec.model not in policy.models_
+            or not rec.learn
+        ):
             return
         x = np.asarray(rec.learn["x"], dtype=float)
         prior = float(rec.learn["prior"][rec.model])

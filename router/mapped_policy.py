@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import Policy, PromptBatch
+from policies.capabilities import CascadeRouter, OnlineRouter, implements
 from router.model_map import rename
 
 
@@ -49,12 +50,15 @@ class MappedCascade(MappedPolicy):
 
         return [pool_names(p) for p in self.inner.cascade_plan(batch)]
 
+    def should_escalate(self, prompt: str, answer: str | None, second: str | None = None) -> bool:
+        return self.inner.should_escalate(prompt, answer, second)
+
 
 def mapped(policy: Policy, mapping: dict[str, str]) -> Policy:
     """`policy` serving under `mapping` (itself when the mapping is empty)."""
     if not mapping:
         return policy
-    if policy.online:
+    if implements(policy, OnlineRouter):
         raise ValueError("model_map applies to offline artifacts; an online policy learns under pool names")
-    cls = MappedCascade if hasattr(policy, "cascade_plan") else MappedPolicy
+    cls = MappedCascade if implements(policy, CascadeRouter) else MappedPolicy
     return cls(policy, mapping)

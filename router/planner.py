@@ -15,11 +15,12 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from policies.base import Policy, PromptBatch
+from policies.capabilities import CascadeRouter, OnlineRouter, implements
 from policies.decision import BUDGET, REQUEST, SERVICE, Decision, Exclusion, decide
 from router import constraints as C
 from router import tracing
@@ -47,6 +48,9 @@ from router.schemas import ChatCompletionRequest
 from router.state import StateUnavailable
 from router.state.bandit import BanditState
 from router.state.sessions import Sessions
+
+if TYPE_CHECKING:
+    from policies.cascade import CascadePlan
 
 
 def new_request_id() -> str:
@@ -79,7 +83,7 @@ class Plan:
     prompt: str  # the routing text (in memory only; the log keeps what `log.prompts` says)
     prompt_tokens: int  # estimate (predictions, context windows)
     routed: bool  # False when the caller named a model
-    cascade: Any = None  # policies.cascade.CascadePlan when the policy asks for a two-step dispatch
+    cascade: CascadePlan | None = None  # when the policy asks for a two-step dispatch
     propensity: float | None = None  # probability the policy gave its chosen model (1.0 if deterministic)
     output_caps: dict[str, int] = field(default_factory=dict)  # per candidate: max_tokens sent upstream
     max_costs: dict[str, float] = field(default_factory=dict)  # per candidate: the most it may cost
@@ -281,7 +285,8 @@ class Planner:
                 raise _named_model_error(plan.decision)
             return plan
 
-        if policy.online:
+        online = implements(policy, OnlineRouter)
+        if online:
             await self.bandits.refresh(name, policy)
         with tracing.span("embed"):
             batch = await self.features(policy, text, tokens)
@@ -327,7 +332,7 @@ class Planner:
             raise ServiceUnavailable(message)
         plan.decision = decision
         plan.propensity = 1.0
-        if policy.online:
+        if online:
             plan.propensity = self._explore(policy, batch, decision)
             plan.learn = _what_feedback_teaches(policy, batch)
         plan.cascade = self._cascade_plan(policy, batch, decision)
@@ -376,7 +381,7 @@ class Planner:
             )
 
     @staticmethod
-    def _explore(policy: Any, batch: PromptBatch, decision: Decision) -> float:
+    def _explore(policy: OnlineRouter, batch: PromptBatch, decision: Decision) -> float:
         """An online policy draws its arm among the eligible candidates; the others stay in
         fallback order. Returns the drawn arm's probability (logged for off-policy evaluation)."""
         by_model = {c.model: c for c in decision.ranked}
@@ -394,10 +399,10 @@ class Planner:
         return float(probs[arm])
 
     @staticmethod
-    def _cascade_plan(policy: Policy, batch: PromptBatch, decision: Decision) -> Any:
+    def _cascade_plan(policy: Policy, batch: PromptBatch, decision: Decision) -> CascadePlan | None:
         """A cascade policy's two-step plan, when both of its models are allowed for this request.
         An agreement plan (two cheap models) is evaluated offline only: it routes in one step."""
-        if not hasattr(policy, "cascade_plan"):
+        if not implements(policy, CascadeRouter):
             return None
         cp = policy.cascade_plan(batch)[0]
         allowed = {c.model for c in decision.ranked}
@@ -423,7 +428,7 @@ def conversation_key(req: ChatCompletionRequest, caller: Caller, session: str | 
     return f"{caller.scope}:{digest}"
 
 
-def _what_feedback_teaches(policy: Any, batch: PromptBatch) -> dict[str, Any]:
+def _what_feedback_teaches(policy: OnlineRouter, batch: PromptBatch) -> dict[str, Any]:
     """The context vector and per-model prior quality of this prompt: with them a rating is
     learned (and a replaced rating taken back) without the prompt. float32 keeps it small."""
     x = policy.contexts(batch)[0].astype(np.float32)

@@ -56,6 +56,7 @@ def ope(
     import numpy as np
 
     from policies.base import PromptBatch
+    from policies.capabilities import OnlineRouter, implements
     from policies.decision import choose
     from router.policy_set import PolicySet, build_encoder
     from training.ope import effective_sample_size, estimate, reward_model
@@ -103,7 +104,7 @@ def ope(
     eligible = scored & np.isin(arms, [r["model"] for r in rows])
     probs = np.zeros((len(rows), len(arms)))
     for i, w in enumerate(weights):
-        if target.online:  # a bandit's own exploration distribution
+        if implements(target, OnlineRouter):  # a bandit's own exploration distribution
             idx = [arms.index(m) for m in target.models_]
             one = PromptBatch([texts[i]], embeddings=emb[i : i + 1], prompt_tokens=tokens[i : i + 1])
             probs[i, idx] = target.action_probabilities(one, cost[i, idx], eligible[idx], w)

@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from policies.capabilities import OnlineRouter, implements
 from router.engine import Engine
 from router.errors import BadRequest, NotFound, RouterError, ServiceUnavailable
 from router.gateway.strict_json import StrictJSONRoute
@@ -243,7 +244,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                     "name": name,
                     "type": (spec.type if spec and spec.type else None) or getattr(p, "name", name),
                     "default": name == engine.policies.default,
-                    "online": bool(p.online),
+                    "online": implements(p, OnlineRouter),
                     "trained": artifact is not None,
                     "artifact": artifact,
                     "models": list(getattr(p, "models_", None) or []),
