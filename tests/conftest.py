@@ -145,6 +145,16 @@ def redis_server():
 
 
 @pytest.fixture
+def private_redis():
+    """A redis-server of the test's own (to stop, restart or share between processes)."""
+    from tests.redis_server import RedisServer
+
+    srv = RedisServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server) -> str:
     """A clean database on a private redis-server."""
     redis_server.client().flushdb()

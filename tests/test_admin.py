@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from router.cli import app as cli
 from tests.conftest import make_config, pool
+from tests.support import wait_for
 from tests.upstream import Fail
 
 MASTER = "mk-" + "a" * 40
@@ -39,16 +40,6 @@ def admin_config(upstream, tmp_path, **sections):
 @pytest.fixture
 def gw(upstream, start_gateway, tmp_path):
     return start_gateway(admin_config(upstream, tmp_path))
-
-
-def wait_for(fn, timeout=10.0):
-    """Poll `fn` until it returns something truthy (the ledger writes in the background)."""
-    end = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got or time.monotonic() > end:
-            return got
-        time.sleep(0.1)
 
 
 GETS = [

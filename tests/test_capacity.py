@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -21,8 +20,7 @@ from router.metrics import Metrics
 from router.state import RedisStore
 from router.state.capacity import Full, Lease, Limits, MemoryCapacity, RedisCapacity
 from tests.conftest import make_config, pool
-from tests.redis_server import RedisServer
-from tests.test_replica_processes import Replica
+from tests.support import Replica, wait_for
 
 ASK = {"model": "router", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20}
 
@@ -54,15 +52,6 @@ def spills(engine, model: str, reason: str) -> float:
 def slots(engine) -> dict[str, int]:
     """In-flight slots the (in-memory) capacity state holds, per limited model."""
     return asyncio.run(engine.store.capacity.in_flight(list(engine.capacity.limits)))
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_config_rejects_bad_limits(upstream):
@@ -216,13 +205,6 @@ def test_tpm_limit_spills_once_the_minutes_tokens_are_used(upstream, start_gatew
 
 
 # ---- Redis: shared across replicas, leases expire, outages ----------------------------------------
-
-
-@pytest.fixture
-def private_redis():
-    srv = RedisServer().start()
-    yield srv
-    srv.stop()
 
 
 async def test_redis_leases_of_a_crashed_replica_expire(private_redis):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +15,12 @@ from policies.answers import FEATURES, answer_features, calc_errors, extract_ans
 from policies.artifacts import load_policy, save_policy
 from policies.base import PromptBatch
 from policies.cascade import _fit_boosting, _pick_threshold, _trees
+from tests.support import CLI
 from tests.training_fixtures import MODELS, planted, write_routerbench
 from training.jobs import run_eval, train
 from training.loaders import load_dataset
 
 FAST = {"calib_folds": 3}
-CLI = str(Path(sys.executable).parent / "moe-router")
 
 
 @pytest.fixture(autouse=True)

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
-import yaml
 
-from tests.conftest import pool
 from tests.servers import free_port
-
-CLI = str(Path(sys.executable).parent / "moe-router")
-
-
-def run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    e = {**os.environ, **(env or {})}
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env=e, timeout=timeout)
-
-
-def config_file(tmp_path, base_url: str, **extra) -> Path:
-    p = tmp_path / "cfg.yaml"
-    p.write_text(yaml.safe_dump({"models": pool(base_url), "ledger": "none", **extra}))
-    return p
+from tests.support import CLI, config_file, run
 
 
 def test_route_prints_the_decision(tmp_path, upstream):

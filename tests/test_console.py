@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import make_config
+from tests.support import wait_for
 
 CHROMIUM = os.environ.get("MOE_ROUTER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -39,15 +39,6 @@ ARGS = [
 
 def ask(content: str, **kw) -> dict:
     return {"model": "router", "messages": [{"role": "user", "content": content}], **kw}
-
-
-def wait_for(fn, timeout=10.0):
-    end = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got or time.monotonic() > end:
-            return got
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

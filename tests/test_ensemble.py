@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from policies.base import PromptBatch
 from policies.decision import choose
 from policies.ensemble import EnsemblePolicy
 from policies.features import MARKERS, category_centroids, category_proba, marker_features
+from tests.support import CLI
 from tests.training_fixtures import HELD_OUT, MODELS, planted, planted_dataset, write_jsonl, write_routerbench
 from training.dataset import RoutingDataset
 from training.jobs import train
@@ -145,9 +144,6 @@ def test_auto_features_are_chosen_on_training_folds_when_they_help(encoder):
     # no signal in length, markers or category: the features stay out
     noise = train("ensemble", length_split(400, 2, False), encoder, params)
     assert noise.features_used_ == [False, False]
-
-
-CLI = str(Path(sys.executable).parent / "moe-router")
 
 
 def test_cli_trains_and_evaluates_an_ensemble(tmp_path):

@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from importlib.metadata import version
@@ -26,9 +25,9 @@ from router.engine import Engine
 from router.gateway import create_app
 from tests.conftest import make_config, pool
 from tests.servers import ServerThread, free_port
+from tests.support import CLI
 from tests.upstream import Fail
 
-CLI = str(Path(sys.executable).parent / "moe-router")
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE_BODY = '{"messages":[{"role":"user","content":"Write a Python quicksort function."}]}'
 

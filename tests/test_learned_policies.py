@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from policies.artifacts import load_policy, save_policy
 from policies.base import PromptBatch
 from policies.decision import choose
 from tests.conftest import make_config
+from tests.support import CLI
 from tests.training_fixtures import HELD_OUT, MODELS, planted, planted_dataset, write_routerbench
 from training.jobs import run_eval, train
 
@@ -118,9 +117,6 @@ def test_cascade_escalates_weak_answers(encoder, tmp_path):
     assert ev.report["points"] == 21 and ev.report["cascade"]["first"] == "cheap"
     d = save_policy(p, tmp_path / "cascade", encoder=encoder)
     assert load_policy(d, encoder=encoder).should_escalate("Bake?", "I am not sure, sorry.")
-
-
-CLI = str(Path(sys.executable).parent / "moe-router")
 
 
 def test_cli_train_eval_and_errors(tmp_path, data):

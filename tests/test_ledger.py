@@ -19,37 +19,9 @@ from router.state.log import RedisLog
 from router.state.records import FeedbackRecord, RequestRecord
 from tests import postgres_server
 from tests.conftest import make_config, pool
-from tests.test_cli import config_file, run
+from tests.support import config_file, count, query, run, wait_for
 
 SHARED_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432"
-
-
-def query(url: str, sql: str, **params) -> list[tuple]:
-    async def go():
-        engine = create_async_engine(url)
-        try:
-            async with engine.connect() as conn:
-                return [tuple(r) for r in await conn.execute(text(sql), params)]
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
-
-
-def count(url: str, table: str = "requests") -> int:
-    try:
-        return query(url, f"SELECT count(*) FROM {table}")[0][0]
-    except Exception:  # noqa: BLE001 - not migrated yet, or the database is down
-        return -1
-
-
-def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import yaml
 from router.config import ConfigError
 from router.policy_set import PolicyError
 from tests.conftest import make_config
-from tests.test_cli import config_file, run
+from tests.support import config_file, run
 from tests.training_fixtures import COST, HELD_OUT, MODELS, planted, write_jsonl
 
 # the planted data's models under RouterBench's names (cheap -> Mistral, coder -> Code Llama, big -> GPT-4)

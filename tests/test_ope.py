@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_config
-from tests.test_cli import config_file, run
+from tests.support import config_file, run
 from training.ope import effective_sample_size, estimate, reward_model
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,50 +14,13 @@ import yaml
 from router.state import RedisStore
 from router.state.budgets import BudgetScope
 from tests.conftest import pool
-from tests.redis_server import RedisServer
-from tests.servers import free_port
+from tests.support import CLI, Replica
 
-CLI = str(Path(sys.executable).parent / "moe-router")
 ASK = {
     "model": "coder",
     "messages": [{"role": "user", "content": "Reverse a string in Python."}],
     "max_tokens": 100,
 }
-
-
-class Replica:
-    def __init__(self, config: Path, env: dict[str, str], log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [CLI, "serve", "--config", str(config), "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-        )
-
-    def wait_up(self) -> Replica:
-        for _ in range(400):
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica exited with {self.proc.returncode}")
-            time.sleep(0.1)
-        raise RuntimeError("replica did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
-
-
-@pytest.fixture
-def private_redis():
-    srv = RedisServer().start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

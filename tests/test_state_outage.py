@@ -14,13 +14,6 @@ from tests.conftest import make_config
 from tests.redis_server import RedisServer
 
 
-@pytest.fixture
-def private_redis():
-    srv = RedisServer().start()
-    yield srv
-    srv.stop()
-
-
 def store_for(srv: RedisServer, budgets: str = "open") -> RedisStore:
     return RedisStore(srv.url, timeout_s=0.3, retry_every_s=0.1, budgets=budgets)
 

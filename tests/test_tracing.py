@@ -28,7 +28,7 @@ def traced_gateway(start_gateway, upstream, **sections):
     return gw, exporter
 
 
-def wait_for(exporter: InMemorySpanExporter, name: str, n: int = 1, timeout_s: float = 30.0) -> list:
+def wait_for_spans(exporter: InMemorySpanExporter, name: str, n: int = 1, timeout_s: float = 30.0) -> list:
     deadline = time.monotonic() + timeout_s
     while True:
         found = [s for s in exporter.get_finished_spans() if s.name == name]
@@ -42,7 +42,7 @@ def test_a_routed_request_is_one_span_with_its_stages_as_children(start_gateway,
     resp = gw.client.chat.completions.create(
         model="router", messages=[{"role": "user", "content": "Write a Python quicksort function."}]
     )
-    (root,) = wait_for(exporter, REQUEST_SPAN)
+    (root,) = wait_for_spans(exporter, REQUEST_SPAN)
     children = {
         s.name: s
         for s in exporter.get_finished_spans()
@@ -77,7 +77,7 @@ def test_a_stream_span_ends_after_its_settlement(start_gateway, upstream):
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "cheap: hello there"
-    (root,) = wait_for(exporter, REQUEST_SPAN)
+    (root,) = wait_for_spans(exporter, REQUEST_SPAN)
     assert root.attributes["moe_router.kind"] == "stream" and root.attributes["moe_router.model"] == "cheap"
     assert root.attributes["moe_router.status"] == "ok"
     settle = [s for s in exporter.get_finished_spans() if s.name == "settle"]
@@ -92,7 +92,7 @@ def test_fallbacks_and_failures_are_on_the_span(start_gateway, upstream):
         "/v1/chat/completions", json={"model": "cheap", "messages": [{"role": "user", "content": "x"}]}
     )
     assert r.status_code >= 500
-    (root,) = wait_for(exporter, REQUEST_SPAN)
+    (root,) = wait_for_spans(exporter, REQUEST_SPAN)
     assert root.status.status_code == StatusCode.ERROR
     assert root.attributes["moe_router.status"] == "error"
     assert "moe_router.model" not in root.attributes  # no model answered

@@ -14,8 +14,7 @@ import yaml
 
 from router.config import load_config
 from tests.conftest import priced_model
-from tests.test_cli import run
-from tests.test_ledger import count, wait_for
+from tests.support import count, run, wait_for
 from tests.training_fixtures import HELD_OUT, TOPICS
 
 # two kinds of prompts; the ratings make `large` the one for code and `small` the one for cooking

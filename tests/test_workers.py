@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import yaml
 
 from router.cli.serve import MEMORY_STATE_WARNING
 from tests.conftest import pool
-from tests.redis_server import RedisServer
 from tests.servers import free_port
+from tests.support import CLI
 
-CLI = str(Path(sys.executable).parent / "moe-router")
 ASK = {"model": "cheap", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
 
 
@@ -74,13 +72,6 @@ class Served:
         for k in kids:  # what the supervisor did not stop (it does: this is a safety net)
             if k.is_running():
                 k.kill()
-
-
-@pytest.fixture
-def private_redis():
-    srv = RedisServer().start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,100 @@
+"""What several test modules share: the CLI as a user runs it, polling for background work, the
+ledger's row counts, and `moe-router serve` replicas as processes. (Fixtures live in conftest.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import yaml
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.conftest import pool
+from tests.servers import free_port
+
+CLI = str(Path(sys.executable).parent / "moe-router")
+T = TypeVar("T")
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`moe-router *args` in a subprocess, output captured."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def config_file(tmp_path, base_url: str, **extra: Any) -> Path:
+    """A config file over the mock pool (conftest.pool), no ledger, `extra` sections added."""
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump({"models": pool(base_url), "ledger": "none", **extra}))
+    return p
+
+
+def wait_for(fn: Callable[[], T], timeout: float = 30.0, what: str = "condition", every: float = 0.1) -> T:
+    """Poll `fn` until it returns something truthy (work the gateway does in the background) and
+    return that; AssertionError naming `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+def query(url: str, sql: str, **params) -> list[tuple]:
+    """Rows of `sql` on the database at `url` (a ledger's)."""
+
+    async def go():
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return [tuple(r) for r in await conn.execute(text(sql), params)]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def count(url: str, table: str = "requests") -> int:
+    """Rows in a ledger table; -1 while it is not there (not migrated yet, or the database is down)."""
+    try:
+        return query(url, f"SELECT count(*) FROM {table}")[0][0]
+    except Exception:  # noqa: BLE001 - not migrated yet, or the database is down
+        return -1
+
+
+class Replica:
+    def __init__(self, config: Path, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [CLI, "serve", "--config", str(config), "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+        )
+
+    def wait_up(self) -> Replica:
+        for _ in range(400):
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"replica exited with {self.proc.returncode}")
+            time.sleep(0.1)
+        raise RuntimeError("replica did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
