@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from router.config import ModelSpec, RouterConfig
 from router.errors import BudgetExceeded, Forbidden, RateLimited, Unauthorized
 from router.state.admission import Admit, Admitted, key_fields
-from router.state.budgets import MICROS, BudgetScope, Reservation, remaining
+from router.state.budgets import MICROS, BudgetScope, remaining
 from router.state.keys import KeyRecord, parse_key
 from router.state.store import Store
 
@@ -158,7 +158,7 @@ class Access:
             raise Replan(refusal)
         raise refusal
 
-    def settled(self, scopes: Sequence[BudgetScope], left: Sequence[int]) -> float | None:
+    def learn_left(self, scopes: Sequence[BudgetScope], left: Sequence[int]) -> float | None:
         """Learn what a settlement left in each budget; the remaining budget (None: unlimited)."""
         self._learn(scopes, left)
         return min(x / MICROS for x in left) if left else None
@@ -206,19 +206,6 @@ class Access:
             f"(up to {usd:.6g} USD)"
         )
 
-    async def admit(self, caller: Caller, tokens: int) -> int | None:
-        """Count the request against the key's rpm/tpm; 429 with Retry-After when over.
-
-        Returns the minute window the tokens were counted in (None: the key has no limits)."""
-        k = caller.key
-        if k is None or (k.rpm is None and k.tpm is None):
-            return None
-        self._fits_tpm(caller, tokens)
-        d = await self.store.limits.hit(k.id, k.rpm, k.tpm, tokens)
-        if not d.allowed:
-            raise self._limited(caller, d.limit, d.retry_after_s)
-        return d.window
-
     async def admit_feedback(self, caller: Caller) -> None:
         """Ratings per minute per caller (config `feedback.rpm`): they train shared policies."""
         rpm = self.config.feedback.rpm
@@ -260,13 +247,3 @@ class Access:
         `max_image_tokens` each, and the output is capped at `output_cap` upstream."""
         prompt = prompt_bound + images * spec.max_image_tokens
         return spec.cost_usd(prompt, self.output_cap(spec, out_tokens))
-
-    async def reserve(self, caller: Caller, usd: float) -> Reservation | None:
-        scopes = self.scopes(caller)
-        if not scopes:
-            return None
-        got = await self.store.budgets.reserve(scopes, usd)
-        if isinstance(got, BudgetScope):
-            raise self._over_budget(got, usd)
-        self._learn(scopes, got.left)
-        return got

@@ -1,9 +1,8 @@
-"""The money path: admit and reserve -> settle, exactly once per request, whatever happens.
+"""The money path: open -> settle, exactly once per request, whatever happens.
 
 A `Ticket` is one request's claim on its caller's rate limits and budgets. `Account.open` checks
 the key, counts the request against its rpm/tpm and holds the most the planned request may cost in
-every budget scope, all in one step (one round trip to Redis: router.state.admission); `admit`
-and `reserve` do the same in two. `settle` books what really happened — tokens against the
+every budget scope, all in one step (one round trip to Redis: router.state.admission). `settle` books what really happened — tokens against the
 minute that counted them, cost against the reservation, metrics, the ledger record and the health
 of the models that answered (one round trip too) — and does it exactly once: the first call
 starts the settlement as a task of its own, later calls return that same task.
@@ -62,10 +61,6 @@ class Ticket:
     scopes: Sequence[BudgetScope] = ()  # of the reservation
     successes: list[tuple[str, float]] = field(default_factory=list)  # (model, latency_ms) to record
 
-    @property
-    def settled(self) -> bool:
-        return self.settlement is not None
-
 
 @dataclass
 class Charge:
@@ -123,31 +118,11 @@ class Account:
         """Successes reported from here on (this task) are recorded by `ticket`'s settlement."""
         _ticket.set(ticket)
 
-    async def admit(self, caller: Caller, tokens: int) -> Ticket:
-        """Rate limits (429 when over). Nothing to settle yet if this raises."""
-        window = await self.access.admit(caller, tokens)
-        return self._ticket(caller, tokens, window, None)
-
-    async def reserve(self, ticket: Ticket, usd: float, request_id: str) -> None:
-        """Hold `usd` in every budget scope of the caller (429 when one cannot cover it)."""
-        ticket.reservation = await self.access.reserve(ticket.caller, usd)
-        ticket.scopes = self.access.scopes(ticket.caller) if ticket.reservation is not None else ()
-        if ticket.reservation is not None:
-            await self.store.log.record_event(
-                "reserve",
-                {
-                    "id": request_id,
-                    "key": ticket.caller.name,
-                    "usd": ticket.reservation.usd,
-                    "created": time.time(),
-                },
-            )
-
     def settle(self, ticket: Ticket, charge: Charge | None) -> asyncio.Task:
         """Settle `ticket` (exactly once: a second call returns the first settlement). `charge`
         None: the request ended before any model was asked (refund everything, no record)."""
         if ticket.settlement is None:
-            ticket.settlement = self.spawn(self._settle(ticket, charge))
+            ticket.settlement = self.spawn(self._book(ticket, charge))
             self._open.discard(ticket)
         return ticket.settlement
 
@@ -158,7 +133,7 @@ class Account:
         task.add_done_callback(self._done)
         return task
 
-    async def settled(self, ticket: Ticket, charge: Charge | None) -> float | None:
+    async def settle_and_wait(self, ticket: Ticket, charge: Charge | None) -> float | None:
         """`settle` and wait for it; the remaining budget afterwards (None: unlimited). If the
         waiting request is cancelled, the settlement still completes on its own."""
         return await asyncio.shield(self.settle(ticket, charge))
@@ -168,7 +143,8 @@ class Account:
         if not task.cancelled() and task.exception() is not None:
             log.error("money-path task failed: %r", task.exception())
 
-    async def _settle(self, ticket: Ticket, charge: Charge | None) -> float | None:
+    async def _book(self, ticket: Ticket, charge: Charge | None) -> float | None:
+        """The settlement's work (one round trip); the remaining budget."""
         cost = charge.record.cost_usd if charge else 0.0
         used = charge.total_tokens if charge else 0
         key = ticket.caller.key
@@ -192,7 +168,7 @@ class Account:
         left = await self.store.money.settle(settle)
         if ticket.reservation is None or charge is None:
             return None
-        return self.access.settled(ticket.scopes, left)
+        return self.access.learn_left(ticket.scopes, left)
 
     def _observe(self, rec: RequestRecord, charge: Charge) -> None:
         if rec.model is not None:
@@ -285,7 +261,7 @@ class RequestHealth:
 
     async def record_success(self, model: str, latency_ms: float) -> None:
         ticket = _ticket.get()
-        if ticket is not None and not ticket.settled:
+        if ticket is not None and ticket.settlement is None:
             ticket.successes.append((model, latency_ms))
             return
         await self.inner.record_success(model, latency_ms)

@@ -77,25 +77,27 @@ class EmbedBatcher:
                 vectors = await asyncio.to_thread(self.encoder.encode, [t for t, _ in live])
             except Exception as e:  # noqa: BLE001 - isolate the failing prompt (below)
                 if len(live) == 1:
-                    _settle(live[0][1], error=e)
+                    _resolve(live[0][1], error=e)
                     continue
                 for t, f in live:  # one bad prompt must not fail its neighbours
                     try:
                         vector = await asyncio.to_thread(self.encoder.encode, [t])
                     except Exception as alone:  # noqa: BLE001 - this prompt's own failure
-                        _settle(f, error=alone)
+                        _resolve(f, error=alone)
                     else:
-                        _settle(f, vector[:1])
+                        _resolve(f, vector[:1])
                 continue
             for i, (_, f) in enumerate(live):
-                _settle(f, vectors[i : i + 1])
+                _resolve(f, vectors[i : i + 1])
 
     async def aclose(self) -> None:
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
 
 
-def _settle(fut: asyncio.Future, value: np.ndarray | None = None, error: BaseException | None = None) -> None:
+def _resolve(
+    fut: asyncio.Future, value: np.ndarray | None = None, error: BaseException | None = None
+) -> None:
     if fut.done():
         return
     if error is not None:

@@ -476,7 +476,7 @@ class Engine:
 
     async def _settle(self, ticket: Ticket, charge: Charge | None) -> float | None:
         with span("settle"):
-            return await self.account.settled(ticket, charge)
+            return await self.account.settle_and_wait(ticket, charge)
 
     # ---- records -------------------------------------------------------------------------------
     def _record(

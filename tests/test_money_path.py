@@ -168,8 +168,7 @@ def test_settlement_runs_once_even_if_asked_twice(redis_url, upstream, encoder):
         raw, rec = new_key("twice", budget_usd=1.0)
         await engine.store.keys.put(rec)
         caller = await engine.authenticate(raw)
-        ticket = await engine.account.admit(caller, 10)
-        await engine.account.reserve(ticket, 0.5, "chatcmpl-x")
+        ticket = await engine.account.open(caller, 10, 0.5, "chatcmpl-x")
         charge = Charge(
             RequestRecord(id="chatcmpl-x", model="big", policy=None, prompt="p", cost_usd=0.2), 10
         )
