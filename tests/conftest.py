@@ -135,8 +135,7 @@ def gateway(upstream: MockUpstream, start_gateway) -> Gateway:
     return start_gateway(make_config(upstream.base_url))
 
 
-@pytest.fixture(scope="session")
-def redis_server():
+def _redis_server():
     from tests.redis_server import RedisServer
 
     srv = RedisServer().start()
@@ -144,14 +143,10 @@ def redis_server():
     srv.stop()
 
 
-@pytest.fixture
-def private_redis():
-    """A redis-server of the test's own (to stop, restart or share between processes)."""
-    from tests.redis_server import RedisServer
-
-    srv = RedisServer().start()
-    yield srv
-    srv.stop()
+# one redis-server for the session (tests flush their database: `redis_url`)
+redis_server = pytest.fixture(_redis_server, scope="session", name="redis_server")
+# a redis-server of the test's own (to stop, restart or share between processes)
+private_redis = pytest.fixture(_redis_server, name="private_redis")
 
 
 @pytest.fixture

@@ -50,6 +50,23 @@ def wait_for(fn: Callable[[], T], timeout: float = 30.0, what: str = "condition"
         time.sleep(every)
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Until the server process `proc` answers `url`/health; RuntimeError (with its `log`) when it
+    exits first or does not answer within `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            said = f": {log.read_text()}" if log is not None else ""
+            raise RuntimeError(f"{CLI} exited with {proc.returncode}{said}")
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start within {timeout:g} s")
+
+
 def query(url: str, sql: str, **params) -> list[tuple]:
     """Rows of `sql` on the database at `url` (a ledger's)."""
 
@@ -84,16 +101,8 @@ class Replica:
         )
 
     def wait_up(self) -> Replica:
-        for _ in range(400):
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica exited with {self.proc.returncode}")
-            time.sleep(0.1)
-        raise RuntimeError("replica did not start")
+        wait_healthy(self.url, self.proc, 40.0)
+        return self
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ import yaml
 from router.cli.serve import MEMORY_STATE_WARNING
 from tests.conftest import pool
 from tests.servers import free_port
-from tests.support import CLI
+from tests.support import CLI, wait_healthy
 
 ASK = {"model": "cheap", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
 
@@ -37,16 +36,8 @@ class Served:
         )
 
     def wait_up(self) -> Served:
-        for _ in range(1200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.log.read_text()}")
-            time.sleep(0.1)
-        raise RuntimeError("serve did not start")
+        wait_healthy(f"http://127.0.0.1:{self.port}", self.proc, 120.0, self.log)
+        return self
 
     def workers(self) -> list[psutil.Process]:
         """The serving processes (uvicorn's supervisor also starts a resource tracker: no socket)."""
