@@ -343,7 +343,7 @@ class OutageSettings(_Strict):
     retry_every_s: float = Field(2.0, gt=0)  # while down, try Redis again this often
     # a stalled Redis may have run a money script whose answer timed out: ask again with the same
     # id for this long before treating it as an outage (docs/state.md "Exactly once")
-    replay_s: float = Field(5.0, ge=0)
+    replay_s: float = Field(3.0, ge=0)
     applied_ttl_s: int = Field(86400, gt=0)  # how long an admission's / settlement's id is remembered
     spill_path: str | None = None  # where buffered records go past 100k entries (default ~/.cache/moe-router)
 

@@ -135,6 +135,12 @@ class Metrics:
         self.state_errors = Counter(
             p + "state_errors", "Shared-state (Redis) operations that failed and degraded", ["op"], registry=r
         )
+        self.state_replays = Counter(
+            p + "state_replays",
+            "Money scripts asked again under the same id because Redis stalled (an answer timed out)",
+            ["op"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -228,6 +228,8 @@ def test_two_gateways_through_a_stall_book_each_request_once(srv, upstream, star
     spent = sum(int(r.get(k)) for k in r.keys(f"moe:budget:key:{rec.id}:*"))
     assert spent == sum(to_micros(x["cost_usd"]) for x in records)
     assert spent <= to_micros(0.07) + max(to_micros(x["reserved_usd"]) for x in records)
+    replays = httpx.get(gws[0].url + "/metrics").text + httpx.get(gws[1].url + "/metrics").text
+    assert "moe_router_state_replays_total{" in replays  # the stall was met, and asked through
 
 
 async def _put(url: str, rec) -> None:

@@ -229,7 +229,7 @@ return out
 """
 )
 
-REPLAY_S = 5.0
+REPLAY_S = 3.0
 
 
 class RedisMoney:
@@ -238,15 +238,16 @@ class RedisMoney:
     `replay_s`: how long a script whose answer timed out (or that Redis refused as busy) is asked
     again with the same id before the failure is reported as an outage."""
 
-    def __init__(self, redis, keys, limits, budgets, log, health, replay_s: float = REPLAY_S):
+    def __init__(self, redis, keys, limits, budgets, log, health, replay_s: float = REPLAY_S, metrics=None):
         self.redis = redis
         self.keys, self.limits, self.budgets, self.log, self.health = keys, limits, budgets, log, health
         self.replay_s = replay_s
+        self.metrics = metrics
         self.replays = 0  # scripts asked again after a stall (for tests and metrics)
         self._admit = redis.register_script(_ADMIT)
         self._settle = redis.register_script(_SETTLE)
 
-    async def _once(self, script, keys: list[str], args: list[Any]):
+    async def _once(self, op: str, script, keys: list[str], args: list[Any]):
         """Run an id-carrying script; on a stall ask again with the same id (the marker makes a
         second run a no-op, so whichever of the two Redis runs first is the one that counts)."""
         loop = asyncio.get_running_loop()
@@ -258,6 +259,8 @@ class RedisMoney:
                 if not is_stall(e) or loop.time() >= deadline:
                     raise
                 self.replays += 1
+                if self.metrics is not None:
+                    self.metrics.state_replays.labels(op).inc()
 
     async def admit(self, a: Admit) -> Admitted | Refused:
         keys: list[str] = [self.budgets.applied_key(a.id)]
@@ -290,7 +293,7 @@ class RedisMoney:
             if a.event is not None:
                 keys.append(self.log.stream_key)
                 args += [self.log.max_entries, json.dumps(a.event)]
-        res = await self._once(self._admit, keys, args)
+        res = await self._once("admission", self._admit, keys, args)
         kind = int(res[0])
         if kind in (0, 5):
             reservation = None
@@ -337,7 +340,7 @@ class RedisMoney:
         for model, latency_ms in s.successes:
             keys += self.health.keys_of(model)
             args += [latency_ms, self.health.ewma_alpha, self.health.window]
-        _, *counters = await self._once(self._settle, keys, args)
+        _, *counters = await self._once("settlement", self._settle, keys, args)
         return left_of(s.scopes, counters) if r is not None and len(s.scopes) == nb else ()
 
 

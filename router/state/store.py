@@ -140,7 +140,7 @@ class RedisStore(Store):
         )
         self.health = ResilientHealth(shared, health.memory(), o)
         self.money = ResilientMoney(
-            RedisMoney(r, keys, limits, budgets_, log_, shared, replay_s),
+            RedisMoney(r, keys, limits, budgets_, log_, shared, replay_s, metrics),
             ComposedMoney(self.keys, self.limits, self.budgets, self.log, self.health),
             o,
             self.keys,
