@@ -120,7 +120,7 @@ async def rounds(srv: RedisServer, fault, n: int = 4, **store_kw) -> list[RedisS
     for i in range(1, n + 1):
         t = threading.Thread(target=fault, args=(srv,))
         t.start()
-        await asyncio.sleep(0.2)  # the fault has begun
+        await asyncio.sleep(0.3)  # the fault has begun
         work = [book(h) for h in held] + [admit(s, f"r{i}-{j}") for j, s in enumerate(replicas)]
         got = await asyncio.gather(*work)
         held = [h for h in got[len(held) :] if h]
