@@ -133,6 +133,23 @@ async def rounds(srv: RedisServer, fault, n: int = 4, **store_kw) -> list[RedisS
     return replicas
 
 
+async def test_an_id_is_admitted_and_settled_once_however_often_it_is_sent(srv):
+    s = RedisStore(srv.url)
+    rec = RequestRecord(id="x", model="m", policy=None, prompt="p", cost_usd=COST, owner="payer")
+    first, again = [await admit(s, "x") for _ in range(2)]
+    assert first[2].reservation.epoch == again[2].reservation.epoch
+    assert int(srv.client().get(BUCKET)) == to_micros(RESERVE)  # reserved once
+    for _ in range(2):
+        left = await s.money.settle(Settle(first[2].reservation, SCOPES, COST, record=rec, id="x"))
+        assert left == (to_micros(LIMIT - COST),)  # what is left, either way
+    assert int(srv.client().get(BUCKET)) == to_micros(COST)
+    # the components' way (an outage's queue) finds it settled too
+    assert await s.budgets.primary.settle(first[2].reservation, COST) is False
+    await s.log.record_request(rec)
+    assert len(assert_books(srv, RESERVE)) == 1
+    await s.aclose()
+
+
 async def test_a_stalled_redis_applies_each_settlement_once(srv):
     replicas = await rounds(srv, stall)
     records = assert_books(srv, RESERVE)
