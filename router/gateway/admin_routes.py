@@ -257,6 +257,7 @@ def admin_routes(engine: Engine) -> APIRouter:
     async def models():
         names = [m.name for m in config.models]
         health = await store.health.snapshot(names)
+        experts = engine.metrics.expert_load()  # this replica's, since it started
         out = []
         for spec in config.models:
             h = health.get(spec.name)
@@ -275,6 +276,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                     "latency_ewma_ms": h.ewma_ms if h else None,
                     "latency_p95_ms": h.p95_ms if h else None,
                     "samples": h.samples if h else 0,
+                    "experts": experts.get(spec.name),
                 }
             )
         return _no_store({"object": "list", "data": out})
