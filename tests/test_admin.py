@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from router.cli import app as cli
 from tests.conftest import make_config, pool
+from tests.promtext import sample
 from tests.upstream import Fail
 
 MASTER = "mk-" + "a" * 40
@@ -366,3 +367,21 @@ def _probe(gw, op, mode):
         probe()
     except Unsatisfiable:
         assert mode == GenerationMode.NEGATIVE  # nothing to break: an operation without parameters
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_post_and_patch_read_json_whatever_the_content_type(gw, content_type):
+    """`curl -d` / `curl -X PATCH -d` send a form type: both methods read the body as JSON."""
+    headers = {**ADMIN, **({"content-type": content_type} if content_type else {})}
+    r = gw.post("/admin/keys", content=b'{"name": "carol", "rpm": 5}', headers=headers)
+    assert r.status_code == 201, r.text
+    r = httpx.patch(gw.url + "/admin/keys/carol", content=b'{"rpm": 7}', headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["rpm"] == 7
+    r = httpx.patch(gw.url + "/admin/keys/carol", content=b"rpm=7", headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    metrics = gw.get("/metrics", headers=ADMIN).text
+    # counted under the route they reached, not "unmatched", though their content type was rewritten
+    assert sample(metrics, "moe_router_requests_total", endpoint="/admin/keys", status="201") == 1
+    assert sample(metrics, "moe_router_requests_total", endpoint="/admin/keys/{name}", status="200") == 1
+    assert sample(metrics, "moe_router_requests_total", endpoint="unmatched", status="201") is None
