@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from router.cli import app as cli
+from router.config import load_config
 from tests.conftest import make_config, pool
 from tests.promtext import sample
 from tests.upstream import Fail
@@ -385,3 +386,12 @@ def test_post_and_patch_read_json_whatever_the_content_type(gw, content_type):
     assert sample(metrics, "moe_router_requests_total", endpoint="/admin/keys", status="201") == 1
     assert sample(metrics, "moe_router_requests_total", endpoint="/admin/keys/{name}", status="200") == 1
     assert sample(metrics, "moe_router_requests_total", endpoint="unmatched", status="201") is None
+
+
+def test_the_session_says_whose_traffic_the_console_shows(upstream, start_gateway, tmp_path):
+    cfg_file = tmp_path / "team-a.yaml"
+    cfg_file.write_text(yaml.safe_dump({"models": pool(upstream.base_url), "auth": {"master_key": MASTER}}))
+    ledger = f"sqlite+aiosqlite:///{tmp_path}/a.db"
+    gw = start_gateway(load_config(cfg_file, ledger=ledger))
+    s = gw.get("/admin/session", headers=ADMIN).json()
+    assert s["config"] == str(cfg_file) and s["ledger_at"] == ledger

@@ -135,6 +135,9 @@ def admin_routes(engine: Engine) -> APIRouter:
                 "models": [m.name for m in config.chat_models() if m.name not in engine.unavailable],
                 "state": store.kind,
                 "ledger": getattr(engine, "ledger", None) is not None,
+                # whose traffic the console shows: this gateway's config and where its ledger is
+                "config": config.source,
+                "ledger_at": getattr(getattr(engine, "ledger", None), "where", None),
             }
         )
 
