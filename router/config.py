@@ -211,6 +211,11 @@ class ServerSettings(_Strict):
     # load local models (and the routing encoder) at start-up, /ready answering 503 until done;
     # None: on when the pool has local models. Off: they load on their first request.
     warmup: bool | None = None
+    # a second, internal port serving only the Prometheus metrics, without auth (for a scraper
+    # that holds no key); off by default: /metrics on the main port needs the master key once
+    # keys are required. Bound on `metrics_host` (None: the gateway's own bind address).
+    metrics_port: int | None = Field(None, gt=0, lt=65536)
+    metrics_host: str | None = None
 
 
 class DispatchSettings(_Strict):

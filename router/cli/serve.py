@@ -156,6 +156,9 @@ def serve(
 
     cfg = load(config)
     bind_host, bind_port = host or cfg.server.host, port or cfg.server.port
+    cfg.server.host, cfg.server.port = bind_host, bind_port  # server.metrics_host defaults to it
+    if workers > 1 and cfg.server.metrics_port is not None:
+        raise UserError("server.metrics_port needs --workers 1 (each worker would bind it)")
     shown = "localhost" if bind_host in ("127.0.0.1", "0.0.0.0", "::") else bind_host
     url = f"http://{shown}:{bind_port}"
     common = {
