@@ -14,34 +14,12 @@ import typer
 
 from router.cli import app
 from router.cli.options import ConfigOption, UserError, load
-
-# libraries that log every HTTP call or model load at INFO: WARNING unless --log-level debug
-CHATTY = (
-    "httpx",
-    "httpcore",
-    "urllib3",
-    "litellm",
-    "LiteLLM",
-    "LiteLLM Router",
-    "LiteLLM Proxy",
-    "openai",
-    "sentence_transformers",
-    "transformers",
-    "huggingface_hub",
-    "filelock",
-    "accelerate",
-    "alembic",
-)
+from router.quiet import quiet_libraries
 
 
 def quiet(level: str) -> None:
     """Logs are for operators: no progress bars, no per-call lines from HTTP clients."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error" if level != "debug" else "info")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    for name in CHATTY:
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    quiet_libraries(debug=level == "debug")
 
 
 # How `serve --workers N` hands what the parent resolved to its workers (fresh interpreters).
