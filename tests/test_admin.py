@@ -261,6 +261,31 @@ def test_requests_spend_and_overview_from_the_ledger(gw, upstream):
     assert t["savings_usd"] == pytest.approx(t["baseline_cost_usd"] - t["cost_usd"], abs=1e-9)
     assert t["savings_usd"] > 0  # routed requests went to cheaper models than "big"
     assert sum(b["requests"] for b in ov["buckets"]) == 5
+    spent = {}  # spend over time by model adds up to the spend by model
+    for b in ov["buckets"]:
+        for m, usd in b["cost_by_model"].items():
+            spent[m] = spent.get(m, 0.0) + usd
+    assert spent == pytest.approx({r["group"]: r["cost_usd"] for r in by_model if r["group"] != "none"})
+
+
+def test_requests_search_their_prompts(gw):
+    for text in ("Tell me about 100% of the Rhine", "Name a river in Egypt", "the RHINE again"):
+        body = {**ASK, "messages": [{"role": "user", "content": text}]}
+        assert gw.post("/v1/chat/completions", json=body, headers=ADMIN).status_code == 200
+    wait_for(lambda: len(gw.get("/admin/requests", headers=ADMIN).json()["data"]) >= 3)
+
+    def found(q: str) -> list[str]:
+        rows = gw.get("/admin/requests", params={"q": q}, headers=ADMIN).json()["data"]
+        return sorted(r["prompt"] for r in rows)
+
+    assert found("rhine") == ["Tell me about 100% of the Rhine", "the RHINE again"]  # any case
+    assert found("100%") == ["Tell me about 100% of the Rhine"]  # % is a character, not a wildcard
+    assert found("_") == [] and found("%") == ["Tell me about 100% of the Rhine"]
+    assert found("Danube") == []
+    rows = gw.get("/admin/requests", params={"q": "rhine", "limit": 1}, headers=ADMIN).json()["data"]
+    assert [r["prompt"] for r in rows] == ["the RHINE again"]  # newest first, with the other filters
+    too_long = gw.get("/admin/requests", params={"q": "x" * 201}, headers=ADMIN)
+    assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "query.q"
 
 
 @pytest.mark.parametrize(

@@ -195,9 +195,11 @@ def admin_routes(engine: Engine) -> APIRouter:
         limit: int = Query(50, ge=1, le=500),
         since: float | None = Query(None, ge=0),
         before: float | None = Query(None, ge=0),
+        q: str | None = Query(None, max_length=200),
     ):
         rows = await ledger(
             "recent",
+            prompt=q,
             limit=limit,
             key=key,
             model=model,
