@@ -385,6 +385,18 @@ def test_serve_on_a_taken_port_says_so_in_one_line_and_never_that_it_listens(tmp
     assert "listening on" not in r.stdout + r.stderr and "moe-router: config" not in r.stderr
 
 
+def test_a_metrics_port_with_several_workers_is_refused_in_one_line(tmp_path, upstream):
+    cfg = write_config(tmp_path, pool(upstream.base_url), server={"metrics_port": free_port()})
+    r = subprocess.run(
+        [CLI, "serve", "-c", str(cfg), "--port", str(free_port()), "--workers", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one_line_error(r) == "error: server.metrics_port needs --workers 1 (each worker would bind it)"
+
+
 # ---- the README and the examples ---------------------------------------------------------------
 def test_readme_install_line_and_cpu_index_advice():
     readme = (ROOT / "README.md").read_text()
