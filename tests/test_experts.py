@@ -26,7 +26,8 @@ def moe_gateway(tmp_path, start_gateway):
     out = tmp_path / "tiny"
     r = subprocess.run([CLI, "tiny-moe", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    config_path = out / "moe-router.yaml"
+    assert "%|" not in r.stderr and "it/s" not in r.stderr  # no progress bars
+    config_path = out / "tiny-moe.yaml"
     assert f"moe-router serve --config {config_path}" in r.stdout
     assert (out / "model" / "config.json").is_file()
     again = subprocess.run([CLI, "tiny-moe", "--out", str(out)], capture_output=True, text=True, timeout=300)

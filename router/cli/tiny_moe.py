@@ -10,6 +10,7 @@ import yaml
 
 from router.cli import app
 from router.cli.options import UserError
+from router.quiet import quiet_libraries
 
 MODEL_NAME = "tiny-moe"
 
@@ -21,7 +22,9 @@ def tiny_moe_config(model_dir: Path) -> dict:
             {
                 "name": MODEL_NAME,
                 "backend": "transformers",
-                "params": {"path": str(model_dir.resolve()), "max_new_tokens": 32},
+                "params": {"path": str(model_dir.resolve())},
+                # random words: a few dozen are enough to watch the experts, and quick on a CPU
+                "max_output_tokens": 32,
             }
         ]
     }
@@ -32,8 +35,9 @@ def tiny_moe(
     out: Path = typer.Option(..., "--out", help="directory for the model and its config (created)"),
 ) -> None:
     """Build a tiny random Mixtral (4 experts, top-2; its answers are random words) in OUT and a
-    config, OUT/moe-router.yaml, that serves it: expert load then shows on /metrics, in the
+    config, OUT/tiny-moe.yaml, that serves it: expert load then shows on /metrics, in the
     x-moe-router-experts header and on the console's Overview."""
+    quiet_libraries()  # before transformers is imported: no progress bars
     from adapters.tiny_moe import build_tiny_moe
 
     model_dir = out / "model"
@@ -41,7 +45,7 @@ def tiny_moe(
         raise UserError(f"{model_dir} is not empty: pick another --out")
     model_dir.mkdir(parents=True, exist_ok=True)
     build_tiny_moe(model_dir)
-    config = out / "moe-router.yaml"
+    config = out / "tiny-moe.yaml"
     config.write_text(yaml.safe_dump(tiny_moe_config(model_dir), sort_keys=False))
     typer.echo(f"model: {model_dir}")
     typer.echo(f"config: {config}")
