@@ -353,6 +353,18 @@ def test_header_holds_together_at_420_px_and_says_whose_traffic(gw, browser):
         whose_box = page.eval_on_selector("#whose", "e => e.getBoundingClientRect().right")
         assert whose_box <= 420
         shot(page, "narrow")
+        page.wait_for_selector("#ov-models tr[data-model]")
+        filled = {
+            "overview": "#ov-spend-model tr[data-group]",
+            "requests": "#rq-table tr.request",
+            "keys": "#key-create",
+            "policies": "#pol-frontiers canvas",
+            "playground": "#pg-form",
+        }
+        for name, selector in filled.items():  # no page scrolls sideways: wide tables scroll inside
+            page.click(f"nav a[data-page={name}]")
+            page.wait_for_selector(f"#page-{name}:not([hidden]) {selector}")
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 420, name
     finally:
         ctx.close()
 
