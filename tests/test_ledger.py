@@ -547,7 +547,17 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
     )
     assert sum(b["requests"] for b in buckets) == 3
     assert {m: n for b in buckets for m, n in b["by_model"].items()} == {"cheap": 1, "big": 1}
-    assert set(buckets[0]) == {"t", "requests", "errors", "p50_ms", "p95_ms", "cost_usd", "by_model"}
+    assert set(buckets[0]) == {
+        "t",
+        "requests",
+        "errors",
+        "p50_ms",
+        "p95_ms",
+        "cost_usd",
+        "by_model",
+        "cost_by_model",
+    }
+    assert {m for b in buckets for m in b["cost_by_model"]} == {"cheap", "big"}
     with pytest.raises(ValueError):
         asyncio.run(_bad_overview(url))
 
