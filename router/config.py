@@ -203,7 +203,11 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = Field(1_048_576, gt=0)  # larger bodies get 413
-    max_messages: int = Field(1024, gt=0)
+    max_messages: int = Field(1024, gt=0)  # turns in `messages` (or a responses `input`): more get 400
+    max_tools: int = Field(128, gt=0)  # entries in `tools`: more get 400
+    # a JSON body nested deeper gets 400, one with more objects and arrays 413 (router/gateway/body_shape.py)
+    max_json_depth: int = Field(64, gt=1)
+    max_json_containers: int = Field(20_000, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)  # a request body not received in full by then gets 408
     # load local models (and the routing encoder) at start-up, /ready answering 503 until done;
     # None: on when the pool has local models. Off: they load on their first request.

@@ -126,17 +126,23 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
     async def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    auth = engine.config.auth
+    auth, server = engine.config.auth, engine.config.server
     app.add_middleware(
         Edge,
         authenticate=engine.authenticate,
         public_paths=PUBLIC_PATHS + (OPERATOR_PATHS if auth.public_metrics else ()),
         operator_paths=() if auth.public_metrics else OPERATOR_PATHS,
-        max_bytes=engine.config.server.max_body_bytes,
-        body_timeout_s=engine.config.server.body_timeout_s,
+        max_bytes=server.max_body_bytes,
+        body_timeout_s=server.body_timeout_s,
         metrics=metrics,
         admin_prefixes=ADMIN_PREFIXES,
         console_prefixes=CONSOLE_PREFIXES,
+        shape_limits={
+            "max_depth": server.max_json_depth,
+            "max_containers": server.max_json_containers,
+            "max_messages": server.max_messages,
+            "max_tools": server.max_tools,
+        },
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

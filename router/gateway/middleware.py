@@ -10,7 +10,9 @@
   under the admin prefixes (`/admin`) only the master key passes — everyone is refused when none is
   configured; under the console prefixes (`/ui`, pages and static files that hold no data) a
   request without credentials passes, and one with credentials must carry the master key;
-  reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type).
+  reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type),
+  parses it once and refuses shapes that would cost far more than their size (`body_shape`); the
+  parsed body is handed on in `scope["state"]["json"]` so the route does not parse it again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
 
+import orjson
+
 from router.errors import Forbidden, PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
+from router.gateway.body_shape import check_shape, check_size
 from router.gateway.errors import render
 from router.gateway.json_response import dumps
 from router.metrics import Metrics
@@ -79,6 +84,7 @@ class Edge:
         metrics: Metrics | None = None,
         admin_prefixes: Collection[str] = (),
         console_prefixes: Collection[str] = (),
+        shape_limits: dict[str, int] | None = None,
     ):
         self.app = app
         self.authenticate = authenticate
@@ -89,6 +95,7 @@ class Edge:
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
+        self.shape_limits = shape_limits
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -132,6 +139,20 @@ class Edge:
             return await send_error(send, err, self.metrics, path)
         if scope["method"] == "POST" and seen:
             scope = _as_json(scope, headers)
+            data = b"".join(chunks)
+            chunks = [data]
+            try:
+                if self.shape_limits is not None:
+                    check_size(data, max_containers=self.shape_limits["max_containers"])
+                parsed = orjson.loads(data)
+                if self.shape_limits is not None:
+                    check_shape(parsed, path, **self.shape_limits)
+            except orjson.JSONDecodeError:
+                pass  # the route answers 400 invalid_json, naming the fault
+            except RouterError as e:
+                return await send_error(send, e, self.metrics, path)
+            else:
+                scope.setdefault("state", {})["json"] = parsed
         replayed = False
 
         async def replay():
