@@ -208,6 +208,11 @@ class ServerSettings(_Strict):
     # a JSON body nested deeper gets 400, one with more objects and arrays 413 (router/gateway/body_shape.py)
     max_json_depth: int = Field(64, gt=1)
     max_json_containers: int = Field(20_000, gt=0)
+    # web origins (`https://app.example.com`, or `*`) whose pages may call the gateway from a browser;
+    # every other site's requests that change state are refused (router/gateway/browsers.py)
+    cors_origins: list[str] = Field(default_factory=list)
+    # names besides localhost that a loopback-bound gateway answers to in `Host` (DNS rebinding guard)
+    allowed_hosts: list[str] = Field(default_factory=list)
     body_timeout_s: float = Field(30.0, gt=0)  # a request body not received in full by then gets 408
     # load local models (and the routing encoder) at start-up, /ready answering 503 until done;
     # None: on when the pool has local models. Off: they load on their first request.

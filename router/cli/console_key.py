@@ -13,7 +13,6 @@ A gateway bound to any other address never makes one: the operator sets `auth.ma
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -21,17 +20,9 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from router.config import RouterConfig
+from router.gateway.browsers import is_loopback
 
 KEY_FILE = Path("data") / "master-key"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def console_access(cfg: RouterConfig, host: str, key_file: Path = KEY_FILE) -> str:

@@ -70,6 +70,7 @@ def build(cfg, config: Path | None, host: str, url: str, warmup: bool | None, su
 
     if warmup is not None:
         cfg.server.warmup = warmup
+    cfg.server.host = host  # the real bind: a loopback one checks `Host` (router/gateway/browsers.py)
     console = console_access(cfg, host)
     engine = Engine(cfg)
     if summary:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,6 +23,7 @@ from router.engine import Engine
 from router.errors import RouterError
 from router.gateway.admin_routes import admin_routes
 from router.gateway.anthropic_routes import anthropic_routes
+from router.gateway.browsers import BrowserGuard
 from router.gateway.console import console_routes
 from router.gateway.errors import render
 from router.gateway.json_response import JSONResponse
@@ -143,6 +145,17 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
             "max_messages": server.max_messages,
             "max_tools": server.max_tools,
         },
+        browsers=BrowserGuard(
+            bind_host=server.host, cors_origins=server.cors_origins, allowed_hosts=server.allowed_hosts
+        ),
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
+    if server.cors_origins:  # outermost: answers the preflights of the allowed origins' pages
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=server.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-api-key", "api-key", "x-moe-router-session"],
+            expose_headers=["*"],
+        )
     return app

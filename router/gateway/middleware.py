@@ -10,6 +10,7 @@
   under the admin prefixes (`/admin`) only the master key passes — everyone is refused when none is
   configured; under the console prefixes (`/ui`, pages and static files that hold no data) a
   request without credentials passes, and one with credentials must carry the master key;
+  refuses what a browser must not do (`browsers`: other sites' pages, rebound hostnames);
   reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type),
   parses it once and refuses shapes that would cost far more than their size (`body_shape`); the
   parsed body is handed on in `scope["state"]["json"]` so the route does not parse it again.
@@ -27,6 +28,7 @@ import orjson
 
 from router.errors import Forbidden, PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
 from router.gateway.body_shape import check_shape, check_size
+from router.gateway.browsers import BrowserGuard, is_json_type
 from router.gateway.errors import render
 from router.gateway.json_response import dumps
 from router.metrics import Metrics
@@ -85,6 +87,7 @@ class Edge:
         admin_prefixes: Collection[str] = (),
         console_prefixes: Collection[str] = (),
         shape_limits: dict[str, int] | None = None,
+        browsers: BrowserGuard | None = None,
     ):
         self.app = app
         self.authenticate = authenticate
@@ -96,6 +99,7 @@ class Edge:
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
         self.shape_limits = shape_limits
+        self.browsers = browsers
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -103,6 +107,8 @@ class Edge:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         path = scope["path"]
+        if self.browsers is not None and (refused := self.browsers.refusal(scope["method"], headers)):
+            return await send_error(send, refused, self.metrics, path)
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await send_error(send, self._too_large(), self.metrics, path)
         raw = api_key(headers)
@@ -182,8 +188,7 @@ def _admin_off() -> Forbidden:
 
 def _as_json(scope, headers: dict[bytes, bytes]):
     """Every POST body here is JSON: say so when the client's Content-Type did not."""
-    ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if ctype == b"application/json" or ctype.endswith(b"+json"):
+    if is_json_type(headers):
         return scope
     rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
     return {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
