@@ -10,6 +10,7 @@ the adapter is built; a model whose variables are unset is listed as unavailable
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from importlib import resources
@@ -450,6 +451,26 @@ class RouterConfig(BaseSettings):
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def secret_values(self) -> frozenset[str]:
+        """Every credential this config holds, resolved: what the log must never show
+        (adapters.redact). Models' secret-named params and headers, every `os.environ/NAME` a
+        model reads, the master key, the passwords in the state and ledger URLs."""
+        from urllib.parse import urlsplit
+
+        from adapters.redact import secret_values
+
+        out: set[str] = set()
+        for m in self.models:
+            out |= secret_values(m.resolved_params())
+            out |= {os.environ[n] for n in m.env_refs() if os.environ.get(n)}
+        if master := self.auth.master():
+            out.add(master)
+        for url in (self.state, self.ledger or ""):
+            with contextlib.suppress(ValueError):
+                if password := urlsplit(url).password:
+                    out.add(password)
+        return frozenset(out)
 
     def chat_models(self) -> list[ModelSpec]:
         """The models that answer chat requests: the routing pool."""
