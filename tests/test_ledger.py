@@ -476,6 +476,7 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
         "group": "alice",
         "requests": 5,
         "errors": 2,
+        "refused": 0,
         "cost_usd": pytest.approx(0.023),
         "prompt_tokens": 50,
         "completion_tokens": 100,
@@ -485,6 +486,7 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
             "group": "coder",
             "requests": 1,
             "errors": 0,
+            "refused": 0,
             "cost_usd": pytest.approx(0.01),
             "prompt_tokens": 10,
             "completion_tokens": 20,
@@ -493,6 +495,7 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
             "group": "cheap",
             "requests": 1,
             "errors": 0,
+            "refused": 0,
             "cost_usd": pytest.approx(0.001),
             "prompt_tokens": 10,
             "completion_tokens": 20,
@@ -517,7 +520,16 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
     )
     assert sum(b["requests"] for b in buckets) == 3
     assert {m: n for b in buckets for m, n in b["by_model"].items()} == {"cheap": 1, "big": 1}
-    assert set(buckets[0]) == {"t", "requests", "errors", "p50_ms", "p95_ms", "cost_usd", "by_model"}
+    assert set(buckets[0]) == {
+        "t",
+        "requests",
+        "errors",
+        "refused",
+        "p50_ms",
+        "p95_ms",
+        "cost_usd",
+        "by_model",
+    }
     with pytest.raises(ValueError):
         asyncio.run(_bad_overview(url))
 

@@ -73,6 +73,7 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, err: RouterError):
+        engine.refusals.note(err, request.scope.get("state", {}).get("caller"), request.url.path)
         return error_response(err, request)
 
     @app.exception_handler(StateUnavailable)
@@ -145,6 +146,7 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
             "max_messages": server.max_messages,
             "max_tools": server.max_tools,
         },
+        on_refused=engine.refusals.note,
         browsers=BrowserGuard(
             bind_host=server.host, cors_origins=server.cors_origins, allowed_hosts=server.allowed_hosts
         ),

@@ -88,6 +88,7 @@ class Edge:
         console_prefixes: Collection[str] = (),
         shape_limits: dict[str, int] | None = None,
         browsers: BrowserGuard | None = None,
+        on_refused: Callable[[RouterError, object, str], None] | None = None,
     ):
         self.app = app
         self.authenticate = authenticate
@@ -100,6 +101,7 @@ class Edge:
         self.metrics = metrics
         self.shape_limits = shape_limits
         self.browsers = browsers
+        self.on_refused = on_refused
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -108,9 +110,9 @@ class Edge:
         length = headers.get(b"content-length")
         path = scope["path"]
         if self.browsers is not None and (refused := self.browsers.refusal(scope["method"], headers)):
-            return await send_error(send, refused, self.metrics, path)
+            return await self._refuse(send, refused, path)
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await send_error(send, self._too_large(), self.metrics, path)
+            return await self._refuse(send, self._too_large(), path)
         raw = api_key(headers)
         admin = _under(path, self.admin_prefixes) or (raw is not None and _under(path, self.console_prefixes))
         if admin or (path not in self.public_paths and not _under(path, self.console_prefixes)):
@@ -119,7 +121,7 @@ class Edge:
                 if admin and not getattr(caller, "admin", False):
                     raise _admin_off()
             except RouterError as e:
-                return await send_error(send, e, self.metrics, path)
+                return await self._refuse(send, e, path)
             except (StateUnavailable, StateFault) as e:
                 return await send_error(send, state_error(e), self.metrics, path)
             scope.setdefault("state", {})["caller"] = caller
@@ -136,7 +138,7 @@ class Edge:
                     body = message.get("body", b"")
                     seen += len(body)
                     if seen > self.max_bytes:
-                        return await send_error(send, self._too_large(), self.metrics, path)
+                        return await self._refuse(send, self._too_large(), path, scope)
                     chunks.append(body)
                     if not message.get("more_body", False):
                         break
@@ -156,7 +158,7 @@ class Edge:
             except orjson.JSONDecodeError:
                 pass  # the route answers 400 invalid_json, naming the fault
             except RouterError as e:
-                return await send_error(send, e, self.metrics, path)
+                return await self._refuse(send, e, path, scope)
             else:
                 scope.setdefault("state", {})["json"] = parsed
         replayed = False
@@ -169,6 +171,12 @@ class Edge:
             return await receive()  # after the body: wait for the disconnect, as servers do
 
         await self.app(scope, replay, send)
+
+    async def _refuse(self, send, err: RouterError, path: str, scope=None) -> None:
+        """Answer `err`, and report it as a refusal (router.refusals) with the caller if known."""
+        if self.on_refused is not None:
+            self.on_refused(err, (scope or {}).get("state", {}).get("caller"), path)
+        await send_error(send, err, self.metrics, path)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
