@@ -46,7 +46,7 @@ async def run(repeats: int) -> dict:
     rows = {}
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=600) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=600) as client:
             warm = {"model": "router", "messages": [{"role": "user", "content": "hello"}]}
             for _ in range(3):
                 await client.post("/v1/route", json=warm)
