@@ -44,6 +44,7 @@ from router.ledger import Ledger, build_ledger
 from router.metrics import Metrics
 from router.planner import Plan, Planner, new_request_id
 from router.policy_set import PolicySet
+from router.refusals import Refusals
 from router.schemas import ChatCompletionRequest, EmbeddingsRequest
 from router.state import FeedbackRecord, HealthOptions, MemoryStore, RedisStore, RequestRecord, Store
 from router.tracing import Tracing, span
@@ -138,6 +139,7 @@ class Engine:
             self.unavailable,
         )
         self.account = Account(self.access, self.store, self.metrics, config.log)
+        self.refusals = Refusals(self.store.log, self.metrics, self.account.spawn)
         self.executor = Executor(config, self.dispatcher, self.policies, self.metrics)
         self.feedbacks = Feedback(
             config, self.store, self.policies, self.access, self.account, self.dispatcher, self.metrics
