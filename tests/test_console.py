@@ -390,6 +390,8 @@ def test_overview_shows_local_moe_expert_load(upstream, start_gateway, tiny_moe_
         assert row.locator(".expert").count() == NUM_EXPERTS
     # this gateway keeps no ledger: the traffic charts say so, the expert load is shown anyway
     assert "ledger is off" in page.text_content("#banner")
+
+
 def test_refusals_show_on_the_overview_and_the_requests_page(gw, page):
     created = gw.post("/admin/keys", json={"name": "old-laptop"}, headers=ADMIN).json()
     assert httpx.delete(gw.url + "/admin/keys/old-laptop", headers=ADMIN).status_code == 200
