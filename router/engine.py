@@ -35,6 +35,7 @@ from router.account import Account, Charge, RequestHealth, Ticket
 from router.caching import CacheHit, ResponseCaching
 from router.capacity import Capacity
 from router.config import ModelSpec, RouterConfig
+from router.conversations import Conversations
 from router.dispatch import Dispatcher, aclose_quietly
 from router.embed_batcher import EmbedBatcher
 from router.errors import BudgetExceeded, RouterError, ServiceUnavailable
@@ -103,6 +104,7 @@ class Engine:
         self.ledger: Ledger | None = build_ledger(config, self.store)  # None: `ledger: none`
         self.access = Access(config, self.store)
         self.caching = ResponseCaching(config.cache, self.store.cache, self.encoder)
+        self.conversations = Conversations(self.store.responses, config.responses)
         self.unavailable: dict[str, str] = {}
         self.adapters: dict[str, Adapter] = {}
         for spec in config.models:
