@@ -3,15 +3,17 @@
 Only the master key reaches these routes: the edge (`middleware.Edge`, `admin_prefixes`) refuses
 every other caller before a route runs, and refuses everyone when no master key is configured.
 Key management calls `router.keys_admin`, the same functions as `moe-router keys`; spend,
-requests and the overview are queries of the request ledger (`engine.ledger`).
+requests and the overview are queries of the request ledger (`engine.ledger`), each called by its
+name (typed), with its errors mapped by `answer`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
@@ -30,12 +32,14 @@ from router.keys_admin import (
     revoke_key,
     update_key,
 )
-from router.ledger import LedgerUnavailable
+from router.ledger import Ledger, LedgerUnavailable
 
 EVAL_REPORT = "eval.json"  # `moe-router eval --report <artifact>/eval.json` puts it where the console looks
 MAX_REPORT_BYTES = 5 << 20
 MAX_BUCKETS = 2000
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+T = TypeVar("T")
 
 
 class KeyUpdate(BaseModel):
@@ -108,15 +112,18 @@ def admin_routes(engine: Engine) -> APIRouter:
     config = engine.config
     store = engine.store
 
-    async def ledger(query: str, **kw: Any) -> Any:
-        """A ledger query; 503 when the ledger is off or its database cannot answer."""
-        led = getattr(engine, "ledger", None)
-        if led is None:
+    def ledger() -> Ledger:
+        """The request ledger; 503 when it is off on this gateway."""
+        if engine.ledger is None:
             raise ServiceUnavailable(
                 "the request ledger is off on this gateway (config 'ledger')", code="ledger_off"
             )
+        return engine.ledger
+
+    async def answer(query: Awaitable[T]) -> T:
+        """A ledger query's answer: 400 for a query it cannot run, 503 when its database cannot answer."""
         try:
-            return await getattr(led, query)(**kw)
+            return await query
         except ValueError as e:
             raise BadRequest(str(e), code="invalid_query") from None
         except LedgerUnavailable as e:
@@ -134,7 +141,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                 "policies": engine.policies.names,
                 "models": [m.name for m in config.chat_models() if m.name not in engine.unavailable],
                 "state": store.kind,
-                "ledger": getattr(engine, "ledger", None) is not None,
+                "ledger": engine.ledger is not None,
             }
         )
 
@@ -180,7 +187,7 @@ def admin_routes(engine: Engine) -> APIRouter:
         since: float | None = Query(None, ge=0),
         until: float | None = Query(None, ge=0),
     ):
-        rows = await ledger("spend", group_by=group_by, since=since, until=until)
+        rows = await answer(ledger().spend(group_by=group_by, since=since, until=until))
         return _no_store({"object": "list", "group_by": group_by, "data": rows})
 
     @api.get("/requests")
@@ -193,21 +200,16 @@ def admin_routes(engine: Engine) -> APIRouter:
         since: float | None = Query(None, ge=0),
         before: float | None = Query(None, ge=0),
     ):
-        rows = await ledger(
-            "recent",
-            limit=limit,
-            key=key,
-            model=model,
-            policy=policy,
-            status=status,
-            since=since,
-            before=before,
+        rows = await answer(
+            ledger().recent(
+                limit=limit, key=key, model=model, policy=policy, status=status, since=since, before=before
+            )
         )
         return _no_store({"object": "list", "data": rows})
 
     @api.get("/requests/{request_id}")
     async def request_detail(request_id: str = PathParam(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")):
-        row = await ledger("get", request_id=request_id)
+        row = await answer(ledger().get(request_id))
         if row is None:
             raise NotFound(f"no request {request_id!r} in the ledger", code="request_not_found")
         return _no_store(row)
@@ -226,7 +228,11 @@ def admin_routes(engine: Engine) -> APIRouter:
                 code="invalid_query",
             )
         return _no_store(
-            {"since": since, "bucket_s": bucket_s, **await ledger("overview", since=since, bucket_s=bucket_s)}
+            {
+                "since": since,
+                "bucket_s": bucket_s,
+                **await answer(ledger().overview(since=since, bucket_s=bucket_s)),
+            }
         )
 
     # ---- policies and models -------------------------------------------------------------------
