@@ -64,63 +64,74 @@ def entry_size(owner: str, parent: str | None, body_json: str) -> int:
 
 
 class MemoryResponses:
+    """In process. Entries are kept in expiry order (one TTL for all: a write or a renewal moves an
+    entry to the end), so pruning looks only at what expired; bytes are a running total per owner."""
+
     def __init__(self, max_items: int = 100_000, clock=time.monotonic):
         self._items: dict[str, tuple[float, Entry]] = {}
-        self._owned: dict[str, dict[str, int]] = {}  # owner -> {id: size}
+        self._used: dict[str, int] = {}
         self.max_items = max_items
         self._clock = clock
 
     def _prune(self) -> None:
         now = self._clock()
-        for rid in [r for r, (exp, _) in self._items.items() if exp < now]:
+        while self._items:
+            rid, (expiry, _) = next(iter(self._items.items()))
+            if expiry >= now and len(self._items) <= self.max_items:
+                break
             self._drop(rid)
-        while len(self._items) > self.max_items:  # oldest writes first (dicts keep insertion order)
-            self._drop(next(iter(self._items)))
 
     def _drop(self, rid: str) -> None:
         _, e = self._items.pop(rid)
-        self._owned.get(e.owner, {}).pop(rid, None)
+        left = self._used.get(e.owner, 0) - e.size
+        if left > 0:
+            self._used[e.owner] = left
+        else:
+            self._used.pop(e.owner, None)
+
+    def _live(self, rid: str | None) -> Entry | None:
+        got = self._items.get(rid) if rid is not None else None
+        return got[1] if got is not None and got[0] >= self._clock() else None
 
     async def put(self, entry: Entry, ttl_s: float, limit: int) -> Stored:
         self._prune()
-        owned = self._owned.setdefault(entry.owner, {})
-        used = sum(owned.values())
+        if entry.id in self._items:
+            self._drop(entry.id)
+        used = self._used.get(entry.owner, 0)
         if limit and used + entry.size > limit:
             return Stored(False, used)
         expiry = self._clock() + ttl_s
-        self._items.pop(entry.id, None)
         self._items[entry.id] = (expiry, entry)
-        owned[entry.id] = entry.size
-        parent = entry.parent
-        for _ in range(MAX_CHAIN):
-            if parent is None or parent not in self._items:
+        self._used[entry.owner] = used + entry.size
+        parent = self._live(entry.parent)
+        for _ in range(MAX_CHAIN):  # renewed: moved to the end, as a fresh write
+            if parent is None:
                 break
-            p = self._items.pop(parent)[1]  # renewed: moved to the end, like a fresh write
-            self._items[parent] = (expiry, p)
-            parent = p.parent
+            del self._items[parent.id]
+            self._items[parent.id] = (expiry, parent)
+            parent = self._live(parent.parent)
         return Stored(True, used + entry.size)
 
     async def chain(self, response_id: str) -> list[Entry]:
         self._prune()
         out: list[Entry] = []
-        rid: str | None = response_id
-        while rid is not None and rid in self._items and len(out) < MAX_CHAIN:
-            e = self._items[rid][1]
+        e = self._live(response_id)
+        while e is not None and len(out) < MAX_CHAIN:
             out.append(e)
-            rid = e.parent
+            e = self._live(e.parent)
         return out[::-1]
 
     async def delete(self, response_id: str, owner: str) -> bool:
         self._prune()
-        got = self._items.get(response_id)
-        if got is None or got[1].owner != owner:
+        e = self._live(response_id)
+        if e is None or e.owner != owner:
             return False
         self._drop(response_id)
         return True
 
     async def used(self, owner: str) -> int:
         self._prune()
-        return sum(self._owned.get(owner, {}).values())
+        return self._used.get(owner, 0)
 
 
 # KEYS: the owner's index (zset of "id|size" by expiry ms) and byte counter.
