@@ -218,3 +218,29 @@ def test_memory_state_gateway_serves_the_same_verbs(upstream, start_gateway):
     with pytest.raises(openai.NotFoundError):
         o.responses.retrieve(r2.id)
     assert isinstance(gw.engine.store, MemoryStore)
+
+
+def test_an_outage_makes_reads_a_503_and_skips_writes():
+    from router.state import StateUnavailable
+    from tests.redis_server import RedisServer
+
+    srv = RedisServer().start()
+
+    async def run():
+        s = RedisStore(srv.url, timeout_s=0.3, retry_every_s=0.1)
+        e = Entry("resp_a", "k", None, 100, {"input": [], "response": {}})
+        assert (await s.responses.put(e, 60, 0)).ok
+        assert [x.id for x in await s.responses.chain("resp_a")] == ["resp_a"]
+        srv.stop()
+        with pytest.raises(StateUnavailable):
+            await s.responses.chain("resp_a")
+        with pytest.raises(StateUnavailable):
+            await s.responses.delete("resp_a", "k")
+        assert not (await s.responses.put(Entry("resp_b", "k", "resp_a", 10, {}), 60, 0)).ok  # skipped
+        assert await s.responses.used("k") == 0  # nothing refused for a count it cannot read
+        await s.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        srv.stop()
