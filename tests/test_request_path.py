@@ -76,3 +76,10 @@ def test_a_streamed_cache_hit_says_so_in_every_format(upstream, start_gateway):
         assert b"response.completed" in r.read()
     # messages asks for its own max_tokens (its own cache entry); the Responses request is the chat's
     assert len(upstream.calls("cheap")) == calls + 1
+
+
+def test_the_engine_offers_what_the_routes_are_typed_against(gateway):
+    from router.gateway.engine_client import EngineClient
+
+    names = [n for n in vars(EngineClient) if not n.startswith("_")] + list(EngineClient.__annotations__)
+    assert [n for n in names if not hasattr(gateway.engine, n)] == []
