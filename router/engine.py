@@ -169,10 +169,10 @@ class Engine(Parts):
         caller = caller or Caller()
         with self._traced("chat"):
             admitted = await self._admit(req, caller, session)
-            ticket, plan = admitted.ticket, admitted.plan
-            if admitted.hit is not None:
-                return admitted.hit.result, await self._account_cached(req, ticket, admitted.hit)
+            ticket, plan, hit = admitted.ticket, admitted.plan, admitted.hit
             try:
+                if hit is not None:
+                    return hit.result, await self._account_cached(req, ticket, hit)
                 with span("dispatch"):
                     result, outcome = await self.executor.chat(plan, req)
             except BaseException as e:
@@ -196,11 +196,13 @@ class Engine(Parts):
             with self.tracing.use(request_span):
                 admitted = await self._admit(req, caller, session)
                 ticket, plan, hit = admitted.ticket, admitted.plan, admitted.hit
-                if hit is not None:
-                    outcome = await self._account_cached(req, ticket, hit)
-                    self.tracing.end(request_span)
-                    return StreamHandle(outcome.plan, hit.model, [], _replay(hit.result), outcome, cache=hit)
                 try:
+                    if hit is not None:
+                        outcome = await self._account_cached(req, ticket, hit)
+                        self.tracing.end(request_span)
+                        return StreamHandle(
+                            outcome.plan, hit.model, [], _replay(hit.result), outcome, cache=hit
+                        )
                     with span("dispatch"):
                         handle = await self.executor.open_stream(plan, req)
                 except BaseException as e:
@@ -295,7 +297,8 @@ class Engine(Parts):
 
     async def _account_failure(self, plan: Plan | None, ticket: Ticket, err: BaseException) -> None:
         """Settle a request that failed after admission: the reservation goes back, the failure
-        is recorded (nothing is recorded when there was no plan to record)."""
+        is recorded (nothing is recorded when there was no plan to record; a ticket already
+        settling keeps its first settlement)."""
         charge = None
         if plan is not None:
             charge = Charge(records.failed(plan, ticket, err), plan.prompt_tokens, observe_latency=False)
