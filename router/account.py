@@ -31,6 +31,7 @@ import contextvars
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ class Ticket:
     reservation: Reservation | None = None
     settlement: asyncio.Task | None = field(default=None, repr=False)
     scopes: Sequence[BudgetScope] = ()  # of the reservation
+    id: str = ""  # the request's: its admission and settlement are each applied once under it
 
     @property
     def settled(self) -> bool:
@@ -94,27 +96,27 @@ class Account:
             "usd": to_micros(usd or 0.0) / MICROS,
             "created": time.time(),
         }
-        admitting = asyncio.ensure_future(self.access.open(caller, tokens, usd, event))
+        admitting = asyncio.ensure_future(self.access.open(caller, tokens, usd, event, request_id))
         try:
             got = await asyncio.shield(admitting)
         except asyncio.CancelledError:
-            admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t))
+            admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t, request_id))
             raise
-        return self._ticket(caller, tokens, got.window, got.reservation)
+        return self._ticket(caller, tokens, got.window, got.reservation, request_id)
 
     def _ticket(
-        self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None
+        self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None, id: str = ""
     ) -> Ticket:
-        ticket = Ticket(caller, tokens, window, reservation)
+        ticket = Ticket(caller, tokens, window, reservation, id=id or uuid.uuid4().hex)
         if reservation is not None:
             ticket.scopes = self.access.scopes(caller)
         self._open.add(ticket)
         return ticket
 
-    def _give_back(self, caller: Caller, tokens: int, admitting: asyncio.Future) -> None:
+    def _give_back(self, caller: Caller, tokens: int, admitting: asyncio.Future, id: str) -> None:
         if not admitting.cancelled() and admitting.exception() is None:
             got = admitting.result()
-            self.settle(self._ticket(caller, tokens, got.window, got.reservation), None)
+            self.settle(self._ticket(caller, tokens, got.window, got.reservation, id), None)
 
     async def admit(self, caller: Caller, tokens: int) -> Ticket:
         """Rate limits (429 when over). Nothing to settle yet if this raises."""
@@ -123,7 +125,8 @@ class Account:
 
     async def reserve(self, ticket: Ticket, usd: float, request_id: str) -> None:
         """Hold `usd` in every budget scope of the caller (429 when one cannot cover it)."""
-        ticket.reservation = await self.access.reserve(ticket.caller, usd)
+        ticket.id = request_id
+        ticket.reservation = await self.access.reserve(ticket.caller, usd, request_id)
         ticket.scopes = self.access.scopes(ticket.caller) if ticket.reservation is not None else ()
         if ticket.reservation is not None:
             await self.store.log.record_event(
@@ -181,6 +184,7 @@ class Account:
             used - ticket.tokens,
             rec,
             charge.successes if charge else [],
+            ticket.id,
         )
         left = await self.store.money.settle(settle)
         if ticket.reservation is None or charge is None:

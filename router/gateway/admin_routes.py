@@ -142,6 +142,9 @@ def admin_routes(engine: Engine) -> APIRouter:
                 "models": [m.name for m in config.chat_models() if m.name not in engine.unavailable],
                 "state": store.kind,
                 "ledger": engine.ledger is not None,
+                # whose traffic the console shows: this gateway's config and where its ledger is
+                "config": config.source,
+                "ledger_at": engine.ledger.where if engine.ledger is not None else None,
             }
         )
 
@@ -199,10 +202,18 @@ def admin_routes(engine: Engine) -> APIRouter:
         limit: int = Query(50, ge=1, le=500),
         since: float | None = Query(None, ge=0),
         before: float | None = Query(None, ge=0),
+        q: str | None = Query(None, max_length=200),
     ):
         rows = await answer(
             ledger().recent(
-                limit=limit, key=key, model=model, policy=policy, status=status, since=since, before=before
+                prompt=q,
+                limit=limit,
+                key=key,
+                model=model,
+                policy=policy,
+                status=status,
+                since=since,
+                before=before,
             )
         )
         return _no_store({"object": "list", "data": rows})
@@ -263,6 +274,7 @@ def admin_routes(engine: Engine) -> APIRouter:
     async def models():
         names = [m.name for m in config.models]
         health = await store.health.snapshot(names)
+        experts = engine.metrics.expert_load()  # this replica's, since it started
         out = []
         for spec in config.models:
             h = health.get(spec.name)
@@ -281,6 +293,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                     "latency_ewma_ms": h.ewma_ms if h else None,
                     "latency_p95_ms": h.p95_ms if h else None,
                     "samples": h.samples if h else 0,
+                    "experts": experts.get(spec.name),
                 }
             )
         return _no_store({"object": "list", "data": out})

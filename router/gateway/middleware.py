@@ -10,7 +10,8 @@
   under the admin prefixes (`/admin`) only the master key passes — everyone is refused when none is
   configured; under the console prefixes (`/ui`, pages and static files that hold no data) a
   request without credentials passes, and one with credentials must carry the master key;
-  reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type).
+  reads any POST, PUT or PATCH body as JSON whatever its Content-Type says (`curl -d` sends a
+  form type).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from router.state import StateUnavailable
 from router.state.degrade import StateFault
 
 log = logging.getLogger("moe_router.gateway")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # their bodies are JSON, whatever the Content-Type
 
 Authenticate = Callable[[str | None, bool], Awaitable[object]]
 
@@ -130,8 +132,8 @@ class Edge:
         except TimeoutError:
             err = RequestTimeout(f"the request body was not received within {self.body_timeout_s:g} s")
             return await send_error(send, err, self.metrics, path)
-        if scope["method"] == "POST" and seen:
-            scope = _as_json(scope, headers)
+        if scope["method"] in BODY_METHODS and seen:
+            _as_json(scope, headers)
         replayed = False
 
         async def replay():
@@ -159,13 +161,14 @@ def _admin_off() -> Forbidden:
     )
 
 
-def _as_json(scope, headers: dict[bytes, bytes]):
-    """Every POST body here is JSON: say so when the client's Content-Type did not."""
+def _as_json(scope, headers: dict[bytes, bytes]) -> None:
+    """Every request body here is JSON: say so when the client's Content-Type did not. In place:
+    the scope is the one `RequestMetrics` reads the matched route from afterwards."""
     ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if ctype == b"application/json" or ctype.endswith(b"+json"):
-        return scope
+        return
     rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-    return {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
+    scope["headers"] = [*rest, (b"content-type", b"application/json")]
 
 
 class RequestMetrics:

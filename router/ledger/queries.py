@@ -46,7 +46,9 @@ async def recent(
     status: str | None = None,
     since: float | None = None,
     before: float | None = None,
+    prompt: str | None = None,
 ) -> list[dict[str, Any]]:
+    """`prompt`: rows whose kept prompt contains it, case-insensitively (`%` and `_` are literal)."""
     q = select(requests)
     for col, value in (
         (requests.c.key, key),
@@ -56,6 +58,8 @@ async def recent(
     ):
         if value is not None:
             q = q.where(col == value)
+    if prompt:
+        q = q.where(requests.c.prompt.icontains(prompt, autoescape=True))
     if since is not None:
         q = q.where(requests.c.created >= since)
     if before is not None:
@@ -154,6 +158,19 @@ def percentile(values: list[float], p: float) -> float | None:
     return round(s[max(0, math.ceil(p / 100 * len(s)) - 1)], 3)
 
 
+def _bucket(t: int) -> dict[str, Any]:
+    # by_model: requests per answering model; cost_by_model: their spend (USD)
+    return {
+        "t": t,
+        "requests": 0,
+        "errors": 0,
+        "cost_usd": 0.0,
+        "by_model": {},
+        "cost_by_model": {},
+        "_lat": [],
+    }
+
+
 async def overview(
     conn: AsyncConnection, models: Sequence[ModelSpec], *, since: float, bucket_s: int = 60, now: float
 ) -> dict[str, Any]:
@@ -168,10 +185,7 @@ async def overview(
         raise ValueError(f"too many buckets (more than {MAX_BUCKETS}): widen bucket_s or narrow the window")
     base = baseline_model(models)
     chat = {m.name for m in models if m.kind == "chat"}
-    buckets = {
-        t: {"t": t, "requests": 0, "errors": 0, "cost_usd": 0.0, "by_model": {}, "_lat": []}
-        for t in range(first, last + 1, bucket_s)
-    }
+    buckets = {t: _bucket(t) for t in range(first, last + 1, bucket_s)}
     totals = {"requests": 0, "errors": 0, "cost_usd": 0.0}
     latencies: list[float] = []
     baseline_cost = priced_cost = 0.0
@@ -183,13 +197,14 @@ async def overview(
         t = math.floor(created / bucket_s) * bucket_s
         b = buckets.get(t)
         if b is None:  # written after `now` was read
-            b = buckets[t] = {"t": t, "requests": 0, "errors": 0, "cost_usd": 0.0, "by_model": {}, "_lat": []}
+            b = buckets[t] = _bucket(t)
         b["requests"] += 1
         b["cost_usd"] += cost
         if status == "error":
             b["errors"] += 1
         if model is not None:
             b["by_model"][model] = b["by_model"].get(model, 0) + 1
+            b["cost_by_model"][model] = b["cost_by_model"].get(model, 0.0) + cost
         if status == "ok" and cache is None and model is not None:
             b["_lat"].append(latency)
             latencies.append(latency)
