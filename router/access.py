@@ -104,7 +104,10 @@ class Access:
             rec, checked = await self.store.keys.get(key_id), True
             self._remember_key(rec, key_id)
         if rec is None or not rec.verify(secret):
-            raise Unauthorized("invalid or revoked API key")
+            err = Unauthorized("invalid or revoked API key")
+            if rec is not None:  # a key of ours (revoked, or a wrong secret): its refusal names it
+                err.caller = Caller(rec)
+            raise err
         return Caller(rec, checked=checked)
 
     async def check(self, caller: Caller) -> None:

@@ -10,6 +10,7 @@ the adapter is built; a model whose variables are unset is listed as unavailable
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -209,7 +210,16 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = Field(1_048_576, gt=0)  # larger bodies get 413
-    max_messages: int = Field(1024, gt=0)
+    max_messages: int = Field(1024, gt=0)  # turns in `messages` (or a responses `input`): more get 400
+    max_tools: int = Field(128, gt=0)  # entries in `tools`: more get 400
+    # a JSON body nested deeper gets 400, one with more objects and arrays 413 (router/gateway/body_shape.py)
+    max_json_depth: int = Field(64, gt=1)
+    max_json_containers: int = Field(20_000, gt=0)
+    # web origins (`https://app.example.com`, or `*`) whose pages may call the gateway from a browser;
+    # every other site's requests that change state are refused (router/gateway/browsers.py)
+    cors_origins: list[str] = Field(default_factory=list)
+    # names besides localhost that a loopback-bound gateway answers to in `Host` (DNS rebinding guard)
+    allowed_hosts: list[str] = Field(default_factory=list)
     body_timeout_s: float = Field(30.0, gt=0)  # a request body not received in full by then gets 408
     # load local models (and the routing encoder) at start-up, /ready answering 503 until done;
     # None: on when the pool has local models. Off: they load on their first request.
@@ -462,6 +472,26 @@ class RouterConfig(BaseSettings):
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def secret_values(self) -> frozenset[str]:
+        """Every credential this config holds, resolved: what the log must never show
+        (adapters.redact). Models' secret-named params and headers, every `os.environ/NAME` a
+        model reads, the master key, the passwords in the state and ledger URLs."""
+        from urllib.parse import urlsplit
+
+        from adapters.redact import secret_values
+
+        out: set[str] = set()
+        for m in self.models:
+            out |= secret_values(m.resolved_params())
+            out |= {os.environ[n] for n in m.env_refs() if os.environ.get(n)}
+        if master := self.auth.master():
+            out.add(master)
+        for url in (self.state, self.ledger or ""):
+            with contextlib.suppress(ValueError):
+                if password := urlsplit(url).password:
+                    out.add(password)
+        return frozenset(out)
 
     def chat_models(self) -> list[ModelSpec]:
         """The models that answer chat requests: the routing pool."""

@@ -42,6 +42,12 @@ class Metrics:
             buckets=DECISION_BUCKETS,
             registry=r,
         )
+        self.refusals = Counter(
+            p + "refusals",
+            "Requests refused before any model (auth, origin, shape, rate limit, budget), by error code",
+            ["code"],
+            registry=r,
+        )
         self.choices = Counter(
             p + "routed", "Routing decisions: model chosen, by policy", ["policy", "model"], registry=r
         )

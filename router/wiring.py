@@ -25,6 +25,7 @@ from router.ledger import Ledger, build_ledger
 from router.metrics import Metrics
 from router.planner import Planner
 from router.policy_set import PolicySet
+from router.refusals import Refusals
 from router.state import HealthOptions, MemoryStore, RedisStore, Store
 from router.tracing import Tracing
 
@@ -96,6 +97,7 @@ class Parts:
     dispatcher: Dispatcher
     planner: Planner
     account: Account
+    refusals: Refusals  # refused requests as ledger records
     executor: Executor
     feedbacks: Feedback
     warmup: bool  # local models load at start and /ready waits for them
@@ -148,6 +150,7 @@ def wire(
         dispatcher=dispatcher,
         planner=planner,
         account=account,
+        refusals=Refusals(store.log, metrics, account.spawn),
         executor=Executor(config, dispatcher, policies, metrics),
         feedbacks=Feedback(config, store, policies, access, account, dispatcher, metrics),
         warmup=warmup,

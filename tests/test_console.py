@@ -390,4 +390,29 @@ def test_overview_shows_local_moe_expert_load(upstream, start_gateway, tiny_moe_
         assert row.locator(".expert").count() == NUM_EXPERTS
     # this gateway keeps no ledger: the traffic charts say so, the expert load is shown anyway
     assert "ledger is off" in page.text_content("#banner")
+
+
+def test_refusals_show_on_the_overview_and_the_requests_page(gw, page):
+    created = gw.post("/admin/keys", json={"name": "old-laptop"}, headers=ADMIN).json()
+    assert httpx.delete(gw.url + "/admin/keys/old-laptop", headers=ADMIN).status_code == 200
+    r = gw.post(
+        "/v1/chat/completions", json=ask("hello"), headers={"authorization": f"Bearer {created['key']}"}
+    )
+    assert r.status_code == 401
+    assert wait_for(lambda: gw.get("/admin/requests?status=refused", headers=ADMIN).json()["data"])
+    login(page, gw.url)
+    page.wait_for_function("() => document.querySelector('#ov-refused').textContent === '1'")
+    assert page.text_content("#ov-requests") == "4"  # served requests only
+    page.click("nav a[data-page=requests]")
+    page.wait_for_selector("#rq-table tr.request")
+    page.select_option("#rq-filter select[name=status]", "refused")
+    page.click("#rq-filter button")
+    page.wait_for_function("() => document.querySelectorAll('#rq-table tr.request').length === 1")
+    row = page.locator("#rq-table tr.request")
+    assert row.locator("td:nth-child(3)").text_content() == "old-laptop"
+    assert row.locator("td:nth-child(8)").text_content() == "refused: invalid_api_key"
+    row.click()
+    page.wait_for_selector("tr.detail p.refusal")
+    assert "invalid or revoked API key" in page.text_content("tr.detail p.refusal")
+    shot(page, "refusals")
     assert page.errors == []

@@ -57,6 +57,7 @@ def main() -> None:
     from router.cli.options import UserError
     from router.config import ConfigError
     from router.policy_set import PolicyError
+    from router.private_files import UnsafeFile
 
     # commands report problems as one line; `serve` turns logging back on at its --log-level
     logging.getLogger("moe_router").setLevel(logging.ERROR)
@@ -69,7 +70,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
-    except (UserError, ConfigError, PolicyError, FileNotFoundError, ValueError) as e:
+    except (UserError, ConfigError, PolicyError, UnsafeFile, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
     except typer.Abort:

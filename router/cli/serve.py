@@ -60,6 +60,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 def build(cfg, config: Path | None, host: str, url: str, warmup: bool | None, summary: bool):
     """The app of one serving process from its config: console key, engine, start-up summary."""
+    from adapters import redact
     from router.cli.console_key import console_access
     from router.cli.summary import summary_lines
     from router.engine import Engine
@@ -67,7 +68,9 @@ def build(cfg, config: Path | None, host: str, url: str, warmup: bool | None, su
 
     if warmup is not None:
         cfg.server.warmup = warmup
+    cfg.server.host = host  # the real bind: a loopback one checks `Host` (router/gateway/browsers.py)
     console = console_access(cfg, host)
+    redact.install(cfg.secret_values())  # on the log's handlers: no record shows a configured secret
     engine = Engine(cfg)
     if summary:
         for line in [*summary_lines(engine, config, url), f"  console: {url}/ui ({console})"]:

@@ -10,6 +10,7 @@ name (typed), with its errors mapped by `answer`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -37,6 +38,7 @@ from router.ledger import Ledger, LedgerUnavailable
 EVAL_REPORT = "eval.json"  # `moe-router eval --report <artifact>/eval.json` puts it where the console looks
 MAX_REPORT_BYTES = 5 << 20
 MAX_BUCKETS = 2000
+MAX_UNIX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 T = TypeVar("T")
@@ -64,6 +66,18 @@ class KeyCreate(KeyUpdate):
 
 class KeyNotFoundError(NotFound):
     code = "key_not_found"
+
+
+def unix_time(name: str, value: float | None) -> float | None:
+    """A query's time bound, or a 400: finite, and a date a database can hold (`inf`, `nan` and
+    `1e300` are not; they used to reach the ledger and come back as an outage)."""
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_UNIX_TIME):
+        raise BadRequest(
+            f"{name} must be a unix time in seconds between 0 and {MAX_UNIX_TIME:.0f}, got {value!r}",
+            param=name,
+            code="invalid_query",
+        )
+    return value
 
 
 def _key_error(e: KeyAdminError) -> RouterError:
@@ -187,9 +201,10 @@ def admin_routes(engine: Engine) -> APIRouter:
     @api.get("/spend")
     async def spend(
         group_by: Literal["key", "model", "day"] = Query("key"),
-        since: float | None = Query(None, ge=0),
-        until: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
+        until: float | None = Query(None),
     ):
+        since, until = unix_time("since", since), unix_time("until", until)
         rows = await answer(ledger().spend(group_by=group_by, since=since, until=until))
         return _no_store({"object": "list", "group_by": group_by, "data": rows})
 
@@ -200,10 +215,11 @@ def admin_routes(engine: Engine) -> APIRouter:
         policy: str | None = Query(None, max_length=256),
         status: str | None = Query(None, pattern=r"^[a-z_]{1,32}$"),
         limit: int = Query(50, ge=1, le=500),
-        since: float | None = Query(None, ge=0),
-        before: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
+        before: float | None = Query(None),
         q: str | None = Query(None, max_length=200),
     ):
+        since, before = unix_time("since", since), unix_time("before", before)
         rows = await answer(
             ledger().recent(
                 prompt=q,
@@ -227,11 +243,11 @@ def admin_routes(engine: Engine) -> APIRouter:
 
     @api.get("/overview")
     async def overview(
-        since: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
         bucket_s: int = Query(60, ge=1, le=86400),
     ):
         now = time.time()
-        since = now - 3600 if since is None else since
+        since = now - 3600 if since is None else unix_time("since", since)
         if (now - since) / bucket_s > MAX_BUCKETS:
             raise BadRequest(
                 f"too many buckets: (now - since) / bucket_s must be at most {MAX_BUCKETS}",

@@ -2,7 +2,9 @@
 
 Every function takes an `AsyncConnection` and returns plain JSON-able values. Counting rules:
 `errors` counts status `error` (a client that went away, `client_closed`, is not an error);
-latency percentiles are over requests a model answered (status ok, not from a cache).
+`refused` counts status `refused` (router.refusals: turned away before any model), and those are
+not in `requests`; latency percentiles are over requests a model answered (status ok, not from a
+cache).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from router.ledger.tables import feedback, requests
 MAX_RECENT = 500
 MAX_BUCKETS = 10_000
 GROUPS = ("key", "model", "day")
+REFUSED = "refused"  # router.refusals
 
 
 async def _ratings(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, float]:
@@ -106,6 +109,7 @@ async def spend(
         group.label("g"),
         func.count(),
         func.sum(cast(requests.c.status == "error", Integer)),
+        func.sum(cast(requests.c.status == REFUSED, Integer)),
         func.sum(requests.c.cost_usd),
         func.sum(requests.c.prompt_tokens),
         func.sum(requests.c.completion_tokens),
@@ -115,7 +119,7 @@ async def spend(
     if until is not None:
         q = q.where(requests.c.created < until)
     merged: dict[str, dict[str, Any]] = {}
-    for g, n, errors, cost, ptok, ctok in await conn.execute(q):
+    for g, n, errors, refused, cost, ptok, ctok in await conn.execute(q):
         if group_by == "day":
             name = (dt.date(1970, 1, 1) + dt.timedelta(days=int(g))).isoformat()
         else:
@@ -126,13 +130,15 @@ async def spend(
                 "group": name,
                 "requests": 0,
                 "errors": 0,
+                "refused": 0,
                 "cost_usd": 0.0,
                 "prompt_tokens": 0,
                 "completion_tokens": 0,
             },
         )
-        row["requests"] += int(n)
+        row["requests"] += int(n) - int(refused or 0)
         row["errors"] += int(errors or 0)
+        row["refused"] += int(refused or 0)
         row["cost_usd"] += float(cost or 0.0)
         row["prompt_tokens"] += int(ptok or 0)
         row["completion_tokens"] += int(ctok or 0)
@@ -164,6 +170,7 @@ def _bucket(t: int) -> dict[str, Any]:
         "t": t,
         "requests": 0,
         "errors": 0,
+        "refused": 0,
         "cost_usd": 0.0,
         "by_model": {},
         "cost_by_model": {},
@@ -186,7 +193,7 @@ async def overview(
     base = baseline_model(models)
     chat = {m.name for m in models if m.kind == "chat"}
     buckets = {t: _bucket(t) for t in range(first, last + 1, bucket_s)}
-    totals = {"requests": 0, "errors": 0, "cost_usd": 0.0}
+    totals = {"requests": 0, "errors": 0, "refused": 0, "cost_usd": 0.0}
     latencies: list[float] = []
     baseline_cost = priced_cost = 0.0
     r = requests.c
@@ -198,6 +205,9 @@ async def overview(
         b = buckets.get(t)
         if b is None:  # written after `now` was read
             b = buckets[t] = _bucket(t)
+        if status == REFUSED:
+            b["refused"] += 1
+            continue
         b["requests"] += 1
         b["cost_usd"] += cost
         if status == "error":
@@ -217,6 +227,7 @@ async def overview(
         lat = b.pop("_lat")
         totals["requests"] += b["requests"]
         totals["errors"] += b["errors"]
+        totals["refused"] += b["refused"]
         totals["cost_usd"] += b["cost_usd"]
         out.append({**b, "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95)})
     totals |= {

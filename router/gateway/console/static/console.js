@@ -201,6 +201,7 @@ async function loadOverview() {
   $("#ov-requests").textContent = t.requests;
   $("#ov-rps").textContent = (t.requests / span).toFixed(3);
   $("#ov-errors").textContent = t.requests ? fmt.pct(t.errors / t.requests) : "-";
+  $("#ov-refused").textContent = t.refused ?? 0;
   $("#ov-p50").textContent = fmt.ms(t.p50_ms);
   $("#ov-p95").textContent = fmt.ms(t.p95_ms);
   $("#ov-spend").textContent = fmt.usd(t.cost_usd);
@@ -228,6 +229,7 @@ async function loadOverview() {
         { label: "p50 ms", data: ov.buckets.map((b) => b.p50_ms), borderColor: PALETTE[0], spanGaps: true },
         { label: "p95 ms", data: ov.buckets.map((b) => b.p95_ms), borderColor: PALETTE[1], spanGaps: true },
         { label: "errors", data: ov.buckets.map((b) => b.errors), borderColor: PALETTE[3], yAxisID: "e", type: "bar", backgroundColor: "#b3261e55" },
+        { label: "refused", data: ov.buckets.map((b) => b.refused || 0), borderColor: PALETTE[5], yAxisID: "e", type: "bar", backgroundColor: "#8c6d1f55" },
       ],
     },
     // log scale: a 300 ms model and a 30 s one both stay readable
@@ -311,7 +313,8 @@ async function loadRequests() {
         el("td", {}, r.model || "-"),
         el("td", { class: "num" }, `${fmt.usd(p.cost_usd)} / ${fmt.usd(r.cost_usd)}`),
         el("td", { class: "num" }, `${fmt.ms(p.latency_ms)} / ${fmt.ms(r.latency_ms)}`),
-        el("td", { class: "status-" + r.status }, r.status),
+        el("td", { class: "status-" + r.status, title: r.error || "" },
+          r.status === "refused" ? `refused: ${String(r.error || "").split(":")[0]}` : r.status),
         el("td", { class: "num" }, r.rating === null || r.rating === undefined ? "-" : fmt.num(r.rating, 2)),
       );
       tr.addEventListener("click", () => toggleDetail(tr, r.id));
@@ -344,7 +347,9 @@ function detailView(r) {
       r.fallbacks && r.fallbacks.length ? ` · fell back from ${r.fallbacks.join(", ")}` : "",
       r.error ? ` · error: ${r.error}` : "", r.cache ? ` · cache: ${r.cache}` : ""),
   ];
-  if (!d) {
+  if (r.status === "refused") {
+    parts.push(el("p", { class: "refusal" }, "Refused before any model was asked: ", r.error || "(no reason kept)"));
+  } else if (!d) {
     parts.push(el("p", {}, "No routing decision: the caller named the model."));
   } else {
     parts.push(el("h3", {}, "Ranked candidates"), el("table", { class: "grid decision-ranked" },
