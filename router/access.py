@@ -104,7 +104,10 @@ class Access:
             rec, checked = await self.store.keys.get(key_id), True
             self._remember_key(rec, key_id)
         if rec is None or not rec.verify(secret):
-            raise Unauthorized("invalid or revoked API key")
+            err = Unauthorized("invalid or revoked API key")
+            if rec is not None:  # a key of ours (revoked, or a wrong secret): its refusal names it
+                err.caller = Caller(rec)
+            raise err
         return Caller(rec, checked=checked)
 
     async def check(self, caller: Caller) -> None:
@@ -127,7 +130,7 @@ class Access:
                 self._keys.pop(next(iter(self._keys)))
 
     async def open(
-        self, caller: Caller, tokens: int, usd: float | None, event: dict | None = None
+        self, caller: Caller, tokens: int, usd: float | None, event: dict | None = None, id: str = ""
     ) -> Admitted:
         """Admission in one step: the key still valid, rate limits, and `usd` reserved in every
         budget scope (None: reserve nothing) — all or nothing. 401/429 when refused; `Replan`
@@ -136,7 +139,7 @@ class Access:
         self._fits_tpm(caller, tokens)
         scopes = self.scopes(caller) if usd is not None else []
         fields = self._keys.get(k.id, (0, None, None))[2] if k is not None else None
-        got = await self.store.money.admit(Admit(k, fields, tokens, scopes, usd or 0.0, event))
+        got = await self.store.money.admit(Admit(k, fields, tokens, scopes, usd or 0.0, event, id))
         if isinstance(got, Admitted):
             if got.reservation is not None:
                 self._learn(scopes, got.reservation.left)

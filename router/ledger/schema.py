@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from router.ledger_url import parse_url
+from router.private_files import private_database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # any constant: replicas starting together take turns migrating (PostgreSQL advisory lock)
@@ -24,7 +25,7 @@ def connect(raw: str) -> AsyncEngine:
     url = parse_url(raw)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            private_database(Path(url.database).expanduser())  # 0600 in a 0700 folder: it holds prompts
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
