@@ -17,11 +17,34 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import pool
+from tests.conftest import make_config, pool
 from tests.servers import free_port
 
 CLI = str(Path(sys.executable).parent / "moe-router")
+# the admin API as the tests of it and of what it shows (refusals, keys) call it
+MASTER = "mk-" + "a" * 40
+ADMIN = {"authorization": f"Bearer {MASTER}"}
+ASK = {"model": "router", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 T = TypeVar("T")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def admin_config(upstream, tmp_path, **sections):
+    """The mock pool with the master key and a SQLite ledger under `tmp_path`."""
+    sections.setdefault("auth", {"master_key": MASTER})
+    sections.setdefault("ledger", f"sqlite+aiosqlite:///{tmp_path}/ledger.db")
+    return make_config(upstream.base_url, **sections)
+
+
+def add_key(gw, name: str, **fields) -> tuple[dict, str]:
+    """A key made through the admin API: (its record, the raw key)."""
+    r = gw.post("/admin/keys", json={"name": name, **fields}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return body, body["key"]
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -13,30 +13,17 @@ from typer.testing import CliRunner
 
 from router.cli import app as cli
 from router.config import load_config
-from tests.conftest import make_config, pool
+from tests.conftest import pool
 from tests.promtext import sample
-from tests.support import wait_for
+from tests.support import ADMIN, ASK, MASTER, add_key, admin_config, bearer, wait_for
 from tests.upstream import Fail
 
-MASTER = "mk-" + "a" * 40
-ADMIN = {"authorization": f"Bearer {MASTER}"}
-ASK = {"model": "router", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
 # a prompt the default policy sends to "coder" when cost does not count (coder is best at code)
 CODE = {
     "model": "router",
     "messages": [{"role": "user", "content": "Write a Python function that reverses a linked list."}],
     "routing": {"cost_weight": 0.0},
 }
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
-
-
-def admin_config(upstream, tmp_path, **sections):
-    sections.setdefault("auth", {"master_key": MASTER})
-    sections.setdefault("ledger", f"sqlite+aiosqlite:///{tmp_path}/ledger.db")
-    return make_config(upstream.base_url, **sections)
 
 
 @pytest.fixture
@@ -56,7 +43,7 @@ GETS = [
 
 
 def test_only_the_master_key_reaches_admin(gw):
-    _, rec = _key(gw, "alice")
+    _, rec = add_key(gw, "alice")
     for path in GETS:
         assert gw.get(path).status_code == 401, path
         assert gw.get(path, headers=bearer("sk-mr-000000000000-wrong")).status_code == 403, path
@@ -70,13 +57,6 @@ def test_only_the_master_key_reaches_admin(gw):
     assert gw.get("/admin/nothing-here", headers=ADMIN).status_code == 404
     # the key still works for what it is for
     assert gw.post("/v1/chat/completions", json=ASK, headers=bearer(rec)).status_code == 200
-
-
-def _key(gw, name: str, **fields) -> tuple[dict, str]:
-    r = gw.post("/admin/keys", json={"name": name, **fields}, headers=ADMIN)
-    assert r.status_code == 201, r.text
-    body = r.json()
-    return body, body["key"]
 
 
 def test_without_a_master_key_admin_is_off(upstream, start_gateway, tmp_path):
@@ -106,7 +86,7 @@ def test_console_files_are_public_but_credentials_must_be_the_master_key(gw):
 
 
 def test_keys_lifecycle(gw, upstream):
-    body, raw = _key(gw, "alice", budget_usd=5, rpm=100, models=["cheap", "big"])
+    body, raw = add_key(gw, "alice", budget_usd=5, rpm=100, models=["cheap", "big"])
     assert body["name"] == "alice" and body["budget_usd"] == 5 and body["models"] == ["cheap", "big"]
     assert "salt" not in body and "hash" not in body
     listed = gw.get("/admin/keys", headers=ADMIN).json()["data"]
@@ -159,7 +139,7 @@ def test_bad_key_requests_are_clear_4xx(gw, body, status, code):
 
 
 def test_bad_updates_and_duplicates(gw):
-    _key(gw, "bob")
+    add_key(gw, "bob")
     r = gw.post("/admin/keys", json={"name": "bob"}, headers=ADMIN)
     assert r.status_code == 409 and r.json()["error"]["code"] == "key_exists"
     for body in ({}, {"name": "carol"}, {"id": "x"}, {"rpm": -3}, {"models": ["nope"]}):

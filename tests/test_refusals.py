@@ -15,7 +15,7 @@ from router.errors import RateLimited
 from router.metrics import Metrics
 from router.refusals import BURST, Refusals
 from router.state.log import MemoryLog
-from tests.test_admin import ADMIN, ASK, _key, admin_config, bearer, wait_for
+from tests.support import ADMIN, ASK, add_key, admin_config, bearer, wait_for
 
 
 @pytest.fixture
@@ -64,10 +64,10 @@ def test_finite_bounds_still_answer(gw):
 
 
 def test_refusals_are_recorded_with_the_key_and_the_reason(gw, upstream):
-    _, limited = _key(gw, "limited", rpm=1)
-    _, broke = _key(gw, "broke", budget_usd=0.0000001)
-    _, narrow = _key(gw, "narrow", models=["cheap"])
-    _, gone = _key(gw, "gone")
+    _, limited = add_key(gw, "limited", rpm=1)
+    _, broke = add_key(gw, "broke", budget_usd=0.0000001)
+    _, narrow = add_key(gw, "narrow", models=["cheap"])
+    _, gone = add_key(gw, "gone")
     assert gw.post("/v1/chat/completions", json=ASK, headers=bearer(limited)).status_code == 200
     assert gw.post("/v1/chat/completions", json=ASK, headers=bearer(limited)).status_code == 429
     r = gw.post("/v1/chat/completions", json={**ASK, "model": "big"}, headers=bearer(broke))
