@@ -29,7 +29,7 @@ import numpy as np
 
 from policies.base import PromptBatch
 from policies.features import category_centroids, feature_names, prompt_features
-from policies.folds import out_of_fold
+from policies.folds import group_folds, out_of_fold
 from policies.learned import LearnedPolicy, logit, out_of_fold_scores, sigmoid
 
 DEFAULT_BASES = ("knn", "logistic", "mf", "cluster")
@@ -40,11 +40,7 @@ FEATURES = ("auto", "on", "off")
 def prompt_folds(texts: list[str], k: int, seed: int) -> np.ndarray:
     """Fold id per row, seeded; rows with the same prompt text share a fold."""
     _, group = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
-    fold_of_group = np.empty(group.max() + 1, dtype=int)
-    fold_of_group[np.random.default_rng(seed).permutation(len(fold_of_group))] = (
-        np.arange(len(fold_of_group)) % k
-    )
-    return fold_of_group[group]
+    return group_folds(group, k, seed)
 
 
 def soft_log_loss(p: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from policies.folds import group_folds
+
 
 @dataclass
 class LoadReport:
@@ -205,9 +207,7 @@ class RoutingDataset:
         n_groups = g.max() + 1 if len(g) else 0
         if k < 2 or k > n_groups:
             raise ValueError(f"k must be between 2 and the number of distinct prompts ({n_groups})")
-        fold_of_group = np.empty(n_groups, dtype=int)
-        fold_of_group[np.random.default_rng(seed).permutation(n_groups)] = np.arange(n_groups) % k
-        fold = fold_of_group[g]
+        fold = group_folds(g, k, seed)
         for f in range(k):
             yield np.flatnonzero(fold != f), np.flatnonzero(fold == f)
 
