@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_serializer,
     field_validator,
@@ -40,6 +42,7 @@ LOCAL_MAX_OUTPUT_TOKENS = 512
 LOCAL_BACKENDS = frozenset({"transformers", "sentence-transformers"})
 # the SQL ledger's embedded default (a file under ./data), and the words that turn it off
 DEFAULT_LEDGER = "sqlite+aiosqlite:///data/ledger.db"
+EMBEDDED = "embedded default config"
 LEDGER_OFF = frozenset({"", "none", "off", "false", "no", "disabled"})
 
 
@@ -218,6 +221,11 @@ class ServerSettings(_Strict):
     # load local models (and the routing encoder) at start-up, /ready answering 503 until done;
     # None: on when the pool has local models. Off: they load on their first request.
     warmup: bool | None = None
+    # a second, internal port serving only the Prometheus metrics, without auth (for a scraper
+    # that holds no key); off by default: /metrics on the main port needs the master key once
+    # keys are required. Bound on `metrics_host` (None: the gateway's own bind address).
+    metrics_port: int | None = Field(None, gt=0, lt=65536)
+    metrics_host: str | None = None
 
 
 class DispatchSettings(_Strict):
@@ -351,6 +359,10 @@ class OutageSettings(_Strict):
     allowance: float = Field(0.1, ge=0, le=1)
     timeout_s: float = Field(0.5, gt=0)  # per Redis operation
     retry_every_s: float = Field(2.0, gt=0)  # while down, try Redis again this often
+    # a stalled Redis may have run a money script whose answer timed out: ask again with the same
+    # id for this long before treating it as an outage (docs/state.md "Exactly once")
+    replay_s: float = Field(3.0, ge=0)
+    applied_ttl_s: int = Field(86400, gt=0)  # how long an admission's / settlement's id is remembered
     spill_path: str | None = None  # where buffered records go past 100k entries (default ~/.cache/moe-router)
 
 
@@ -391,6 +403,12 @@ class RouterConfig(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    _source: str = PrivateAttr(EMBEDDED)  # the file this was read from, for the console and logs
+
+    @property
+    def source(self) -> str:
+        """The config file this gateway runs (or the embedded default): whose traffic it is."""
+        return self._source
 
     @field_validator("ledger", mode="before")
     @classmethod
@@ -538,7 +556,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RouterConfi
 
     `overrides` are top-level sections merged over the file (used by tests and the SDK)."""
     if path is None:
-        text, where = default_config_text(), "embedded default config"
+        text, where = default_config_text(), EMBEDDED
     else:
         p = Path(path)
         if not p.is_file():
@@ -553,11 +571,23 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RouterConfi
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
+    if path is not None:
+        data.setdefault("ledger", ledger_for(Path(path)))
     data.update(overrides)
     try:
-        return RouterConfig(**data)
+        cfg = RouterConfig(**data)
     except ValueError as e:
         raise ConfigError(f"{where}: {_short_validation(e)}") from None
+    cfg._source = where
+    return cfg
+
+
+def ledger_for(config_file: Path) -> str:
+    """The default SQLite ledger of a config file that names none: one file per config name
+    (`data/ledger-<name>.db`), so gateways started from one directory with different configs
+    keep their traffic apart; the embedded default config keeps `data/ledger.db`."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", config_file.stem)
+    return f"sqlite+aiosqlite:///data/ledger-{name}.db"
 
 
 def _short_validation(e: ValueError) -> str:

@@ -78,6 +78,8 @@ def build_store(config: RouterConfig, metrics: Metrics) -> Store:
         max_entries=config.log.max_entries,
         request_ttl_s=config.log.request_ttl_s,
         capacity_outage_share=config.capacity.outage_share,
+        replay_s=o.replay_s,
+        applied_ttl_s=o.applied_ttl_s,
     )
 
 

@@ -39,7 +39,18 @@ def _root(
 
 
 # command modules register themselves on `app` when imported
-from router.cli import config_cmd, export, keys, llm_router, models, ope, route, serve, train  # noqa: E402,F401
+from router.cli import (  # noqa: E402,F401
+    config_cmd,
+    export,
+    keys,
+    llm_router,
+    models,
+    ope,
+    route,
+    serve,
+    tiny_moe,
+    train,
+)
 
 
 def main() -> None:

@@ -149,6 +149,9 @@ def admin_routes(engine: Engine) -> APIRouter:
                 "models": [m.name for m in config.chat_models() if m.name not in engine.unavailable],
                 "state": store.kind,
                 "ledger": getattr(engine, "ledger", None) is not None,
+                # whose traffic the console shows: this gateway's config and where its ledger is
+                "config": config.source,
+                "ledger_at": getattr(getattr(engine, "ledger", None), "where", None),
             }
         )
 
@@ -207,10 +210,12 @@ def admin_routes(engine: Engine) -> APIRouter:
         limit: int = Query(50, ge=1, le=500),
         since: float | None = Query(None),
         before: float | None = Query(None),
+        q: str | None = Query(None, max_length=200),
     ):
         since, before = unix_time("since", since), unix_time("before", before)
         rows = await ledger(
             "recent",
+            prompt=q,
             limit=limit,
             key=key,
             model=model,
@@ -273,6 +278,7 @@ def admin_routes(engine: Engine) -> APIRouter:
     async def models():
         names = [m.name for m in config.models]
         health = await store.health.snapshot(names)
+        experts = engine.metrics.expert_load()  # this replica's, since it started
         out = []
         for spec in config.models:
             h = health.get(spec.name)
@@ -291,6 +297,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                     "latency_ewma_ms": h.ewma_ms if h else None,
                     "latency_p95_ms": h.p95_ms if h else None,
                     "samples": h.samples if h else 0,
+                    "experts": experts.get(spec.name),
                 }
             )
         return _no_store({"object": "list", "data": out})

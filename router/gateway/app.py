@@ -27,6 +27,7 @@ from router.gateway.browsers import BrowserGuard
 from router.gateway.console import console_routes
 from router.gateway.errors import render
 from router.gateway.json_response import JSONResponse
+from router.gateway.metrics_port import serve_metrics
 from router.gateway.middleware import Edge, RequestMetrics, state_error
 from router.gateway.openai_routes import openai_routes
 from router.gateway.responses_routes import responses_routes
@@ -49,11 +50,17 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        server = engine.config.server
+        stop_metrics = None
+        if server.metrics_port is not None:
+            stop_metrics = serve_metrics(metrics, server.metrics_host or server.host, server.metrics_port)
         await engine.start()
         try:
             yield
         finally:
             await engine.aclose()
+            if stop_metrics is not None:
+                stop_metrics()
 
     app = FastAPI(
         title="moe-router",

@@ -11,9 +11,10 @@
   configured; under the console prefixes (`/ui`, pages and static files that hold no data) a
   request without credentials passes, and one with credentials must carry the master key;
   refuses what a browser must not do (`browsers`: other sites' pages, rebound hostnames);
-  reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type),
-  parses it once and refuses shapes that would cost far more than their size (`body_shape`); the
-  parsed body is handed on in `scope["state"]["json"]` so the route does not parse it again.
+  reads any POST, PUT or PATCH body as JSON whatever its Content-Type says (`curl -d` sends a
+  form type), parses it once and refuses shapes that would cost far more than their size
+  (`body_shape`); the parsed body is handed on in `scope["state"]["json"]` so the route does not
+  parse it again.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from router.state import StateUnavailable
 from router.state.degrade import StateFault
 
 log = logging.getLogger("moe_router.gateway")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # their bodies are JSON, whatever the Content-Type
 
 Authenticate = Callable[[str | None, bool], Awaitable[object]]
 
@@ -145,8 +147,8 @@ class Edge:
         except TimeoutError:
             err = RequestTimeout(f"the request body was not received within {self.body_timeout_s:g} s")
             return await send_error(send, err, self.metrics, path)
-        if scope["method"] == "POST" and seen:
-            scope = _as_json(scope, headers)
+        if scope["method"] in BODY_METHODS and seen:
+            _as_json(scope, headers)
             data = b"".join(chunks)
             chunks = [data]
             try:
@@ -194,12 +196,13 @@ def _admin_off() -> Forbidden:
     )
 
 
-def _as_json(scope, headers: dict[bytes, bytes]):
-    """Every POST body here is JSON: say so when the client's Content-Type did not."""
+def _as_json(scope, headers: dict[bytes, bytes]) -> None:
+    """Every request body here is JSON: say so when the client's Content-Type did not. In place:
+    the scope is the one `RequestMetrics` reads the matched route from afterwards."""
     if is_json_type(headers):
-        return scope
+        return
     rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-    return {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
+    scope["headers"] = [*rest, (b"content-type", b"application/json")]
 
 
 class RequestMetrics:

@@ -49,7 +49,9 @@ async def recent(
     status: str | None = None,
     since: float | None = None,
     before: float | None = None,
+    prompt: str | None = None,
 ) -> list[dict[str, Any]]:
+    """`prompt`: rows whose kept prompt contains it, case-insensitively (`%` and `_` are literal)."""
     q = select(requests)
     for col, value in (
         (requests.c.key, key),
@@ -59,6 +61,8 @@ async def recent(
     ):
         if value is not None:
             q = q.where(col == value)
+    if prompt:
+        q = q.where(requests.c.prompt.icontains(prompt, autoescape=True))
     if since is not None:
         q = q.where(requests.c.created >= since)
     if before is not None:
@@ -161,7 +165,17 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 def _bucket(t: int) -> dict[str, Any]:
-    return {"t": t, "requests": 0, "errors": 0, "refused": 0, "cost_usd": 0.0, "by_model": {}, "_lat": []}
+    # by_model: requests per answering model; cost_by_model: their spend (USD)
+    return {
+        "t": t,
+        "requests": 0,
+        "errors": 0,
+        "refused": 0,
+        "cost_usd": 0.0,
+        "by_model": {},
+        "cost_by_model": {},
+        "_lat": [],
+    }
 
 
 async def overview(
@@ -200,6 +214,7 @@ async def overview(
             b["errors"] += 1
         if model is not None:
             b["by_model"][model] = b["by_model"].get(model, 0) + 1
+            b["cost_by_model"][model] = b["cost_by_model"].get(model, 0.0) + cost
         if status == "ok" and cache is None and model is not None:
             b["_lat"].append(latency)
             latencies.append(latency)
