@@ -56,6 +56,8 @@ class ModelSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)  # backend-specific; `os.environ/NAME` resolved late
     input_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M input tokens
     output_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M output tokens
+    # USD per 1M prompt tokens read from the provider's prompt cache (None: the input price)
+    cached_input_price_per_1m: float | None = Field(None, ge=0)
     context_window: int = Field(8192, gt=0)
     max_output_tokens: int | None = Field(None, gt=0)
     expected_output_tokens: int = Field(256, gt=0)  # for cost prediction when max_tokens is not given
@@ -188,6 +190,24 @@ class RoutingSettings(_Strict):
             except re.error as e:
                 raise ValueError(f"strip pattern {p!r} is not a valid regular expression: {e}") from None
         return v
+
+
+class ParamsSettings(_Strict):
+    """Request fields no API defines (docs/gateway.md, "Parameters"): `drop` removes them before
+    anything is sent and reports them (`x-moe-router-dropped-params`, the log, a metric); `reject`
+    answers 400 naming the first. Fields that could choose a destination are refused either way."""
+
+    unknown: Literal["drop", "reject"] = "drop"
+
+
+class ModelAlias(_Strict):
+    """A model name clients send that is not in the pool (`claude-opus-4-8`, `gpt-5-mini`): routed as
+    `model` (`router`, `router:<policy>` or a pool model), with the cost weight of its tier."""
+
+    pattern: str = Field(min_length=1)  # a glob, matched case-insensitively: claude-*haiku*
+    model: str = "router"
+    tier: Literal["cheap", "balanced", "quality"] = "balanced"
+    cost_weight: float | None = Field(None, ge=0, le=1)  # None: the tier's (cheap 0.8, quality 0)
 
 
 class ResponsesSettings(_Strict):
@@ -380,6 +400,10 @@ class RouterConfig(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
+    params: ParamsSettings = Field(default_factory=ParamsSettings)
+    # vendor model names routed (not refused) when they are not pool models; None: the defaults in
+    # router/aliases.py (claude-*, gpt-*, o1/o3/o4*, codex-*), [] turns them off
+    model_aliases: list[ModelAlias] | None = None
     tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("ledger", mode="before")

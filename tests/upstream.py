@@ -15,6 +15,7 @@ usage. Tests script it per model:
     up.calls("gpt-big")                                           # requests received, in order
     up.abandoned("gpt-big")                                       # streams the client left unfinished
     up.behave("gpt-big", use_tools=True)                          # call the first tool, then answer
+    up.behave("gpt-big", tool="Bash", tool_args={"command": "ls"}) # call that tool (if offered), then answer
     up.behave("gpt-big", cached_tokens=40)                        # report provider prompt-cache reads
     up.peak_in_flight("gpt-big")                                  # most requests it held at once
 
@@ -63,6 +64,8 @@ class Behaviour:
     prompt_usage: str = "words"  # words | bytes (a worst-case tokenizer: one token per UTF-8 byte)
     use_tools: bool = False  # with tools in the request: call the first one, then answer its result
     cached_tokens: int = 0  # report this many prompt tokens as read from the provider's prompt cache
+    tool: str | None = None  # with this tool offered: call it with `tool_args`, then answer its result
+    tool_args: dict[str, Any] | None = None
 
 
 def _text(message: dict[str, Any]) -> str:
@@ -313,10 +316,21 @@ class MockUpstream:
             return got
         body, model, b = got
         messages = body.get("messages") or []
-        last = messages[-1] if messages else {}
-        tool_said = _text(last) if last.get("role") == "tool" else None
+        # the tool results after the last assistant turn (agents may add a user turn after them)
+        since = next(
+            (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"), -1
+        )
+        results = [_text(m) for m in messages[since + 1 :] if m.get("role") == "tool"]
+        tool_said = results[-1] if results else None
         call = None
-        if b.use_tools and body.get("tools") and tool_said is None:
+        offered = [t.get("function", {}).get("name") for t in body.get("tools") or []]
+        if b.tool in offered and tool_said is None:
+            call = {
+                "id": f"call_{time.monotonic_ns()}",
+                "name": b.tool,
+                "arguments": json.dumps(b.tool_args or {}),
+            }
+        elif b.use_tools and body.get("tools") and tool_said is None:
             fn = body["tools"][0]["function"]["name"]
             call = {
                 "id": f"call_{time.monotonic_ns()}",
@@ -412,7 +426,10 @@ class MockUpstream:
             (_block_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
         call = None
-        if b.use_tools and body.get("tools") and tool_said is None:
+        offered = [t.get("name") for t in body.get("tools") or []]
+        if b.tool in offered and tool_said is None:
+            call = {"id": f"toolu_{time.monotonic_ns()}", "name": b.tool, "input": dict(b.tool_args or {})}
+        elif b.use_tools and body.get("tools") and tool_said is None:
             call = {
                 "id": f"toolu_{time.monotonic_ns()}",
                 "name": body["tools"][0]["name"],

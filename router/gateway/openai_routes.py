@@ -10,6 +10,7 @@ from router.access import Caller
 from router.engine import Engine
 from router.gateway import openai_format as fmt
 from router.gateway.json_response import JSONResponse
+from router.gateway.screening import report, screened
 from router.gateway.streaming import SettledStreamingResponse
 from router.gateway.strict_json import StrictJSONRoute
 from router.planner import external_id
@@ -33,20 +34,29 @@ async def caller(request: Request) -> Caller:
 Session = Header(None, alias=SESSION_HEADER, description="conversation id for model affinity", max_length=256)
 
 
-async def answer(engine: Engine, req: ChatCompletionRequest, who: Caller, session: str | None, legacy: bool):
-    """A chat request, plain or streamed, in OpenAI's chat (or legacy completion) format."""
+async def answer(
+    engine: Engine,
+    req: ChatCompletionRequest,
+    who: Caller,
+    session: str | None,
+    legacy: bool,
+    dropped: list[str] = (),
+):
+    """A chat request, plain or streamed, in OpenAI's chat (or legacy completion) format.
+    `dropped`: the unknown fields screened out of the body (reported in the headers and the log)."""
     if req.stream:
         handle = await engine.stream(req, who, session)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
         if handle.cache is not None:
             headers |= fmt.cache_headers(handle.cache)
+        headers = report(list(dropped), handle.plan.request_id, headers)
         return SettledStreamingResponse(
             handle, fmt.ChatStream(legacy, include_usage), engine.metrics, headers
         )
     result, outcome = await engine.chat(req, who, session)
     body = fmt.completion_body(result, outcome) if legacy else fmt.chat_body(result, outcome)
-    return JSONResponse(body, headers=fmt.outcome_headers(outcome))
+    return JSONResponse(body, headers=report(list(dropped), outcome.request_id, fmt.outcome_headers(outcome)))
 
 
 def openai_routes(engine: Engine) -> APIRouter:
@@ -56,13 +66,15 @@ def openai_routes(engine: Engine) -> APIRouter:
     async def chat_completions(
         body: ChatCompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
-        return await answer(engine, body, who, session, legacy=False)
+        dropped = screened(engine, body, "chat", operator_params=True)
+        return await answer(engine, body, who, session, legacy=False, dropped=dropped)
 
     @api.post("/v1/completions")
     async def completions(
         body: CompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
-        return await answer(engine, body.as_chat(), who, session, legacy=True)
+        dropped = screened(engine, body, "completions", operator_params=True)
+        return await answer(engine, body.as_chat(), who, session, legacy=True, dropped=dropped)
 
     @api.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsRequest, who: Caller = Depends(caller)):
@@ -108,6 +120,7 @@ def openai_routes(engine: Engine) -> APIRouter:
 
     @api.post("/v1/route")
     async def route(body: RouteRequest, who: Caller = Depends(caller), session: str | None = Session):
+        dropped = screened(engine, body, "route", operator_params=True)
         plan = await engine.plan(body, who, session)
         out = {
             "id": plan.request_id,
@@ -118,7 +131,7 @@ def openai_routes(engine: Engine) -> APIRouter:
         }
         if engine.capacity.limits:  # models with max_concurrency / tpm_limit: what dispatch would find
             out["capacity"] = await engine.capacity.status()
-        return JSONResponse(out)
+        return JSONResponse(out, headers=report(dropped, plan.request_id, {}))
 
     @api.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, who: Caller = Depends(caller)):
