@@ -197,6 +197,8 @@ def _walk(
     node: Any, path: list[str | int], dropped: list[str], allowed: frozenset[str], reject: bool
 ) -> None:
     if isinstance(node, BaseModel):
+        if getattr(node, "OPAQUE", False):
+            return  # kept whole and never forwarded (a hosted tool, an item type not translated)
         extra = node.__pydantic_extra__
         if extra:
             for name in list(extra):

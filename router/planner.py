@@ -24,6 +24,7 @@ from policies.decision import BUDGET, REQUEST, SERVICE, Decision, Exclusion, dec
 from router import constraints as C
 from router import tracing
 from router.access import Access, Caller
+from router.aliases import Aliases, label
 from router.config import ModelSpec, RouterConfig
 from router.embed_batcher import EmbedBatcher
 from router.errors import (
@@ -86,6 +87,8 @@ class Plan:
     max_fallbacks: int = 2
     conversation: str | None = None  # affinity key: the conversation this request continues
     affinity: str | None = None  # kept | switched | new (routed requests with affinity on)
+    asked_output: int | None = None  # the request's max_tokens (a model's output cap may be lower)
+    alias: str | None = None  # the vendor model name asked for, when it was routed as an alias
 
     @property
     def policy(self) -> str | None:
@@ -130,6 +133,7 @@ class Planner:
         self.margin = config.routing.affinity.margin
         self._allow = {m.name: frozenset(m.allow_params) for m in self.specs.values()}
         self._strip = C.compile_strip(config.routing.strip_patterns)
+        self.aliases = Aliases(config.model_aliases)
 
     def resolve(self, model: str) -> tuple[Policy | None, str]:
         """`router` / `router:<policy>` -> (policy, name); a configured model name -> (None, model)."""
@@ -237,10 +241,17 @@ class Planner:
         `session`: the client's conversation id (`x-moe-router-session`), for affinity."""
         caller = caller or Caller()
         t0 = time.perf_counter()
-        policy, name = self.resolve(req.model)
+        alias = None
+        if (
+            req.model not in self.specs
+            and not req.model.startswith("router")
+            and req.model not in self.embedders
+        ):
+            alias = self.aliases.match(req.model)
+        policy, name = self.resolve(alias.model if alias is not None else req.model)
         accepting = self.check(req)
         text = C.routing_text(req.messages, strip=self._strip)
-        tokens = C.prompt_tokens(req.messages)
+        tokens = C.request_tokens(req)
         bound, images = C.prompt_bytes(req), C.image_count(req.messages)
         out_tokens = req.output_limit()
         names = [name] if policy is None else list(self.specs)
@@ -259,7 +270,10 @@ class Planner:
                 if n not in accepting:
                     extra = ", ".join(sorted(req.extra_params()))
                     blocked[n].append(Exclusion("params", f"{n} does not accept the parameter(s) {extra}"))
-        caps = {n: self.access.output_cap(self.specs[n], out_tokens) for n in names}
+        caps = {
+            n: C.output_cap(self.specs[n], self.access.output_cap(self.specs[n], out_tokens), tokens)
+            for n in names
+        }
         max_costs = {n: self.access.max_cost(self.specs[n], bound, images, out_tokens) for n in names}
         await self._budget_exclusions(caller, max_costs, blocked)
         cost = [self._predicted_cost(self.specs[n], tokens, out_tokens) for n in names]
@@ -273,6 +287,8 @@ class Planner:
             output_caps=caps,
             max_costs=max_costs,
             max_fallbacks=self.config.dispatch.max_fallbacks,
+            asked_output=out_tokens,
+            alias=label(req.model, alias) if alias is not None else None,
         )
         if policy is None:
             plan.decision = decide(names, [None], cost, latency, blocked=blocked, policy="")
@@ -305,6 +321,8 @@ class Planner:
             if plat is not None:
                 latency = [float(plat[0, col[n]]) if n in col else latency[i] for i, n in enumerate(names)]
             weight = self.config.routing.cost_weight
+            if alias is not None and self.aliases.cost_weight(alias) is not None:
+                weight = self.aliases.cost_weight(alias)
             if req.routing is not None and req.routing.cost_weight is not None:
                 weight = req.routing.cost_weight
             decision = decide(
@@ -325,6 +343,8 @@ class Planner:
                 raise BudgetExceeded(message)
             raise ServiceUnavailable(message)
         plan.decision = decision
+        if plan.alias is not None:
+            decision.notes["alias"] = plan.alias
         plan.propensity = 1.0
         if policy.online:
             plan.propensity = self._explore(policy, batch, decision)

@@ -68,7 +68,7 @@ def test_unknown_fields_are_dropped_and_named_in_a_header(gateway):
 
 def test_unknown_model_is_404(gateway):
     err = assert_openai_error(
-        gateway.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MSG}), 404
+        gateway.post("/v1/chat/completions", json={"model": "llama-9", "messages": MSG}), 404
     )
     assert err["code"] == "model_not_found" and err["param"] == "model"
     with pytest.raises(openai.NotFoundError):
@@ -104,7 +104,7 @@ def test_upstream_rejection_is_surfaced_as_400(gateway, upstream):
 
 
 def test_errors_are_counted(gateway):
-    gateway.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MSG})
+    gateway.post("/v1/chat/completions", json={"model": "llama-9", "messages": MSG})
     text = gateway.get("/metrics").text
     assert (
         sample(text, "moe_router_errors_total", type="invalid_request_error", code="model_not_found") == 1.0

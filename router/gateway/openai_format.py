@@ -111,6 +111,11 @@ def plan_headers(
     }
     if spilled:
         out[h + "spilled"] = ",".join(spilled)
+    cap = plan.output_caps.get(model)
+    if plan.asked_output is not None and cap is not None and cap < plan.asked_output:
+        out[h + "max-tokens-capped"] = f"{plan.asked_output}->{cap}"
+    if plan.alias is not None:
+        out[h + "alias"] = plan.alias
     if plan.affinity is not None:
         out[h + "affinity"] = plan.affinity
     if pred is not None:

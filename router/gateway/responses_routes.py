@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, WebSocket
 
 from router.access import Caller
 from router.engine import Engine
@@ -13,6 +13,7 @@ from router.gateway import openai_format as fmt
 from router.gateway import responses_format as R
 from router.gateway.json_response import JSONResponse
 from router.gateway.openai_routes import Session, caller
+from router.gateway.screening import report, screened
 from router.gateway.streaming import SettledStreamingResponse
 from router.gateway.strict_json import StrictJSONRoute
 
@@ -39,26 +40,50 @@ def responses_routes(engine: Engine) -> APIRouter:
 
         return done
 
+    @api.websocket("/v1/responses")
+    async def responses_websocket(websocket: WebSocket):
+        """Codex tries a WebSocket here first: refused at once with 426 (no retries, no 403), so it
+        falls back to plain HTTP (this route) straight away."""
+        body = {
+            "error": {
+                "message": "use HTTP POST /v1/responses",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "websocket_not_supported",
+            }
+        }
+        await websocket.send_denial_response(JSONResponse(body, status_code=426))
+
     @api.post("/v1/responses")
     async def responses(
-        body: R.ResponsesRequest, who: Caller = Depends(caller), session: str | None = Session
+        request: Request,
+        body: R.ResponsesRequest,
+        who: Caller = Depends(caller),
+        session: str | None = Session,
     ):
-        req, conversation = R.to_chat(body, await prior(body, who))
-        session = session or body.prompt_cache_key
+        dropped = screened(engine, body, "responses")
+        tools = R.tool_map(body)
+        dropped += tools.dropped
+        req, conversation = R.to_chat(body, await prior(body, who), tools)
+        # Codex names its conversation in a `session-id` header and in `prompt_cache_key`
+        session = session or request.headers.get("session-id") or body.prompt_cache_key
         on_complete = keep(body, who, conversation)
         if req.stream:
             handle = await engine.stream(req, who, session)
             headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
+            headers = report(dropped, handle.plan.request_id, headers)
             return SettledStreamingResponse(
-                handle, R.ResponsesStream(body, on_complete), engine.metrics, headers
+                handle, R.ResponsesStream(body, on_complete, tools), engine.metrics, headers
             )
         result, outcome = await engine.chat(req, who, session)
         rid = R.outcome_id(outcome)
-        out = R.answer_output(result, rid)
+        out = R.answer_output(result, rid, tools)
         on_complete(out, outcome)
         body_out = R.response_body(
             body, rid, outcome.model, out.items(), outcome.usage, "completed", out.finish
         )
-        return JSONResponse(body_out, headers=fmt.outcome_headers(outcome))
+        return JSONResponse(
+            body_out, headers=report(dropped, outcome.request_id, fmt.outcome_headers(outcome))
+        )
 
     return api
