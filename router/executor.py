@@ -106,6 +106,15 @@ class StreamHandle:
             self.live.end()
 
 
+# parameters only models with the capability receive (config `capabilities`): a reasoning effort
+# sent to a model without reasoning is a 400 at OpenAI
+CAPABILITY_PARAMS = {"reasoning_effort": "reasoning"}
+
+
+def _takes(capabilities, extra: dict) -> bool:
+    return all(CAPABILITY_PARAMS[k] in capabilities for k in extra if k in CAPABILITY_PARAMS)
+
+
 class Executor:
     def __init__(self, config: RouterConfig, dispatcher: Dispatcher, policies: PolicySet, metrics: Metrics):
         self.config = config
@@ -114,21 +123,22 @@ class Executor:
         self.policies = policies
         self.metrics = metrics
 
-    @staticmethod
-    def request_for(req: ChatCompletionRequest, plan: Plan) -> Callable[[str], ChatRequest]:
+    def request_for(self, req: ChatCompletionRequest, plan: Plan) -> Callable[[str], ChatRequest]:
         """What each candidate is sent: the messages, sampling options, the allowlisted parameters
         and the output cap its reservation assumed (so an answer never costs more than reserved)."""
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         extra = req.forwarded() | req.extra_params()
+        plain = {k: v for k, v in extra.items() if k not in CAPABILITY_PARAMS}
 
         def build(model: str) -> ChatRequest:
+            caps = self.specs[model].capabilities if model in self.specs else ()
             return ChatRequest(
                 messages=messages,
                 max_tokens=plan.output_caps[model],
                 temperature=req.temperature,
                 top_p=req.top_p,
                 stop=req.stop,
-                extra=extra,
+                extra=extra if _takes(caps, extra) else plain,
             )
 
         return build

@@ -1,0 +1,182 @@
+"""Claude Code and Codex, unchanged, run a multi-turn tool loop through the gateway.
+
+Each CLI is pointed at the gateway the way the README says, with no proxy and no special flags;
+the scripted upstream answers the first turn with a call of the agent's own shell tool (its
+command prints a marker), then answers the tool's result in text. The test asserts that the CLI
+ran the tool (the marker is in the tool output the agent sent back upstream) and that the final
+answer carrying that output reached the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.agents.clis import agent_bin
+from tests.conftest import make_config, priced_model
+
+MARKER = "TOOL-RAN-7f3a"
+PROMPT = "Run the tool once, then report what it printed."
+
+
+def agent_pool(upstream) -> list[dict]:
+    """The agent-ready shape of examples/agent-pool.yaml: tool-capable, 200k windows, output limits
+    below what Claude Code asks for (32,000), so the cap is exercised."""
+
+    def m(name, pin, pout, quality, **kw):
+        return priced_model(
+            upstream.base_url,
+            name,
+            pin,
+            pout,
+            quality=quality,
+            capabilities=["tools", "vision", "json"],
+            context_window=200_000,
+            **kw,
+        )
+
+    return [
+        m("small", 0.1, 0.4, {"default": 0.5}, max_output_tokens=8192),
+        m("large", 3.0, 15.0, {"default": 0.9}, max_output_tokens=16384),
+    ]
+
+
+def anthropic_model(upstream) -> dict:
+    """An Anthropic-format upstream (litellm's anthropic provider against the mock's /v1/messages)."""
+    return {
+        "name": "claude-upstream",
+        "backend": "litellm",
+        "params": {
+            "model": "anthropic/claude-upstream",
+            "api_base": f"http://127.0.0.1:{upstream.port}/v1/messages",
+            "api_key": "sk-ant-test",
+            "timeout": 20,
+        },
+        "input_price_per_1m": 3.0,
+        "output_price_per_1m": 15.0,
+        # no `reasoning`: litellm sends reasoning_effort only to Claude models it knows think
+        "capabilities": ["tools", "vision"],
+        "context_window": 200_000,
+        "max_output_tokens": 16384,
+        "quality": {"default": 0.95},
+    }
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    full = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(cwd / "home"),
+        "LANG": "C.UTF-8",
+        "NO_COLOR": "1",
+        **env,
+    }
+    (cwd / "home").mkdir(exist_ok=True)
+    return subprocess.run(cmd, env=full, cwd=cwd / "work", capture_output=True, text=True, timeout=timeout)
+
+
+def tool_outputs(upstream) -> list[str]:
+    """Every tool result the agents sent upstream (OpenAI `tool` messages, Anthropic tool_result blocks)."""
+    out = []
+    for call in upstream.calls():
+        for m in call.get("messages") or []:
+            if m.get("role") == "tool":
+                out.append(json.dumps(m.get("content")))
+            elif isinstance(m.get("content"), list):
+                out += [json.dumps(b) for b in m["content"] if b.get("type") == "tool_result"]
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    (tmp_path / "work").mkdir()
+    return tmp_path
+
+
+def claude_env(gw, model: str | None) -> dict[str, str]:
+    env = {"ANTHROPIC_BASE_URL": gw.url, "ANTHROPIC_API_KEY": "sk-local"}
+    if model is not None:
+        env["ANTHROPIC_MODEL"] = model
+    return env
+
+
+@pytest.mark.parametrize("model", ["router", None], ids=["ANTHROPIC_MODEL=router", "its-own-model-names"])
+def test_claude_code_runs_a_tool_loop_through_the_gateway(upstream, start_gateway, workdir, model):
+    claude = agent_bin("claude")
+    gw = start_gateway(make_config(upstream.base_url, models=agent_pool(upstream)))
+    for name in ("small", "large"):
+        upstream.behave(name, tool="Bash", tool_args={"command": f"echo {MARKER}", "description": "print"})
+    done = run([claude, "-p", PROMPT, "--allowedTools", "Bash"], claude_env(gw, model), workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any(MARKER in t for t in tool_outputs(upstream))  # the tool ran, its output went back
+    assert f"the tool said {MARKER}" in done.stdout  # and the answer to it came through
+    main_turns = [c for c in upstream.calls() if c.get("tools")]
+    assert main_turns and all(c["max_tokens"] <= 16384 for c in main_turns)  # 32,000 asked, capped
+    assert all("context_management" not in c and "thinking" not in c for c in upstream.calls())
+
+
+def test_claude_code_on_an_anthropic_format_upstream(upstream, start_gateway, workdir):
+    claude = agent_bin("claude")
+    gw = start_gateway(make_config(upstream.base_url, models=[anthropic_model(upstream)]))
+    upstream.behave(
+        "claude-upstream", tool="Bash", tool_args={"command": f"echo {MARKER}", "description": "x"}
+    )
+    done = run([claude, "-p", PROMPT, "--allowedTools", "Bash"], claude_env(gw, "router"), workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any(MARKER in t for t in tool_outputs(upstream))
+    assert f"the tool said {MARKER}" in done.stdout
+
+
+def codex_config(home: Path, gw) -> None:
+    """The README's config.toml provider block."""
+    (home / ".codex").mkdir(parents=True, exist_ok=True)
+    (home / ".codex" / "config.toml").write_text(
+        'model = "router"\n'
+        'model_provider = "moe-router"\n\n'
+        "[model_providers.moe-router]\n"
+        'name = "moe-router"\n'
+        f'base_url = "{gw.url}/v1"\n'
+        'wire_api = "responses"\n'
+        'env_key = "MOE_ROUTER_API_KEY"\n'
+    )
+
+
+CODEX = ["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
+
+
+def test_codex_with_a_config_provider_runs_a_tool_loop(upstream, start_gateway, workdir):
+    codex = agent_bin("codex")
+    gw = start_gateway(make_config(upstream.base_url, models=agent_pool(upstream)))
+    for name in ("small", "large"):
+        upstream.behave(name, tool="exec_command", tool_args={"cmd": f"echo {MARKER}"})
+    codex_config(workdir / "home", gw)
+    env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "MOE_ROUTER_API_KEY": "sk-local"}
+    done = run([codex, *CODEX, PROMPT], env, workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any(MARKER in t for t in tool_outputs(upstream))
+    assert "the tool said" in done.stdout and MARKER in done.stdout
+    # namespace and hosted tools were flattened or dropped, nothing unknown went upstream
+    sent = upstream.calls()[0]
+    assert all(t["type"] == "function" for t in sent["tools"])
+    assert not {"client_metadata", "include", "prompt_cache_key", "store"} & set(sent)
+
+
+def test_codex_one_line_base_url_runs_a_tool_loop(upstream, start_gateway, workdir):
+    """`-c openai_base_url=...`: Codex's built-in provider tries a WebSocket first (refused with
+    426, so it falls back at once) and sends its tools as an `additional_tools` input item, the
+    shell reached through its `exec` code tool."""
+    codex = agent_bin("codex")
+    gw = start_gateway(make_config(upstream.base_url, models=agent_pool(upstream)))
+    script = f'const r = await tools.exec_command({{cmd: "echo {MARKER}"}}); text(r);'
+    for name in ("small", "large"):
+        upstream.behave(name, tool="exec", tool_args={"input": script})
+    env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "OPENAI_API_KEY": "sk-local"}
+    (workdir / "home" / ".codex").mkdir(parents=True)
+    done = run([codex, *CODEX, "-c", f"openai_base_url={gw.url}/v1", PROMPT], env, workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any(MARKER in t for t in tool_outputs(upstream))
+    assert "the tool said" in done.stdout and MARKER in done.stdout
+    assert "Reconnecting" not in done.stderr  # the WebSocket refusal cost no retries
