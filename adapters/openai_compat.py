@@ -167,7 +167,12 @@ class OpenAICompatAdapter:
         except (ValueError, KeyError, IndexError, TypeError):
             raise BackendError(f"malformed completion from {self.base_url}: {r.text[:200]!r}") from None
         message.setdefault("role", "assistant")
-        return ChatResult(message=message, finish_reason=choice.get("finish_reason"), usage=_usage(data))
+        return ChatResult(
+            message=message,
+            finish_reason=choice.get("finish_reason"),
+            usage=_usage(data),
+            logprobs=choice.get("logprobs") or None,
+        )
 
     async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbedResult:
         """`POST /embeddings` (configured `params` win over the request's `dimensions`)."""
@@ -213,6 +218,7 @@ class OpenAICompatAdapter:
                         delta=choice.get("delta") or {},
                         finish_reason=choice.get("finish_reason"),
                         usage=usage,
+                        logprobs=choice.get("logprobs") or None,
                     )
         except httpx.HTTPError as e:
             raise _transport_error(e) from None

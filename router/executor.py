@@ -111,6 +111,22 @@ class StreamHandle:
 CAPABILITY_PARAMS = {"reasoning_effort": "reasoning"}
 
 
+def _without_cache_marks(messages: list[dict]) -> list[dict]:
+    """`messages` without prompt-cache marks (`cache_control` on text parts): what a model without
+    the `cache_control` capability is sent. The same list when there are none."""
+    if not any(
+        isinstance(m.get("content"), list) and any("cache_control" in p for p in m["content"])
+        for m in messages
+    ):
+        return messages
+    out = []
+    for m in messages:
+        if isinstance(m.get("content"), list):
+            m = {**m, "content": [{k: v for k, v in p.items() if k != "cache_control"} for p in m["content"]]}
+        out.append(m)
+    return out
+
+
 def _takes(capabilities, extra: dict) -> bool:
     return all(CAPABILITY_PARAMS[k] in capabilities for k in extra if k in CAPABILITY_PARAMS)
 
@@ -127,13 +143,14 @@ class Executor:
         """What each candidate is sent: the messages, sampling options, the allowlisted parameters
         and the output cap its reservation assumed (so an answer never costs more than reserved)."""
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        unmarked = _without_cache_marks(messages)
         extra = req.forwarded() | req.extra_params()
         plain = {k: v for k, v in extra.items() if k not in CAPABILITY_PARAMS}
 
         def build(model: str) -> ChatRequest:
             caps = self.specs[model].capabilities if model in self.specs else ()
             return ChatRequest(
-                messages=messages,
+                messages=messages if "cache_control" in caps else unmarked,
                 max_tokens=plan.output_caps[model],
                 temperature=req.temperature,
                 top_p=req.top_p,

@@ -47,6 +47,8 @@ IMAGE_SCHEMES = ("https://", "data:image/")
 class TextPart(_Known):
     type: Literal["text"]
     text: str
+    # a prompt-cache mark (Anthropic's): sent only to models with the `cache_control` capability
+    cache_control: dict[str, Any] | None = None
 
 
 class ImageURL(_Known):

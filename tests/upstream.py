@@ -102,6 +102,13 @@ def _block_text(content: Any) -> str:
     return " ".join(parts)
 
 
+def _logprob(token: str, top: int) -> dict[str, Any]:
+    """A made-up but well-formed logprob entry: -0.25 per token, `top` alternatives."""
+    alts = [{"token": token, "logprob": -0.25, "bytes": list(token.encode())}]
+    alts += [{"token": f"{token}~{i}", "logprob": -2.0 - i, "bytes": None} for i in range(1, top)]
+    return {"token": token, "logprob": -0.25, "bytes": list(token.encode()), "top_logprobs": alts[:top]}
+
+
 def _vector(text: str, dim: int = 8) -> list[float]:
     """A deterministic unit vector per text."""
     import hashlib
@@ -359,12 +366,15 @@ class MockUpstream:
                         "function": {"name": call["name"], "arguments": call["arguments"]},
                     }
                 ]
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+            if body.get("logprobs") and not call:
+                choice["logprobs"] = {"content": [_logprob(w, body.get("top_logprobs") or 0) for w in words]}
             out = {
                 "id": rid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "choices": [choice],
             }
             if b.usage:
                 out["usage"] = usage
@@ -373,12 +383,17 @@ class MockUpstream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and b.usage
 
         def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            if body.get("logprobs") and delta.get("content"):
+                choice["logprobs"] = {
+                    "content": [_logprob(delta["content"].strip(), body.get("top_logprobs") or 0)]
+                }
             c = {
                 "id": rid,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                "choices": [choice],
             }
             return f"data: {json.dumps(c)}\n\n".encode()
 

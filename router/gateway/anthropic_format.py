@@ -16,8 +16,10 @@ included. What is translated, accepted and dropped (docs/gateway.md, "Anthropic 
   `parallel_tool_calls: false`; `stop_sequences` -> `stop`; `metadata.user_id` -> `user`.
 - `thinking` (enabled with a budget, adaptive) and `output_config.effort` -> `reasoning_effort`,
   sent to models with the `reasoning` capability only.
-- Accepted, not forwarded: `cache_control` marks, `context_management`, `service_tier`, `top_k`,
-  `container`, citations. Any other field is dropped and reported (`router.params`).
+- `cache_control` marks on system and user text blocks reach models with the `cache_control`
+  capability as they were sent (an Anthropic model through litellm turns them back into Anthropic's
+  blocks); other models get the plain text.
+- Accepted, not forwarded: `context_management`, `service_tier`, `top_k`, `container`, citations. Any other field is dropped and reported (`router.params`).
 - Answers: text -> a `text` block, tool calls -> `tool_use` blocks; finish reasons stop / length /
   tool_calls / content_filter -> end_turn / max_tokens / tool_use / refusal.
 """
@@ -274,7 +276,7 @@ def _user_turn(content: str | list[Any]) -> list[dict[str, Any]]:
                 text = f"[tool error] {text}"
             out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
         elif isinstance(block, TextBlock):
-            parts.append({"type": "text", "text": block.text})
+            parts.append(_text_part(block))
         elif isinstance(block, ImageBlock):
             parts.append(_image_part(block))
         elif isinstance(block, DocumentBlock):
@@ -305,12 +307,22 @@ def _assistant_turn(content: str | list[Any]) -> dict[str, Any]:
     return msg
 
 
+def _text_part(block: TextBlock) -> dict[str, Any]:
+    part: dict[str, Any] = {"type": "text", "text": block.text}
+    if block.cache_control is not None:
+        part["cache_control"] = block.cache_control.model_dump(exclude_none=True)
+    return part
+
+
 def _system_turn(content: str | list[Any]) -> list[dict[str, Any]]:
-    text = (
-        content
-        if isinstance(content, str)
-        else "\n".join(b.text for b in content if isinstance(b, TextBlock))
-    )
+    """System text as one message; blocks stay blocks when one carries a cache mark (models with
+    the `cache_control` capability get them as they were sent; others get the plain text)."""
+    if isinstance(content, str):
+        return [{"role": "system", "content": content}] if content else []
+    blocks = [b for b in content if isinstance(b, TextBlock)]
+    if any(b.cache_control is not None for b in blocks):
+        return [{"role": "system", "content": [_text_part(b) for b in blocks]}]
+    text = "\n".join(b.text for b in blocks)
     return [{"role": "system", "content": text}] if text else []
 
 

@@ -40,6 +40,7 @@ def chat_body(result: ChatResult, o: Outcome) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", **result.message},
+                "logprobs": result.logprobs,
                 "finish_reason": result.finish_reason,
             }
         ],
@@ -80,7 +81,7 @@ def chunk_body(rid: str, model: str, created: int, c: ChatChunk, legacy: bool = 
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": c.delta, "finish_reason": c.finish_reason}],
+        "choices": [{"index": 0, "delta": c.delta, "logprobs": c.logprobs, "finish_reason": c.finish_reason}],
     }
 
 
@@ -174,7 +175,7 @@ class ChatStream:
         return []
 
     def chunk(self, c: ChatChunk) -> list[bytes]:
-        if not (c.delta or c.finish_reason):
+        if not (c.delta or c.finish_reason or c.logprobs):
             return []
         return [sse(chunk_body(self.rid, self.model, self.created, c, self.legacy))]
 

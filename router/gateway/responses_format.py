@@ -471,6 +471,7 @@ class Output:
 
     def __init__(self, response_id: str, tools: ToolMap | None = None):
         self.tools = tools or ToolMap()
+        self.logprobs: list[dict[str, Any]] = []  # per output token, as the chat API's `content` list
         self.base = response_id.removeprefix("resp_")
         self.text: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}  # OpenAI tool-call index -> function_call item
@@ -481,7 +482,12 @@ class Output:
         return f"msg_{self.base}"
 
     def message_item(self, status: str = "completed") -> dict[str, Any]:
-        part = {"type": "output_text", "text": "".join(self.text), "annotations": [], "logprobs": []}
+        part = {
+            "type": "output_text",
+            "text": "".join(self.text),
+            "annotations": [],
+            "logprobs": self.logprobs,
+        }
         return {
             "type": "message",
             "id": self.message_id,
@@ -582,6 +588,7 @@ def answer_output(result: ChatResult, response_id: str, tools: ToolMap | None = 
     out = Output(response_id, tools)
     if result.text:
         out.text.append(result.text)
+    out.logprobs += (result.logprobs or {}).get("content") or []
     out.add_calls([{**tc, "index": i} for i, tc in enumerate(result.message.get("tool_calls") or [])])
     out.finish = result.finish_reason
     return out
@@ -626,7 +633,7 @@ class ResponsesStream:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         common = {"item_id": self.out.message_id, "output_index": 0, "content_index": 0}
         return [
-            self._ev("response.output_text.done", {**common, "text": text, "logprobs": []}),
+            self._ev("response.output_text.done", {**common, "text": text, "logprobs": self.out.logprobs}),
             self._ev("response.content_part.done", {**common, "part": part}),
             self._ev("response.output_item.done", {"output_index": 0, "item": self.out.message_item()}),
         ]
@@ -651,6 +658,8 @@ class ResponsesStream:
                     )
                 )
             self.out.text.append(text)
+            logprobs = (c.logprobs or {}).get("content") or []
+            self.out.logprobs += logprobs
             out.append(
                 self._ev(
                     "response.output_text.delta",
@@ -659,7 +668,7 @@ class ResponsesStream:
                         "output_index": 0,
                         "content_index": 0,
                         "delta": text,
-                        "logprobs": [],
+                        "logprobs": logprobs,
                     },
                 )
             )

@@ -1,0 +1,176 @@
+"""The official SDKs with the fields agents send: what is translated, forwarded, dropped, refused.
+
+One gateway over an OpenAI-format model and an Anthropic-format one (litellm's anthropic
+provider), both on the scripted upstream; every assertion reads what the upstream received.
+"""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import make_config
+
+MSG = [{"role": "user", "content": "name a river"}]
+
+
+def pool(upstream) -> list[dict]:
+    return [
+        {
+            "name": "oa",
+            "backend": "openai",
+            "params": {"model": "oa", "base_url": upstream.base_url, "timeout": 10},
+            "capabilities": ["tools", "reasoning"],
+            "context_window": 128_000,
+            "max_output_tokens": 4096,
+            "quality": {"default": 0.6},
+        },
+        {
+            "name": "plain",
+            "backend": "openai",
+            "params": {"model": "plain", "base_url": upstream.base_url, "timeout": 10},
+            "capabilities": ["tools"],
+            "context_window": 128_000,
+            "quality": {"default": 0.5},
+        },
+        {
+            "name": "cl",
+            "backend": "litellm",
+            "params": {
+                "model": "anthropic/cl",
+                "api_base": f"http://127.0.0.1:{upstream.port}/v1/messages",
+                "api_key": "sk-ant-test",
+                "timeout": 10,
+            },
+            "capabilities": ["tools", "cache_control"],
+            "context_window": 200_000,
+            "quality": {"default": 0.9},
+        },
+    ]
+
+
+@pytest.fixture
+def gw(upstream, start_gateway):
+    return start_gateway(make_config(upstream.base_url, models=pool(upstream)))
+
+
+def oai(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def claude(gw) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0, timeout=30)
+
+
+# ---- logprobs ------------------------------------------------------------------------------------
+def test_chat_logprobs_round_trip_plain_and_streamed(gw, upstream):
+    r = oai(gw).chat.completions.create(model="oa", messages=MSG, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert [t.token for t in content] == r.choices[0].message.content.split(" ")
+    assert content[0].logprob == -0.25 and len(content[0].top_logprobs) == 2
+    assert upstream.calls("oa")[-1]["top_logprobs"] == 2
+    stream = oai(gw).chat.completions.create(model="oa", messages=MSG, logprobs=True, stream=True)
+    tokens = [
+        t.token for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content
+    ]
+    assert tokens == ["oa:", "name", "a", "river"]
+
+
+def test_responses_top_logprobs_come_back_on_the_output_text(gw):
+    r = oai(gw).responses.create(model="oa", input="name a river", top_logprobs=1)
+    part = r.output[0].content[0]
+    assert [t.token for t in part.logprobs] == part.text.split(" ")
+
+
+# ---- thinking and effort -------------------------------------------------------------------------
+def test_thinking_and_effort_become_a_reasoning_effort_for_models_that_reason(gw, upstream):
+    c = claude(gw)
+    c.messages.create(
+        model="oa", max_tokens=64, messages=MSG, thinking={"type": "enabled", "budget_tokens": 2048}
+    )
+    assert upstream.calls("oa")[-1]["reasoning_effort"] == "low"
+    c.messages.create(
+        model="oa",
+        max_tokens=64,
+        messages=MSG,
+        extra_body={"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}},
+    )
+    assert upstream.calls("oa")[-1]["reasoning_effort"] == "xhigh"
+    # a model without the reasoning capability is not sent one (OpenAI refuses it there)
+    r = c.messages.with_raw_response.create(
+        model="plain", max_tokens=64, messages=MSG, thinking={"type": "enabled", "budget_tokens": 20000}
+    )
+    assert r.http_response.status_code == 200
+    assert "reasoning_effort" not in upstream.calls("plain")[-1]
+    assert all("thinking" not in call for call in upstream.calls())
+
+
+# ---- cache_control -------------------------------------------------------------------------------
+def test_cache_control_reaches_an_anthropic_format_upstream_and_not_an_openai_one(gw, upstream):
+    system = [
+        {"type": "text", "text": "You are terse."},
+        {"type": "text", "text": "Project rules: none.", "cache_control": {"type": "ephemeral"}},
+    ]
+    c = claude(gw)
+    c.messages.create(model="cl", max_tokens=32, system=system, messages=MSG)
+    sent = upstream.calls("cl")[-1]["system"]
+    assert [b["text"] for b in sent] == ["You are terse.", "Project rules: none."]
+    assert sent[1]["cache_control"] == {"type": "ephemeral"} and "cache_control" not in sent[0]
+    c.messages.create(model="plain", max_tokens=32, system=system, messages=MSG)
+    first = upstream.calls("plain")[-1]["messages"][0]
+    assert first["role"] == "system" and "cache_control" not in str(first)
+
+
+# ---- unknown fields: dropped and reported; forbidden fields: 400, nothing sent ------------------
+def test_unknown_fields_are_dropped_and_reported_on_every_api(gw, upstream):
+    raw = oai(gw).chat.completions.with_raw_response.create(
+        model="oa", messages=MSG, extra_body={"next_year_field": 1, "metadata": {"k": "v"}}
+    )
+    assert raw.headers["x-moe-router-dropped-params"] == "next_year_field"
+    raw = oai(gw).responses.with_raw_response.create(
+        model="oa",
+        input=[{"type": "message", "role": "user", "content": "hi", "passthrough": {"a": 1}}],
+        extra_body={"client_metadata": {"x": "y"}},
+    )
+    assert raw.headers["x-moe-router-dropped-params"] == "input[0].passthrough"
+    raw = claude(gw).messages.with_raw_response.create(
+        model="oa",
+        max_tokens=16,
+        messages=MSG,
+        tools=[{"type": "web_search_20250305", "name": "web_search"}],
+        extra_body={"context_management": {"edits": []}, "brand_new": True},
+    )
+    assert raw.headers["x-moe-router-dropped-params"] == "brand_new,tools[0]"
+    for call in upstream.calls("oa"):
+        assert not {
+            "next_year_field",
+            "metadata",
+            "client_metadata",
+            "brand_new",
+            "context_management",
+        } & set(call)
+        assert "passthrough" not in str(call["messages"]) and "tools" not in call
+
+
+@pytest.mark.parametrize("field", ["api_base", "base_url", "api_key", "extra_headers"])
+def test_forbidden_fields_are_400_with_nothing_sent_on_every_api(gw, upstream, field):
+    with pytest.raises(openai.BadRequestError) as e:
+        oai(gw).chat.completions.create(model="oa", messages=MSG, extra_body={field: "http://evil"})
+    assert e.value.body["param"] == field and e.value.body["code"] == "forbidden_parameter"
+    with pytest.raises(openai.BadRequestError):
+        oai(gw).responses.create(model="oa", input=[{"role": "user", "content": "hi", field: "x"}])
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude(gw).messages.create(model="oa", max_tokens=8, messages=MSG, extra_body={field: "x"})
+    assert (
+        e.value.body["error"]["type"] == "invalid_request_error" and field in e.value.body["error"]["message"]
+    )
+    assert upstream.calls() == []
+
+
+def test_unknown_fields_are_refused_under_params_reject(upstream, start_gateway):
+    gw = start_gateway(make_config(upstream.base_url, models=pool(upstream), params={"unknown": "reject"}))
+    with pytest.raises(openai.BadRequestError) as e:
+        oai(gw).responses.create(model="oa", input=[{"role": "user", "content": "hi", "passthrough": 1}])
+    assert e.value.body["param"] == "input[0].passthrough" and e.value.body["code"] == "unknown_parameter"
+    assert upstream.calls() == []
