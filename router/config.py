@@ -42,6 +42,34 @@ DEFAULT_LEDGER = "sqlite+aiosqlite:///data/ledger.db"
 LEDGER_OFF = frozenset({"", "none", "off", "false", "no", "disabled"})
 
 
+def _litellm_cached_price(model: str, input_price_per_1m: float) -> float | None:
+    """litellm's cached-read price for `model` (`anthropic/claude-...`, `gpt-4o`), in USD per 1M,
+    at most the configured input price; None when its cost map does not know the model."""
+    costs = _litellm_cost_map()
+    entry = costs.get(model) or costs.get(model.split("/", 1)[-1]) or {}
+    per_token = entry.get("cache_read_input_token_cost")
+    if per_token is None:
+        return None
+    return min(float(per_token) * 1e6, input_price_per_1m)
+
+
+@functools.cache
+def _litellm_cost_map() -> dict[str, Any]:
+    """The cost map bundled with litellm, read as a file: importing litellm would fetch its remote
+    copy first (seconds, or a stall offline) and cost ~1 s of start-up."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(spec.submodule_search_locations[0]) / "model_prices_and_context_window_backup.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,6 +118,16 @@ class ModelSpec(_Strict):
         """Served in-process (weights loaded at start-up), not over the network."""
         return self.backend in LOCAL_BACKENDS
 
+    @model_validator(mode="after")
+    def _cached_price_at_most_input(self) -> ModelSpec:
+        # a reservation is made at the input price: a cached read may not cost more
+        if (
+            self.cached_input_price_per_1m is not None
+            and self.cached_input_price_per_1m > self.input_price_per_1m
+        ):
+            raise ValueError("cached_input_price_per_1m may not exceed input_price_per_1m")
+        return self
+
     @field_validator("allow_params")
     @classmethod
     def _no_destination_params(cls, v: list[str]) -> list[str]:
@@ -136,7 +174,15 @@ class ModelSpec(_Strict):
             quality=dict(self.quality),
             latency_ms=self.latency_ms,
             description=self.description,
+            cached_input_price_per_1m=self.cached_input_price(),
         )
+
+    def cached_input_price(self) -> float | None:
+        """USD per 1M cached prompt tokens: the configured price, else litellm's cost map for this
+        model (`cache_read_input_token_cost`), else None (cached tokens cost the input price)."""
+        if self.cached_input_price_per_1m is not None:
+            return self.cached_input_price_per_1m
+        return _litellm_cached_price(str(self.params.get("model") or self.name), self.input_price_per_1m)
 
 
 class PolicySpec(_Strict):

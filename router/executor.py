@@ -179,7 +179,11 @@ class Executor:
     ) -> Outcome:
         if usage is None:  # backend did not report usage: estimate from the texts
             usage = Usage(plan.prompt_tokens, C.estimate_tokens(text))
-        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens)
+        cost = (
+            self.specs[model]
+            .info()
+            .cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        )
         return Outcome(
             plan, model, usage, cost, latency_ms, list(attempts.fallbacks), experts, attempts.spills()
         )

@@ -360,7 +360,9 @@ class Planner:
         self, plan: Plan, req: ChatCompletionRequest, caller: Caller, session: str | None
     ) -> None:
         """Conversation affinity: keep the model this conversation is on unless switching gains more
-        than `routing.affinity.margin` in decision score, or the model is no longer eligible."""
+        than `routing.affinity.margin` in decision score, or the model is no longer eligible. A
+        switch for cost alone must also save more than the prompt cache it gives up (the decision
+        record's `notes.cache` says what was weighed)."""
         plan.conversation = conversation_key(req, caller, session)
         pinned = None
         # a request without an earlier answer in it starts a conversation (unless the client names one)
@@ -375,8 +377,21 @@ class Planner:
         else:
             kept = next((c for c in decision.ranked if c.model == pinned["model"]), None)
             best = decision.chosen
+            cheaper_only = False
+            if kept is not None and kept is not best:
+                # leaving the model gives up its prompt cache: a switch made to save money must
+                # save more than the cached prefix would have (priced at the model's cached rate)
+                lost = self.specs[kept.model].info().cache_value_usd(plan.prompt_tokens)
+                saving = (kept.cost_usd or 0.0) - lost - (best.cost_usd or 0.0)
+                decision.notes["cache"] = {
+                    "on": kept.model,
+                    "lost_cache_usd": round(lost, 8),
+                    "switch_saving_usd": round(saving, 8),
+                }
+                # a switch for cost alone (no better predicted quality) that the lost cache eats
+                cheaper_only = (best.quality or 0.0) <= (kept.quality or 0.0) and saving <= 0
             if kept is not None and (
-                kept is best or (best.score or 0.0) - (kept.score or 0.0) <= self.margin
+                kept is best or cheaper_only or (best.score or 0.0) - (kept.score or 0.0) <= self.margin
             ):
                 if kept is not best:
                     decision.ranked.remove(kept)
