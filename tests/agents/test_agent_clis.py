@@ -15,34 +15,31 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.agents.clis import agent_bin
-from tests.conftest import make_config, priced_model
+from tests.conftest import make_config
 
 MARKER = "TOOL-RAN-7f3a"
 PROMPT = "Run the tool once, then report what it printed."
 
 
-def agent_pool(upstream) -> list[dict]:
-    """The agent-ready shape of examples/agent-pool.yaml: tool-capable, 200k windows, output limits
-    below what Claude Code asks for (32,000), so the cap is exercised."""
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agent-pool.yaml"
+MOCK_URL = "http://127.0.0.1:9000/v1"
 
-    def m(name, pin, pout, quality, **kw):
-        return priced_model(
-            upstream.base_url,
-            name,
-            pin,
-            pout,
-            quality=quality,
-            capabilities=["tools", "vision", "json"],
-            context_window=200_000,
-            **kw,
-        )
 
-    return [
-        m("small", 0.1, 0.4, {"default": 0.5}, max_output_tokens=8192),
-        m("large", 3.0, 15.0, {"default": 0.9}, max_output_tokens=16384),
-    ]
+def agent_config(upstream, **sections):
+    """examples/agent-pool.yaml, the README's pool, with its mock models on this test's upstream
+    (the real provider entries stay, unavailable without their keys)."""
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    for m in raw["models"]:
+        if m["params"].get("base_url") == MOCK_URL:
+            m["params"]["base_url"] = upstream.base_url
+    raw.pop("server", None)
+    return make_config(upstream.base_url, **{**raw, **sections})
+
+
+MOCKS = ("mock-small", "mock-coder", "mock-large")
 
 
 def anthropic_model(upstream) -> dict:
@@ -106,15 +103,16 @@ def claude_env(gw, model: str | None) -> dict[str, str]:
 @pytest.mark.parametrize("model", ["router", None], ids=["ANTHROPIC_MODEL=router", "its-own-model-names"])
 def test_claude_code_runs_a_tool_loop_through_the_gateway(upstream, start_gateway, workdir, model):
     claude = agent_bin("claude")
-    gw = start_gateway(make_config(upstream.base_url, models=agent_pool(upstream)))
-    for name in ("small", "large"):
+    gw = start_gateway(agent_config(upstream))
+    for name in MOCKS:
         upstream.behave(name, tool="Bash", tool_args={"command": f"echo {MARKER}", "description": "print"})
     done = run([claude, "-p", PROMPT, "--allowedTools", "Bash"], claude_env(gw, model), workdir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert any(MARKER in t for t in tool_outputs(upstream))  # the tool ran, its output went back
     assert f"the tool said {MARKER}" in done.stdout  # and the answer to it came through
-    main_turns = [c for c in upstream.calls() if c.get("tools")]
-    assert main_turns and all(c["max_tokens"] <= 16384 for c in main_turns)  # 32,000 asked, capped
+    # Claude Code asks 32,000 output tokens: each model got at most its own limit
+    limits = {"mock-small": 16384, "mock-coder": 32000, "mock-large": 64000}
+    assert all(c["max_tokens"] <= limits[m] for m in MOCKS for c in upstream.calls(m))
     assert all("context_management" not in c and "thinking" not in c for c in upstream.calls())
 
 
@@ -149,8 +147,8 @@ CODEX = ["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sa
 
 def test_codex_with_a_config_provider_runs_a_tool_loop(upstream, start_gateway, workdir):
     codex = agent_bin("codex")
-    gw = start_gateway(make_config(upstream.base_url, models=agent_pool(upstream)))
-    for name in ("small", "large"):
+    gw = start_gateway(agent_config(upstream))
+    for name in MOCKS:
         upstream.behave(name, tool="exec_command", tool_args={"cmd": f"echo {MARKER}"})
     codex_config(workdir / "home", gw)
     env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "MOE_ROUTER_API_KEY": "sk-local"}
@@ -169,9 +167,9 @@ def test_codex_one_line_base_url_runs_a_tool_loop(upstream, start_gateway, workd
     426, so it falls back at once) and sends its tools as an `additional_tools` input item, the
     shell reached through its `exec` code tool."""
     codex = agent_bin("codex")
-    gw = start_gateway(make_config(upstream.base_url, models=agent_pool(upstream)))
+    gw = start_gateway(agent_config(upstream))
     script = f'const r = await tools.exec_command({{cmd: "echo {MARKER}"}}); text(r);'
-    for name in ("small", "large"):
+    for name in MOCKS:
         upstream.behave(name, tool="exec", tool_args={"input": script})
     env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "OPENAI_API_KEY": "sk-local"}
     (workdir / "home" / ".codex").mkdir(parents=True)
