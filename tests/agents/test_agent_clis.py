@@ -36,7 +36,19 @@ def agent_config(upstream, **sections):
         if m["params"].get("base_url") == MOCK_URL:
             m["params"]["base_url"] = upstream.base_url
     raw.pop("server", None)
-    return make_config(upstream.base_url, **{**raw, **sections})
+    auth = {"require_keys": True, "master_key": MASTER}
+    return make_config(upstream.base_url, **{**raw, "auth": auth, **sections})
+
+
+MASTER = "sk-master-agents"
+
+
+def user_key(gw) -> str:
+    """A moe-router key for the agent: every test gateway requires one, so each CLI is seen to
+    send its key the way it does (x-api-key, Authorization: Bearer)."""
+    r = gw.post("/admin/keys", json={"name": "agent"}, headers={"authorization": f"Bearer {MASTER}"})
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
 
 
 MOCKS = ("mock-small", "mock-coder", "mock-large")
@@ -94,7 +106,7 @@ def workdir(tmp_path) -> Path:
 
 
 def claude_env(gw, model: str | None) -> dict[str, str]:
-    env = {"ANTHROPIC_BASE_URL": gw.url, "ANTHROPIC_API_KEY": "sk-local"}
+    env = {"ANTHROPIC_BASE_URL": gw.url, "ANTHROPIC_API_KEY": user_key(gw)}
     if model is not None:
         env["ANTHROPIC_MODEL"] = model
     return env
@@ -118,7 +130,7 @@ def test_claude_code_runs_a_tool_loop_through_the_gateway(upstream, start_gatewa
 
 def test_claude_code_on_an_anthropic_format_upstream(upstream, start_gateway, workdir):
     claude = agent_bin("claude")
-    gw = start_gateway(make_config(upstream.base_url, models=[anthropic_model(upstream)]))
+    gw = start_gateway(agent_config(upstream, models=[anthropic_model(upstream)]))
     upstream.behave(
         "claude-upstream", tool="Bash", tool_args={"command": f"echo {MARKER}", "description": "x"}
     )
@@ -151,7 +163,7 @@ def test_codex_with_a_config_provider_runs_a_tool_loop(upstream, start_gateway, 
     for name in MOCKS:
         upstream.behave(name, tool="exec_command", tool_args={"cmd": f"echo {MARKER}"})
     codex_config(workdir / "home", gw)
-    env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "MOE_ROUTER_API_KEY": "sk-local"}
+    env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "MOE_ROUTER_API_KEY": user_key(gw)}
     done = run([codex, *CODEX, PROMPT], env, workdir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert any(MARKER in t for t in tool_outputs(upstream))
@@ -171,8 +183,18 @@ def test_codex_one_line_base_url_runs_a_tool_loop(upstream, start_gateway, workd
     script = f'const r = await tools.exec_command({{cmd: "echo {MARKER}"}}); text(r);'
     for name in MOCKS:
         upstream.behave(name, tool="exec", tool_args={"input": script})
-    env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "OPENAI_API_KEY": "sk-local"}
+    env = {"CODEX_HOME": str(workdir / "home" / ".codex")}
     (workdir / "home" / ".codex").mkdir(parents=True)
+    # the built-in provider sends the key `codex login` saved (not OPENAI_API_KEY)
+    login = subprocess.run(
+        [codex, "login", "--with-api-key"],
+        input=user_key(gw),
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert login.returncode == 0, login.stderr
     done = run([codex, *CODEX, "-c", f"openai_base_url={gw.url}/v1", PROMPT], env, workdir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert any(MARKER in t for t in tool_outputs(upstream))
