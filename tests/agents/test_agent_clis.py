@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from router.config import load_config
 from tests.agents.clis import agent_bin
 from tests.conftest import make_config
 
@@ -140,18 +141,37 @@ def test_claude_code_on_an_anthropic_format_upstream(upstream, start_gateway, wo
     assert f"the tool said {MARKER}" in done.stdout
 
 
-def codex_config(home: Path, gw) -> None:
+def codex_toml(base_url: str) -> str:
     """The README's config.toml provider block."""
-    (home / ".codex").mkdir(parents=True, exist_ok=True)
-    (home / ".codex" / "config.toml").write_text(
+    return (
         'model = "router"\n'
         'model_provider = "moe-router"\n\n'
         "[model_providers.moe-router]\n"
         'name = "moe-router"\n'
-        f'base_url = "{gw.url}/v1"\n'
+        f'base_url = "{base_url}"\n'
         'wire_api = "responses"\n'
         'env_key = "MOE_ROUTER_API_KEY"\n'
     )
+
+
+def codex_config(home: Path, gw) -> None:
+    (home / ".codex").mkdir(parents=True, exist_ok=True)
+    (home / ".codex" / "config.toml").write_text(codex_toml(f"{gw.url}/v1"))
+
+
+def test_the_readme_recipes_are_the_tested_ones():
+    readme = (EXAMPLE.parents[1] / "README.md").read_text()
+    served = f"http://127.0.0.1:{yaml.safe_load(EXAMPLE.read_text())['server']['port']}"
+    assert "moe-router serve --config examples/agent-pool.yaml" in readme
+    assert f"```toml\n{codex_toml(served + '/v1')}```" in readme
+    assert (
+        f"ANTHROPIC_BASE_URL={served} ANTHROPIC_API_KEY=<moe-router key> ANTHROPIC_MODEL=router claude"
+        in readme
+    )
+    assert "codex login --with-api-key" in readme and f"codex -c openai_base_url={served}/v1" in readme
+    cfg = load_config(EXAMPLE)  # the example itself: an agent-ready pool
+    assert all("tools" in m.capabilities and m.context_window >= 128_000 for m in cfg.chat_models())
+    assert cfg.server.max_body_bytes >= 8 * 2**20
 
 
 CODEX = ["exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
