@@ -67,6 +67,7 @@ def openai_routes(engine: Engine) -> APIRouter:
         body: ChatCompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
         dropped = screened(engine, body, "chat", operator_params=True)
+        session = session or body.prompt_cache_key  # the client's own conversation id
         return await answer(engine, body, who, session, legacy=False, dropped=dropped)
 
     @api.post("/v1/completions")
