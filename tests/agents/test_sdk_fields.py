@@ -174,3 +174,18 @@ def test_unknown_fields_are_refused_under_params_reject(upstream, start_gateway)
         oai(gw).responses.create(model="oa", input=[{"role": "user", "content": "hi", "passthrough": 1}])
     assert e.value.body["param"] == "input[0].passthrough" and e.value.body["code"] == "unknown_parameter"
     assert upstream.calls() == []
+
+
+async def test_the_output_cap_goes_where_the_server_reads_it(upstream):
+    from adapters.base import ChatRequest
+    from adapters.openai_compat import OpenAICompatAdapter
+
+    msgs = [{"role": "user", "content": "hi"}]
+    for field, sent in [(None, "max_tokens"), ("max_completion_tokens", "max_completion_tokens")]:
+        a = OpenAICompatAdapter("oa", base_url=upstream.base_url, output_cap_field=field)
+        await a.chat(ChatRequest(messages=msgs, max_tokens=7))
+        await a.aclose()
+        call = upstream.calls("oa")[-1]
+        assert call[sent] == 7 and len({"max_tokens", "max_completion_tokens"} & set(call)) == 1
+    # OpenAI's own API gets max_completion_tokens (its reasoning models refuse max_tokens)
+    assert OpenAICompatAdapter("gpt-5-mini")._cap_field == "max_completion_tokens"
