@@ -189,33 +189,59 @@ def screen(body: BaseModel, *, allowed: Collection[str] = (), reject: bool = Fal
     it) and its client path returned — or, with `reject`, raises `ParamError`. Top-level fields in
     `allowed` (an operator's `allow_params`) stay, for the planner to route on."""
     dropped: list[str] = []
-    _walk(body, [], dropped, frozenset(allowed), reject)
+    _walk(body, None, dropped, frozenset(allowed), reject)
     return dropped
 
 
-def _walk(
-    node: Any, path: list[str | int], dropped: list[str], allowed: frozenset[str], reject: bool
-) -> None:
-    if isinstance(node, BaseModel):
-        if getattr(node, "OPAQUE", False):
-            return  # kept whole and never forwarded (a hosted tool, an item type not translated)
-        extra = node.__pydantic_extra__
-        if extra:
-            for name in list(extra):
-                where = client_path([*path, name])
-                if name in DESTINATION_FIELDS:
-                    raise ParamError(where, forbidden=True)
-                if not path and name in allowed:
-                    continue
-                if reject:
-                    raise ParamError(where, forbidden=False)
-                del extra[name]
-                dropped.append(where)
-        for name in type(node).model_fields:
-            value = getattr(node, name)
-            if value is not None and not isinstance(value, str | int | float | bool):
-                _walk(value, [*path, name], dropped, allowed, reject)
-    elif isinstance(node, list | tuple):
-        for i, v in enumerate(node):
-            if isinstance(v, BaseModel | list):
-                _walk(v, [*path, i], dropped, allowed, reject)
+# A place in the body as a linked list, (parent, key): built for every object walked, turned into a
+# path string only for a field that is reported (an agent's body has thousands of objects).
+Place = tuple["Place | None", str | int] | None
+
+
+def _path(place: Place) -> list[str | int]:
+    parts: list[str | int] = []
+    while place is not None:
+        place, key = place
+        parts.append(key)
+    return parts[::-1]
+
+
+_PLAIN = frozenset({type(None), str, int, float, bool, dict})
+_OPAQUE: dict[type, bool] = {}  # per class: kept whole (class attribute OPAQUE), never walked
+
+
+def _opaque(cls: type) -> bool:
+    try:
+        return _OPAQUE[cls]
+    except KeyError:
+        _OPAQUE[cls] = any(c.__dict__.get("OPAQUE", False) for c in cls.__mro__)
+        return _OPAQUE[cls]
+
+
+def _walk(node: BaseModel, place: Place, dropped: list[str], allowed: frozenset[str], reject: bool) -> None:
+    if _opaque(type(node)):
+        return  # kept whole and never forwarded (a hosted tool, an item type not translated)
+    extra = node.__pydantic_extra__
+    if extra:
+        for name in list(extra):
+            where = client_path([*_path(place), name])
+            if name in DESTINATION_FIELDS:
+                raise ParamError(where, forbidden=True)
+            if place is None and name in allowed:
+                continue
+            if reject:
+                raise ParamError(where, forbidden=False)
+            del extra[name]
+            dropped.append(where)
+    for name, value in node.__dict__.items():
+        kind = type(value)
+        if kind in _PLAIN:
+            continue
+        if kind is list:
+            if value and type(value[0]) not in _PLAIN:
+                inner = (place, name)
+                for i, v in enumerate(value):
+                    if isinstance(v, BaseModel):
+                        _walk(v, (inner, i), dropped, allowed, reject)
+        elif isinstance(value, BaseModel):
+            _walk(value, (place, name), dropped, allowed, reject)
