@@ -98,6 +98,9 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
         unknown = unknown_field_error(errors, DESTINATION_FIELDS, body)
         if unknown is not None:
             return error_response(unknown, request)
+        # the deepest error is the specific one: a union's other members fail shallowly (`input`
+        # is not a string) beside the real mistake (`input[0].role`)
+        errors = sorted(errors, key=lambda e: -len(e.get("loc", ())))
         first = errors[0] if errors else {}
         param = body_path(first.get("loc", ()), body)
         message = "; ".join(
