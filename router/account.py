@@ -32,6 +32,7 @@ import contextvars
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -61,6 +62,7 @@ class Ticket:
     settlement: asyncio.Task | None = field(default=None, repr=False)
     scopes: Sequence[BudgetScope] = ()  # of the reservation
     successes: list[tuple[str, float]] = field(default_factory=list)  # (model, latency_ms) to record
+    id: str = ""  # the request's: its admission and settlement are each applied once under it
 
     @property
     def settled(self) -> bool:
@@ -95,29 +97,29 @@ class Account:
             "usd": to_micros(usd or 0.0) / MICROS,
             "created": time.time(),
         }
-        admitting = asyncio.ensure_future(self.access.open(caller, tokens, usd, event))
+        admitting = asyncio.ensure_future(self.access.open(caller, tokens, usd, event, request_id))
         try:
             got = await asyncio.shield(admitting)
         except asyncio.CancelledError:
-            admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t))
+            admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t, request_id))
             raise
-        ticket = self._ticket(caller, tokens, got.window, got.reservation)
+        ticket = self._ticket(caller, tokens, got.window, got.reservation, request_id)
         _ticket.set(ticket)
         return ticket
 
     def _ticket(
-        self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None
+        self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None, id: str = ""
     ) -> Ticket:
-        ticket = Ticket(caller, tokens, window, reservation)
+        ticket = Ticket(caller, tokens, window, reservation, id=id or uuid.uuid4().hex)
         if reservation is not None:
             ticket.scopes = self.access.scopes(caller)
         self._open.add(ticket)
         return ticket
 
-    def _give_back(self, caller: Caller, tokens: int, admitting: asyncio.Future) -> None:
+    def _give_back(self, caller: Caller, tokens: int, admitting: asyncio.Future, id: str) -> None:
         if not admitting.cancelled() and admitting.exception() is None:
             got = admitting.result()
-            self.settle(self._ticket(caller, tokens, got.window, got.reservation), None)
+            self.settle(self._ticket(caller, tokens, got.window, got.reservation, id), None)
 
     def defer_health(self, ticket: Ticket) -> None:
         """Successes reported from here on (this task) are recorded by `ticket`'s settlement."""
@@ -130,7 +132,8 @@ class Account:
 
     async def reserve(self, ticket: Ticket, usd: float, request_id: str) -> None:
         """Hold `usd` in every budget scope of the caller (429 when one cannot cover it)."""
-        ticket.reservation = await self.access.reserve(ticket.caller, usd)
+        ticket.id = request_id
+        ticket.reservation = await self.access.reserve(ticket.caller, usd, request_id)
         ticket.scopes = self.access.scopes(ticket.caller) if ticket.reservation is not None else ()
         if ticket.reservation is not None:
             await self.store.log.record_event(
@@ -188,6 +191,7 @@ class Account:
             used - ticket.tokens,
             rec,
             ticket.successes,
+            ticket.id,
         )
         left = await self.store.money.settle(settle)
         if ticket.reservation is None or charge is None:

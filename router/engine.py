@@ -44,6 +44,7 @@ from router.ledger import Ledger, build_ledger
 from router.metrics import Metrics
 from router.planner import Plan, Planner, new_request_id
 from router.policy_set import PolicySet
+from router.refusals import Refusals
 from router.schemas import ChatCompletionRequest, EmbeddingsRequest
 from router.state import FeedbackRecord, HealthOptions, MemoryStore, RedisStore, RequestRecord, Store
 from router.tracing import Tracing, span
@@ -77,6 +78,8 @@ def build_store(config: RouterConfig, metrics: Metrics) -> Store:
         max_entries=config.log.max_entries,
         request_ttl_s=config.log.request_ttl_s,
         capacity_outage_share=config.capacity.outage_share,
+        replay_s=o.replay_s,
+        applied_ttl_s=o.applied_ttl_s,
     )
 
 
@@ -136,6 +139,7 @@ class Engine:
             self.unavailable,
         )
         self.account = Account(self.access, self.store, self.metrics, config.log)
+        self.refusals = Refusals(self.store.log, self.metrics, self.account.spawn)
         self.executor = Executor(config, self.dispatcher, self.policies, self.metrics)
         self.feedbacks = Feedback(
             config, self.store, self.policies, self.access, self.account, self.dispatcher, self.metrics

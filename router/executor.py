@@ -177,6 +177,9 @@ class Executor:
         attempts: Attempts,
         experts: dict[str, list[int]] | None,
     ) -> Outcome:
+        """What one model's answer used; its expert selections (local MoE) are counted here, the
+        one step every answer passes — plain, cascade step or stream, completed or cut."""
+        self.metrics.observe_experts(model, experts)
         if usage is None:  # backend did not report usage: estimate from the texts
             usage = Usage(plan.prompt_tokens, C.estimate_tokens(text))
         cost = (

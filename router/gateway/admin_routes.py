@@ -9,6 +9,7 @@ requests and the overview are queries of the request ledger (`engine.ledger`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from router.ledger import LedgerUnavailable
 EVAL_REPORT = "eval.json"  # `moe-router eval --report <artifact>/eval.json` puts it where the console looks
 MAX_REPORT_BYTES = 5 << 20
 MAX_BUCKETS = 2000
+MAX_UNIX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -60,6 +62,18 @@ class KeyCreate(KeyUpdate):
 
 class KeyNotFoundError(NotFound):
     code = "key_not_found"
+
+
+def unix_time(name: str, value: float | None) -> float | None:
+    """A query's time bound, or a 400: finite, and a date a database can hold (`inf`, `nan` and
+    `1e300` are not; they used to reach the ledger and come back as an outage)."""
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_UNIX_TIME):
+        raise BadRequest(
+            f"{name} must be a unix time in seconds between 0 and {MAX_UNIX_TIME:.0f}, got {value!r}",
+            param=name,
+            code="invalid_query",
+        )
+    return value
 
 
 def _key_error(e: KeyAdminError) -> RouterError:
@@ -135,6 +149,9 @@ def admin_routes(engine: Engine) -> APIRouter:
                 "models": [m.name for m in config.chat_models() if m.name not in engine.unavailable],
                 "state": store.kind,
                 "ledger": getattr(engine, "ledger", None) is not None,
+                # whose traffic the console shows: this gateway's config and where its ledger is
+                "config": config.source,
+                "ledger_at": getattr(getattr(engine, "ledger", None), "where", None),
             }
         )
 
@@ -177,9 +194,10 @@ def admin_routes(engine: Engine) -> APIRouter:
     @api.get("/spend")
     async def spend(
         group_by: Literal["key", "model", "day"] = Query("key"),
-        since: float | None = Query(None, ge=0),
-        until: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
+        until: float | None = Query(None),
     ):
+        since, until = unix_time("since", since), unix_time("until", until)
         rows = await ledger("spend", group_by=group_by, since=since, until=until)
         return _no_store({"object": "list", "group_by": group_by, "data": rows})
 
@@ -190,11 +208,14 @@ def admin_routes(engine: Engine) -> APIRouter:
         policy: str | None = Query(None, max_length=256),
         status: str | None = Query(None, pattern=r"^[a-z_]{1,32}$"),
         limit: int = Query(50, ge=1, le=500),
-        since: float | None = Query(None, ge=0),
-        before: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
+        before: float | None = Query(None),
+        q: str | None = Query(None, max_length=200),
     ):
+        since, before = unix_time("since", since), unix_time("before", before)
         rows = await ledger(
             "recent",
+            prompt=q,
             limit=limit,
             key=key,
             model=model,
@@ -214,11 +235,11 @@ def admin_routes(engine: Engine) -> APIRouter:
 
     @api.get("/overview")
     async def overview(
-        since: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
         bucket_s: int = Query(60, ge=1, le=86400),
     ):
         now = time.time()
-        since = now - 3600 if since is None else since
+        since = now - 3600 if since is None else unix_time("since", since)
         if (now - since) / bucket_s > MAX_BUCKETS:
             raise BadRequest(
                 f"too many buckets: (now - since) / bucket_s must be at most {MAX_BUCKETS}",
@@ -257,6 +278,7 @@ def admin_routes(engine: Engine) -> APIRouter:
     async def models():
         names = [m.name for m in config.models]
         health = await store.health.snapshot(names)
+        experts = engine.metrics.expert_load()  # this replica's, since it started
         out = []
         for spec in config.models:
             h = health.get(spec.name)
@@ -275,6 +297,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                     "latency_ewma_ms": h.ewma_ms if h else None,
                     "latency_p95_ms": h.p95_ms if h else None,
                     "samples": h.samples if h else 0,
+                    "experts": experts.get(spec.name),
                 }
             )
         return _no_store({"object": "list", "data": out})

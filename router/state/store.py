@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from router.health import MemoryHealth, ModelHealth
 from router.metrics import Metrics
-from router.state.admission import ComposedMoney, RedisMoney
+from router.state.admission import REPLAY_S, ComposedMoney, RedisMoney
 from router.state.bandit import BanditState, MemoryBanditState, RedisBanditState
-from router.state.budgets import Budgets, MemoryBudgets, RedisBudgets
+from router.state.budgets import APPLIED_TTL_S, Budgets, MemoryBudgets, RedisBudgets
 from router.state.cache import MemoryCache, RedisCache, ResponseCache
 from router.state.capacity import CapacityState, MemoryCapacity, RedisCapacity
 from router.state.degrade import (
@@ -104,6 +104,8 @@ class RedisStore(Store):
         max_entries: int = 1_000_000,
         request_ttl_s: int = 7 * 86400,
         capacity_outage_share: int = 1,  # replicas each model's capacity is divided among in an outage
+        replay_s: float = REPLAY_S,  # a money script whose answer timed out is asked again this long
+        applied_ttl_s: int = APPLIED_TTL_S,  # how long an admission's / settlement's id is remembered
     ):
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -124,7 +126,8 @@ class RedisStore(Store):
         self.outage = Outage(metrics, retry_every_s)
         r, o = self.redis, self.outage
         keys, limits = RedisKeys(r, prefix), RedisRateLimiter(r, prefix + "rate:")
-        budgets_, log_ = RedisBudgets(r, prefix + "budget:"), RedisLog(r, prefix, max_entries, request_ttl_s)
+        budgets_ = RedisBudgets(r, prefix + "budget:", applied_ttl_s)
+        log_ = RedisLog(r, prefix, max_entries, request_ttl_s)
         self.keys = ResilientKeys(keys, o)
         self.budgets = ResilientBudgets(budgets_, o, budgets, allowance)
         self.limits = ResilientLimiter(limits, o)
@@ -137,7 +140,7 @@ class RedisStore(Store):
         )
         self.health = ResilientHealth(shared, health.memory(), o)
         self.money = ResilientMoney(
-            RedisMoney(r, keys, limits, budgets_, log_, shared),
+            RedisMoney(r, keys, limits, budgets_, log_, shared, replay_s, metrics),
             ComposedMoney(self.keys, self.limits, self.budgets, self.log, self.health),
             o,
             self.keys,
