@@ -108,27 +108,29 @@ class StreamHandle:
 
 # parameters only models with the capability receive (config `capabilities`): a reasoning effort
 # sent to a model without reasoning is a 400 at OpenAI
-CAPABILITY_PARAMS = {"reasoning_effort": "reasoning"}
+CAPABILITY_PARAMS = {"reasoning_effort": "reasoning", "thinking": "thinking"}
 
 
-def _without_cache_marks(messages: list[dict]) -> list[dict]:
-    """`messages` without prompt-cache marks (`cache_control` on text parts): what a model without
-    the `cache_control` capability is sent. The same list when there are none."""
-    if not any(
-        isinstance(m.get("content"), list) and any("cache_control" in p for p in m["content"])
-        for m in messages
-    ):
+def _for_capabilities(messages: list[dict], cache_marks: bool, thinking: bool) -> list[dict]:
+    """`messages` as a model is sent them: without prompt-cache marks (`cache_control` on text
+    parts) unless it has the `cache_control` capability, without an assistant's `thinking_blocks`
+    unless it has `thinking`. The same list when there is nothing to take out."""
+
+    def marked(m: dict) -> bool:
+        return isinstance(m.get("content"), list) and any("cache_control" in p for p in m["content"])
+
+    strip_marks = not cache_marks and any(marked(m) for m in messages)
+    strip_thinking = not thinking and any("thinking_blocks" in m for m in messages)
+    if not (strip_marks or strip_thinking):
         return messages
     out = []
     for m in messages:
-        if isinstance(m.get("content"), list):
+        if strip_thinking and "thinking_blocks" in m:
+            m = {k: v for k, v in m.items() if k != "thinking_blocks"}
+        if strip_marks and marked(m):
             m = {**m, "content": [{k: v for k, v in p.items() if k != "cache_control"} for p in m["content"]]}
         out.append(m)
     return out
-
-
-def _takes(capabilities, extra: dict) -> bool:
-    return all(CAPABILITY_PARAMS[k] in capabilities for k in extra if k in CAPABILITY_PARAMS)
 
 
 class Executor:
@@ -143,19 +145,26 @@ class Executor:
         """What each candidate is sent: the messages, sampling options, the allowlisted parameters
         and the output cap its reservation assumed (so an answer never costs more than reserved)."""
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        unmarked = _without_cache_marks(messages)
         extra = req.forwarded() | req.extra_params()
-        plain = {k: v for k, v in extra.items() if k not in CAPABILITY_PARAMS}
+        variants: dict[tuple[bool, bool], list[dict]] = {}
 
         def build(model: str) -> ChatRequest:
             caps = self.specs[model].capabilities if model in self.specs else ()
+            key = ("cache_control" in caps, "thinking" in caps)
+            if key not in variants:
+                variants[key] = _for_capabilities(messages, *key)
+            sent = {
+                k: v for k, v in extra.items() if k not in CAPABILITY_PARAMS or CAPABILITY_PARAMS[k] in caps
+            }
+            if "thinking" in sent:
+                sent.pop("reasoning_effort", None)  # a thinking model is told by `thinking`
             return ChatRequest(
-                messages=messages if "cache_control" in caps else unmarked,
+                messages=variants[key],
                 max_tokens=plan.output_caps[model],
                 temperature=req.temperature,
                 top_p=req.top_p,
                 stop=req.stop,
-                extra=extra if _takes(caps, extra) else plain,
+                extra=sent,
             )
 
         return build

@@ -35,6 +35,7 @@ FORWARDED = (
     "parallel_tool_calls",
     "response_format",
     "reasoning_effort",
+    "thinking",
     "user",
 )
 

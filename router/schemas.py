@@ -96,6 +96,9 @@ class Message(_Known):
     tool_calls: list[ToolCall] | None = None  # assistant
     tool_call_id: str | None = Field(None, max_length=256)  # tool
     refusal: str | None = None  # assistant
+    # assistant: an Anthropic model's thinking (with signatures), sent back to models with the
+    # `thinking` capability (Anthropic's API wants it back beside tool calls), left out for others
+    thinking_blocks: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
@@ -108,8 +111,10 @@ class Message(_Known):
             raise ValueError("a tool message needs tool_call_id")
         if role != "tool" and self.tool_call_id is not None:
             raise ValueError("only tool messages carry tool_call_id")
-        if role != "assistant" and (self.tool_calls is not None or self.refusal is not None):
-            raise ValueError("only assistant messages carry tool_calls or refusal")
+        if role != "assistant" and (
+            self.tool_calls is not None or self.refusal is not None or self.thinking_blocks is not None
+        ):
+            raise ValueError("only assistant messages carry tool_calls, refusal or thinking_blocks")
         if isinstance(self.content, list):
             kinds = {p.type for p in self.content}
             allowed = {"user": {"text", "image_url"}, "assistant": {"text", "refusal"}}.get(role, {"text"})
@@ -206,6 +211,9 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # Anthropic's extended thinking ({"type": "enabled", "budget_tokens": N}), as litellm takes it:
+    # sent to models with the `thinking` capability, which get it instead of reasoning_effort
+    thinking: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
     routing: RoutingControls | None = None
     # known OpenAI parameters the gateway accepts and does not forward (docs/gateway.md): they

@@ -102,6 +102,10 @@ def _block_text(content: Any) -> str:
     return " ".join(parts)
 
 
+THOUGHT = "Let me think about it."  # the mock's thinking, when a request enables it
+SIGNATURE = "sig-mock-0001"
+
+
 def _logprob(token: str, top: int) -> dict[str, Any]:
     """A made-up but well-formed logprob entry: -0.25 per token, `top` alternatives."""
     alts = [{"token": token, "logprob": -0.25, "bytes": list(token.encode())}]
@@ -462,6 +466,11 @@ class MockUpstream:
         mid = f"msg_mock{time.monotonic_ns()}"
         stop = "tool_use" if call else "end_turn"
         content = [{"type": "tool_use", **call}] if call else [{"type": "text", "text": " ".join(words)}]
+        # extended thinking asked: a thinking block first (what Anthropic's API answers)
+        think = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+        if think:
+            content.insert(0, {"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE})
+        bi = 1 if think else 0  # the index of the answer's block in a stream
         if not body.get("stream"):
             out = {
                 "id": mid,
@@ -489,12 +498,26 @@ class MockUpstream:
             "usage": {**usage, "output_tokens": 0},
         }
         head = [event("message_start", {"message": start})]
+        if think:
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            head += [
+                event("content_block_start", {"index": 0, "content_block": block}),
+                event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "thinking_delta", "thinking": THOUGHT}},
+                ),
+                event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}},
+                ),
+                event("content_block_stop", {"index": 0}),
+            ]
         if call:
             head.append(
                 event(
                     "content_block_start",
                     {
-                        "index": 0,
+                        "index": bi,
                         "content_block": {
                             "type": "tool_use",
                             "id": call["id"],
@@ -508,26 +531,32 @@ class MockUpstream:
             pieces = [
                 event(
                     "content_block_delta",
-                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": raw[: len(raw) // 2]}},
+                    {
+                        "index": bi,
+                        "delta": {"type": "input_json_delta", "partial_json": raw[: len(raw) // 2]},
+                    },
                 ),
                 event(
                     "content_block_delta",
-                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": raw[len(raw) // 2 :]}},
+                    {
+                        "index": bi,
+                        "delta": {"type": "input_json_delta", "partial_json": raw[len(raw) // 2 :]},
+                    },
                 ),
             ]
         else:
             head.append(
-                event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+                event("content_block_start", {"index": bi, "content_block": {"type": "text", "text": ""}})
             )
             pieces = [
                 event(
                     "content_block_delta",
-                    {"index": 0, "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}},
+                    {"index": bi, "delta": {"type": "text_delta", "text": w if n == 0 else " " + w}},
                 )
-                for i, w in enumerate(words)
+                for n, w in enumerate(words)
             ]
         tail = [
-            event("content_block_stop", {"index": 0}),
+            event("content_block_stop", {"index": bi}),
             event(
                 "message_delta",
                 {

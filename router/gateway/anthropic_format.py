@@ -9,13 +9,15 @@ included. What is translated, accepted and dropped (docs/gateway.md, "Anthropic 
   them mid-conversation) -> system messages in place; user `text`, `image` and `document` (text
   sources) blocks -> user content parts; user `tool_result` blocks -> `tool` messages (images
   inside a tool result follow as a user message); assistant `text` and `tool_use` blocks ->
-  content and `tool_calls`; `thinking` blocks in the history are not forwarded.
+  content and `tool_calls`; `thinking` blocks -> `thinking_blocks` (for `thinking` models only).
 - `tools` (custom tools) -> function tools; server tools (`web_search_*`, `bash_*`, ... : a `type`
   other than `custom`) are dropped and reported, no backend here runs them; `tool_choice` auto /
   any / tool / none -> auto / required / the named function / none, `disable_parallel_tool_use` ->
   `parallel_tool_calls: false`; `stop_sequences` -> `stop`; `metadata.user_id` -> `user`.
 - `thinking` (enabled with a budget, adaptive) and `output_config.effort` -> `reasoning_effort`,
-  sent to models with the `reasoning` capability only.
+  sent to models with the `reasoning` capability; `thinking` itself goes to models with the
+  `thinking` capability (an Anthropic model through litellm), and their thinking blocks round-trip:
+  answered as `thinking` blocks, sent back from the history with their signatures.
 - `cache_control` marks on system and user text blocks reach models with the `cache_control`
   capability as they were sent (an Anthropic model through litellm turns them back into Anthropic's
   blocks); other models get the plain text.
@@ -302,6 +304,13 @@ def _assistant_turn(content: str | list[Any]) -> dict[str, Any]:
     msg: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts) if texts else None}
     if calls:
         msg["tool_calls"] = calls
+    thinking = [
+        b.model_dump(include={"type", "thinking", "signature", "data"}, exclude_none=True)
+        for b in content
+        if isinstance(b, ThinkingBlock | RedactedThinkingBlock)
+    ]
+    if thinking:
+        msg["thinking_blocks"] = thinking
     if msg["content"] is None and not calls:
         msg["content"] = ""
     return msg
@@ -375,6 +384,9 @@ def to_chat(req: MessagesRequest) -> ChatCompletionRequest:
         "routing": req.routing,
         "tools": tools or None,
         "reasoning_effort": reasoning_effort(req),
+        "thinking": req.thinking.model_dump(exclude_none=True)
+        if req.thinking is not None and req.thinking.type != "disabled"
+        else None,
     }
     tc = req.tool_choice
     if tc is not None and tools:
@@ -419,8 +431,20 @@ def _tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+THINKING_KEYS = {"thinking": ("thinking", "signature"), "redacted_thinking": ("data",)}
+
+
+def thinking_blocks(blocks: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """An answer's thinking blocks (litellm's `thinking_blocks`) as Anthropic content blocks."""
+    out = []
+    for b in blocks or []:
+        kind = b.get("type") if b.get("type") in THINKING_KEYS else "thinking"
+        out.append({"type": kind, **{k: b.get(k) or "" for k in THINKING_KEYS[kind]}})
+    return out
+
+
 def message_body(result: ChatResult, o: Outcome) -> dict[str, Any]:
-    content: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = thinking_blocks(result.message.get("thinking_blocks"))
     if result.text:
         content.append({"type": "text", "text": result.text})
     for tc in result.message.get("tool_calls") or []:
@@ -491,6 +515,13 @@ class MessagesStream:
 
     def chunk(self, c: ChatChunk) -> list[bytes]:
         out: list[bytes] = []
+        for tb in c.delta.get("thinking_blocks") or []:
+            if self.kind != "thinking":
+                out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            for key, kind in (("thinking", "thinking_delta"), ("signature", "signature_delta")):
+                if tb.get(key):
+                    delta = {"type": kind, key: tb[key]}
+                    out.append(event("content_block_delta", {"index": self.block, "delta": delta}))
         text = c.delta.get("content")
         if text:
             if self.kind != "text":

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import make_config
 
 MSG = [{"role": "user", "content": "name a river"}]
+CLAUDE = "claude-sonnet-4-5"  # what the upstream sees of model "cl"
 
 
 def pool(upstream) -> list[dict]:
@@ -38,12 +39,13 @@ def pool(upstream) -> list[dict]:
             "name": "cl",
             "backend": "litellm",
             "params": {
-                "model": "anthropic/cl",
+                # a name litellm knows thinks (it refuses `thinking` for others)
+                "model": f"anthropic/{CLAUDE}",
                 "api_base": f"http://127.0.0.1:{upstream.port}/v1/messages",
                 "api_key": "sk-ant-test",
                 "timeout": 10,
             },
-            "capabilities": ["tools", "cache_control"],
+            "capabilities": ["tools", "cache_control", "thinking"],
             "context_window": 200_000,
             "quality": {"default": 0.9},
         },
@@ -106,6 +108,40 @@ def test_thinking_and_effort_become_a_reasoning_effort_for_models_that_reason(gw
     assert all("thinking" not in call for call in upstream.calls())
 
 
+def test_thinking_blocks_round_trip_to_an_anthropic_format_upstream(gw, upstream):
+    from tests.upstream import SIGNATURE, THOUGHT
+
+    tools = [{"name": "lookup", "description": "look up", "input_schema": {"type": "object"}}]
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    upstream.behave(CLAUDE, use_tools=True)
+    upstream.behave("oa", use_tools=True)
+    c = claude(gw)
+    first = c.messages.create(model="cl", max_tokens=2048, messages=MSG, tools=tools, thinking=thinking)
+    assert [b.type for b in first.content] == ["thinking", "tool_use"]
+    assert first.content[0].thinking == THOUGHT and first.content[0].signature == SIGNATURE
+    assert upstream.calls(CLAUDE)[-1]["thinking"] == thinking
+    history = [
+        *MSG,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": first.content[1].id, "content": "Nile"}],
+        },
+    ]
+    with c.messages.stream(
+        model="cl", max_tokens=2048, messages=history, tools=tools, thinking=thinking
+    ) as s:
+        final = s.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"] and final.content[0].signature == SIGNATURE
+    sent = upstream.calls(CLAUDE)[-1]["messages"][1]["content"]
+    assert {"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE} in sent  # sent back, signed
+    # an OpenAI-format model gets neither the thinking blocks nor `thinking`, but an effort
+    c.messages.create(model="oa", max_tokens=2048, messages=history, tools=tools, thinking=thinking)
+    call = upstream.calls("oa")[-1]
+    assert "thinking" not in call and "thinking_blocks" not in str(call["messages"])
+    assert call["reasoning_effort"] == "low"
+
+
 # ---- cache_control -------------------------------------------------------------------------------
 def test_cache_control_reaches_an_anthropic_format_upstream_and_not_an_openai_one(gw, upstream):
     system = [
@@ -114,7 +150,7 @@ def test_cache_control_reaches_an_anthropic_format_upstream_and_not_an_openai_on
     ]
     c = claude(gw)
     c.messages.create(model="cl", max_tokens=32, system=system, messages=MSG)
-    sent = upstream.calls("cl")[-1]["system"]
+    sent = upstream.calls(CLAUDE)[-1]["system"]
     assert [b["text"] for b in sent] == ["You are terse.", "Project rules: none."]
     assert sent[1]["cache_control"] == {"type": "ephemeral"} and "cache_control" not in sent[0]
     c.messages.create(model="plain", max_tokens=32, system=system, messages=MSG)
