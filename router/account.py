@@ -8,10 +8,9 @@ minute that counted them, cost against the reservation, metrics, the ledger reco
 of the models that answered (one round trip too) — and does it exactly once: the first call
 starts the settlement as a task of its own, later calls return that same task.
 
-`RequestHealth` is model health as one request sees it. A model's success is reported by the
-dispatcher before the request settles: it is held for the request's settlement (the request is
-found through a context variable, set when its ticket is opened), so it travels in the same round
-trip. And the breaker's go-ahead for a model the request's own plan saw closed less than
+`RequestHealth` is model health as one request sees it. A model's success in a request is held by
+the dispatcher and comes back with the request's outcome (`Charge.successes`), so its settlement
+records it in the same round trip. And the breaker's go-ahead for a model the request's own plan saw closed less than
 `CLOSED_FRESH_S` ago is that observation (a closed breaker lets every request through: asking
 again would only add a round trip); a retry, a half-open probe or an older plan asks the store.
 Plans read the breakers and latencies through a per-replica snapshot kept `SNAPSHOT_TTL_S`
@@ -61,7 +60,6 @@ class Ticket:
     reservation: Reservation | None = None
     settlement: asyncio.Task | None = field(default=None, repr=False)
     scopes: Sequence[BudgetScope] = ()  # of the reservation
-    successes: list[tuple[str, float]] = field(default_factory=list)  # (model, latency_ms) to record
     id: str = ""  # the request's: its admission and settlement are each applied once under it
 
     @property
@@ -76,6 +74,7 @@ class Charge:
     record: RequestRecord  # the ledger record (its cost_usd is what is charged)
     total_tokens: int  # real prompt + completion tokens (rate-limit correction)
     observe_latency: bool = True  # a model answered (not a cache, not a failure): time it
+    successes: list[tuple[str, float]] = field(default_factory=list)  # (model, latency_ms) to record
 
 
 class Account:
@@ -103,9 +102,7 @@ class Account:
         except asyncio.CancelledError:
             admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t, request_id))
             raise
-        ticket = self._ticket(caller, tokens, got.window, got.reservation, request_id)
-        _ticket.set(ticket)
-        return ticket
+        return self._ticket(caller, tokens, got.window, got.reservation, request_id)
 
     def _ticket(
         self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None, id: str = ""
@@ -120,10 +117,6 @@ class Account:
         if not admitting.cancelled() and admitting.exception() is None:
             got = admitting.result()
             self.settle(self._ticket(caller, tokens, got.window, got.reservation, id), None)
-
-    def defer_health(self, ticket: Ticket) -> None:
-        """Successes reported from here on (this task) are recorded by `ticket`'s settlement."""
-        _ticket.set(ticket)
 
     async def admit(self, caller: Caller, tokens: int) -> Ticket:
         """Rate limits (429 when over). Nothing to settle yet if this raises."""
@@ -190,7 +183,7 @@ class Account:
             ticket.window if counted else None,
             used - ticket.tokens,
             rec,
-            ticket.successes,
+            charge.successes if charge else [],
             ticket.id,
         )
         left = await self.store.money.settle(settle)
@@ -247,7 +240,6 @@ class Account:
                 return
 
 
-_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("moe_router_ticket", default=None)
 # models this request saw with a closed breaker, and when
 _closed: contextvars.ContextVar[tuple[float, set[str]] | None] = contextvars.ContextVar(
     "moe_router_closed", default=None
@@ -256,8 +248,7 @@ _closed: contextvars.ContextVar[tuple[float, set[str]] | None] = contextvars.Con
 
 class RequestHealth:
     """Model health as one request sees it (see the module docstring): its plan's view of the
-    breakers answers its first go-ahead per model, its successes wait for its settlement;
-    everything else goes to the store's health at once."""
+    breakers answers its first go-ahead per model; everything else goes to the store's health."""
 
     def __init__(self, inner: ModelHealth, ttl_s: float = SNAPSHOT_TTL_S):
         self.inner = inner
@@ -288,10 +279,6 @@ class RequestHealth:
         return ok
 
     async def record_success(self, model: str, latency_ms: float) -> None:
-        ticket = _ticket.get()
-        if ticket is not None and not ticket.settled:
-            ticket.successes.append((model, latency_ms))
-            return
         await self.inner.record_success(model, latency_ms)
 
     async def record_failure(self, model: str) -> None:

@@ -263,10 +263,13 @@ class ModelAlias(_Strict):
 class ResponsesSettings(_Strict):
     """`/v1/responses`: requests with `store: true` (the API's default) are kept this long so a
     later `previous_response_id` can continue them (only by the same key); `store: false` keeps
-    nothing. `store: false` here keeps nothing whatever requests say."""
+    nothing. `store: false` here keeps nothing whatever requests say. Each response stores only
+    what it added (a chain, router.state.responses); `max_stored_bytes_per_key` bounds what one key
+    keeps stored at once (0: no bound), and a request past it is refused (400) before any model runs."""
 
     store: bool = True
     ttl_s: float = Field(86400.0, gt=0)
+    max_stored_bytes_per_key: int = Field(64 * 2**20, ge=0)
 
 
 class ServerSettings(_Strict):

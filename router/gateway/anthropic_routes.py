@@ -5,23 +5,25 @@ the request uses, and what no backend here takes is dropped and reported like an
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Header
 
+from adapters import ChatResult
 from router.access import Caller
-from router.engine import Engine
+from router.executor import Outcome
 from router.gateway import anthropic_format as A
-from router.gateway import openai_format as fmt
-from router.gateway.json_response import JSONResponse
+from router.gateway.engine_client import EngineClient
 from router.gateway.openai_routes import Session, caller
-from router.gateway.screening import report, screened
-from router.gateway.streaming import SettledStreamingResponse
+from router.gateway.respond import respond
+from router.gateway.screening import screened
 from router.gateway.strict_json import StrictJSONRoute
 
 # Claude Code names its conversation in this header (the session key for model affinity)
 CLAUDE_SESSION = Header(None, alias="x-claude-code-session-id", include_in_schema=False, max_length=256)
 
 
-def anthropic_routes(engine: Engine) -> APIRouter:
+def anthropic_routes(engine: EngineClient) -> APIRouter:
     api = APIRouter(route_class=StrictJSONRoute)
 
     @api.post("/v1/messages")
@@ -33,15 +35,7 @@ def anthropic_routes(engine: Engine) -> APIRouter:
     ):
         dropped = screened(engine, body, "messages") + A.server_tools(body)
         req = A.to_chat(body)
-        session = session or claude_session
-        if req.stream:
-            handle = await engine.stream(req, who, session)
-            headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
-            headers = report(dropped, handle.plan.request_id, headers)
-            return SettledStreamingResponse(handle, A.MessagesStream(), engine.metrics, headers)
-        result, outcome = await engine.chat(req, who, session)
-        headers = report(dropped, outcome.request_id, fmt.outcome_headers(outcome))
-        return JSONResponse(A.message_body(result, outcome), headers=headers)
+        return await respond(engine, req, who, session or claude_session, MessagesAnswer(), dropped=dropped)
 
     @api.post("/v1/messages/count_tokens")
     async def count_tokens(body: A.CountTokensRequest, who: Caller = Depends(caller)):
@@ -50,3 +44,13 @@ def anthropic_routes(engine: Engine) -> APIRouter:
         return A.count_body(A.to_chat(body))
 
     return api
+
+
+class MessagesAnswer:
+    """Anthropic's message (`respond`'s format)."""
+
+    def body(self, result: ChatResult, outcome: Outcome) -> dict[str, Any]:
+        return A.message_body(result, outcome)
+
+    def stream(self) -> A.MessagesStream:
+        return A.MessagesStream()

@@ -7,11 +7,11 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
 from router.access import Caller
-from router.engine import Engine
 from router.gateway import openai_format as fmt
+from router.gateway.engine_client import EngineClient
 from router.gateway.json_response import JSONResponse
+from router.gateway.respond import respond
 from router.gateway.screening import report, screened
-from router.gateway.streaming import SettledStreamingResponse
 from router.gateway.strict_json import StrictJSONRoute
 from router.planner import external_id
 from router.schemas import (
@@ -34,32 +34,7 @@ async def caller(request: Request) -> Caller:
 Session = Header(None, alias=SESSION_HEADER, description="conversation id for model affinity", max_length=256)
 
 
-async def answer(
-    engine: Engine,
-    req: ChatCompletionRequest,
-    who: Caller,
-    session: str | None,
-    legacy: bool,
-    dropped: list[str] = (),
-):
-    """A chat request, plain or streamed, in OpenAI's chat (or legacy completion) format.
-    `dropped`: the unknown fields screened out of the body (reported in the headers and the log)."""
-    if req.stream:
-        handle = await engine.stream(req, who, session)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
-        if handle.cache is not None:
-            headers |= fmt.cache_headers(handle.cache)
-        headers = report(list(dropped), handle.plan.request_id, headers)
-        return SettledStreamingResponse(
-            handle, fmt.ChatStream(legacy, include_usage), engine.metrics, headers
-        )
-    result, outcome = await engine.chat(req, who, session)
-    body = fmt.completion_body(result, outcome) if legacy else fmt.chat_body(result, outcome)
-    return JSONResponse(body, headers=report(list(dropped), outcome.request_id, fmt.outcome_headers(outcome)))
-
-
-def openai_routes(engine: Engine) -> APIRouter:
+def openai_routes(engine: EngineClient) -> APIRouter:
     api = APIRouter(route_class=StrictJSONRoute)
 
     @api.post("/v1/chat/completions")
@@ -68,14 +43,15 @@ def openai_routes(engine: Engine) -> APIRouter:
     ) -> Response:
         dropped = screened(engine, body, "chat", operator_params=True)
         session = session or body.prompt_cache_key  # the client's own conversation id
-        return await answer(engine, body, who, session, legacy=False, dropped=dropped)
+        return await respond(engine, body, who, session, fmt.ChatAnswer(body), dropped=dropped)
 
     @api.post("/v1/completions")
     async def completions(
         body: CompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
         dropped = screened(engine, body, "completions", operator_params=True)
-        return await answer(engine, body.as_chat(), who, session, legacy=True, dropped=dropped)
+        req = body.as_chat()
+        return await respond(engine, req, who, session, fmt.ChatAnswer(req, legacy=True), dropped=dropped)
 
     @api.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsRequest, who: Caller = Depends(caller)):

@@ -34,7 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from adapters import ChatChunk, ChatResult, Usage
-from router.errors import BadRequest, NotFound, RouterError
+from router.errors import BadRequest, RouterError
 from router.executor import Outcome, StreamHandle
 from router.gateway.chat_request import chat_request, function_tool
 from router.gateway.json_response import dumps
@@ -268,6 +268,11 @@ CUSTOM_INPUT = {
 }
 
 
+def flat_name(name: str, namespace: str | None) -> str:
+    """A namespace member's function name (`functions` is the default namespace: names as they are)."""
+    return name if namespace in (None, "functions") else f"{namespace}{NAMESPACE_SEP}{name}"
+
+
 class ToolMap:
     """The request's tools as chat functions, and the way back: which function name was which
     namespace member or custom tool."""
@@ -288,7 +293,7 @@ class ToolMap:
                 self.dropped.append(f"{where}[{i}]")
 
     def _one(self, t: FunctionTool | CustomTool, namespace: str | None) -> None:
-        flat = t.name if namespace in (None, "functions") else f"{namespace}{NAMESPACE_SEP}{t.name}"
+        flat = flat_name(t.name, namespace)
         custom = isinstance(t, CustomTool)
         desc = t.description
         if custom and t.format:
@@ -299,7 +304,7 @@ class ToolMap:
         self.origin[flat[:64]] = (namespace, t.name, custom)
 
     def flat(self, name: str, namespace: str | None) -> str:
-        return name if namespace in (None, "functions") else f"{namespace}{NAMESPACE_SEP}{name}"
+        return flat_name(name, namespace)
 
     def item(self, call_id: str, flat_name: str, arguments: str) -> dict[str, Any]:
         """A call of the flat function `flat_name` as the client's item (function or custom call)."""
@@ -444,17 +449,6 @@ def to_chat(
     return chat_request(body, where), conversation
 
 
-def previous(stored: dict[str, Any] | None, owner: str, response_id: str) -> list[dict[str, Any]]:
-    """The conversation of a stored response, if it is the caller's (404 otherwise, revealing nothing)."""
-    if stored is None or stored.get("owner") != owner:
-        raise NotFound(
-            f"previous response {response_id!r} is not known",
-            param="previous_response_id",
-            code="response_not_found",
-        )
-    return list(stored["messages"])
-
-
 # ---- internal -> response ------------------------------------------------------------------------
 def _usage(u: Usage) -> dict[str, Any]:
     return {
@@ -584,6 +578,24 @@ def response_body(
     }
 
 
+class ResponseAnswer:
+    """A Response object, or its streaming events (`respond`'s format)."""
+
+    def __init__(self, req: ResponsesRequest, tools: ToolMap | None = None):
+        self.req = req
+        self.tools = tools
+
+    def body(self, result: ChatResult, outcome: Outcome) -> dict[str, Any]:
+        rid = outcome_id(outcome)
+        out = answer_output(result, rid, self.tools)
+        return response_body(
+            self.req, rid, outcome.model, out.items(), outcome.usage, "completed", out.finish
+        )
+
+    def stream(self) -> ResponsesStream:
+        return ResponsesStream(self.req, self.tools)
+
+
 def answer_output(result: ChatResult, response_id: str, tools: ToolMap | None = None) -> Output:
     out = Output(response_id, tools)
     if result.text:
@@ -603,12 +615,12 @@ class ResponsesStream:
     """Responses streaming events: response.created / in_progress, output items (message text
     deltas, function-call argument deltas), and response.completed — or response.failed."""
 
-    def __init__(self, req: ResponsesRequest, on_complete=None, tools: ToolMap | None = None):
+    def __init__(self, req: ResponsesRequest, tools: ToolMap | None = None):
         self.req = req
         self.tools = tools
         self.seq = 0
-        self.on_complete = on_complete  # called with (Output, Outcome) once the response completed
         self.text_open = False
+        self.final: dict[str, Any] | None = None  # the completed Response, once `closing` made it
 
     def _ev(self, kind: str, data: dict[str, Any]) -> bytes:
         b = event(kind, data, self.seq)
@@ -705,12 +717,10 @@ class ResponsesStream:
             out.append(self._ev(kind, {"item_id": item["id"], "output_index": index, **data}))
             out.append(self._ev("response.output_item.done", {"output_index": index, "item": done}))
         usage = handle.outcome.usage if handle.outcome is not None else None
-        final = response_body(
+        self.final = response_body(
             self.req, self.rid, self.model, self.out.items(), usage, "completed", self.out.finish
         )
-        out.append(self._ev("response.completed", {"response": final}))
-        if self.on_complete is not None and handle.outcome is not None:
-            self.on_complete(self.out, handle.outcome)
+        out.append(self._ev("response.completed", {"response": self.final}))
         return out
 
     def failure(self, err: RouterError) -> list[bytes]:
@@ -721,3 +731,112 @@ class ResponsesStream:
 
 def outcome_id(o: Outcome) -> str:
     return external_id(o.request_id, "resp_")
+
+
+# ---- stored responses -----------------------------------------------------------------------------
+# A stored entry (router.conversations) is {"input": the internal messages its request added,
+# "response": its Response object}; the conversation replays each entry's input and answer.
+def stored_entry(turns: list[dict[str, Any]], response: dict[str, Any]) -> dict[str, Any]:
+    return {"input": turns, "response": response}
+
+
+def replay(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation of a chain of stored entries (oldest first), as internal messages."""
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        out += e["input"]
+        out.append(_answer_message(e["response"]["output"]))
+    return out
+
+
+def _answer_message(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Response's output items as the internal assistant message a later turn replays."""
+    out = Output("")
+    for item in output:
+        kind = item.get("type")
+        if kind == "message":
+            out.text += [p.get("text", "") for p in item.get("content", []) if p.get("type") == "output_text"]
+        elif kind in ("function_call", "custom_tool_call"):
+            # back to the flat function the model called (namespaced and custom tools)
+            name = flat_name(item.get("name", ""), item.get("namespace"))
+            args = (
+                item.get("arguments", "")
+                if kind == "function_call"
+                else json.dumps({"input": item.get("input", "")})
+            )
+            out.calls[len(out.calls)] = {**item, "name": name, "arguments": args}
+    return out.assistant_message()
+
+
+def input_items(entries: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The items a response was made from, oldest first (as OpenAI's `input_items` lists them:
+    earlier turns' inputs and outputs, then its own input). `entries`: (response id, entry)."""
+    items: list[dict[str, Any]] = []
+    for n, (rid, e) in enumerate(entries):
+        base = rid.removeprefix("resp_")
+        for i, m in enumerate(e["input"]):
+            items += _as_items(m, f"{base}_{i}")
+        if n < len(entries) - 1:
+            items += e["response"]["output"]
+    return items
+
+
+def _as_items(m: dict[str, Any], iid: str) -> list[dict[str, Any]]:
+    role, content = m["role"], m.get("content")
+    if role == "tool":
+        return [
+            {
+                "type": "function_call_output",
+                "id": f"fco_{iid}",
+                "call_id": m.get("tool_call_id"),
+                "output": content,
+                "status": "completed",
+            }
+        ]
+    kind = "output_text" if role == "assistant" else "input_text"
+    parts: list[dict[str, Any]] = []
+    for p in [{"type": "text", "text": content}] if isinstance(content, str) else content or []:
+        if p.get("type") == "text":
+            parts.append({"type": kind, "text": p["text"]})
+        elif p.get("type") == "image_url":
+            parts.append({"type": "input_image", "image_url": p["image_url"]["url"], "detail": "auto"})
+    items = []
+    if parts or not m.get("tool_calls"):
+        items.append(
+            {"type": "message", "id": f"msg_{iid}", "role": role, "status": "completed", "content": parts}
+        )
+    for j, tc in enumerate(m.get("tool_calls") or []):
+        fn = tc["function"]
+        items.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{iid}_{j}",
+                "call_id": tc["id"],
+                "name": fn["name"],
+                "arguments": fn["arguments"],
+                "status": "completed",
+            }
+        )
+    return items
+
+
+def item_page(
+    items: list[dict[str, Any]], order: str, after: str | None, before: str | None, limit: int
+) -> dict[str, Any]:
+    """One page of a list of items, as OpenAI's cursor pagination answers it."""
+    items = items[::-1] if order == "desc" else list(items)
+    ids = [i.get("id") for i in items]
+    if after is not None and after in ids:
+        items = items[ids.index(after) + 1 :]
+    if before is not None:
+        ids = [i.get("id") for i in items]
+        if before in ids:
+            items = items[: ids.index(before)]
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0].get("id") if page else None,
+        "last_id": page[-1].get("id") if page else None,
+        "has_more": len(items) > limit,
+    }

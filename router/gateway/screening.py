@@ -7,8 +7,8 @@ import logging
 
 from pydantic import BaseModel
 
-from router.engine import Engine
 from router.errors import ForbiddenParameter, UnknownParameter
+from router.gateway.engine_client import EngineClient
 from router.gateway.openai_format import HEADER_PREFIX
 from router.params import ParamError, screen
 
@@ -18,7 +18,9 @@ DROPPED_HEADER = HEADER_PREFIX + "dropped-params"
 MAX_LISTED = 32  # names in the header (the log has them all)
 
 
-def screened(engine: Engine, body: BaseModel, endpoint: str, operator_params: bool = False) -> list[str]:
+def screened(
+    engine: EngineClient, body: BaseModel, endpoint: str, operator_params: bool = False
+) -> list[str]:
     """The client paths of the fields dropped from `body` (400 for a forbidden one, or for any
     unknown one under `params.unknown: reject`). `operator_params`: keep the top-level fields an
     operator allows on some model (`allow_params`; OpenAI chat only)."""

@@ -3,7 +3,7 @@
 Both expose the same components, so the engine never knows which it has:
 `keys`, `budgets`, `limits` (rate limits), `log` (ledger, request index, feedback), `cache`
 (exact + semantic), `health` (latency + circuit breakers), `bandits` (online policies' state) and
-`sessions` (conversation affinity, stored Responses-API conversations), `capacity` (models'
+`sessions` (conversation affinity), `responses` (stored Responses-API responses, as chains), `capacity` (models'
 in-flight slots and tokens per minute) and `money` (a request's admission and settlement, each one
 round trip on Redis: router.state.admission).
 """
@@ -34,6 +34,7 @@ from router.state.degrade import (
 from router.state.keys import KeyStore, MemoryKeys, RedisKeys
 from router.state.log import MemoryLog, RedisLog, RequestLog
 from router.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from router.state.responses import MemoryResponses, RedisResponses, ResilientResponses, StoredResponses
 from router.state.sessions import MemorySessions, RedisSessions, Sessions
 
 
@@ -57,6 +58,7 @@ class Store:
     health: ModelHealth
     bandits: BanditState
     sessions: Sessions
+    responses: StoredResponses
     capacity: CapacityState
     money: ComposedMoney | ResilientMoney
     kind = "memory"
@@ -82,6 +84,7 @@ class MemoryStore(Store):
         self.health = (health or HealthOptions()).memory()
         self.bandits = MemoryBanditState()
         self.sessions = MemorySessions()
+        self.responses = MemoryResponses()
         self.capacity = MemoryCapacity()
         self.money = ComposedMoney(self.keys, self.limits, self.budgets, self.log, self.health)
 
@@ -149,6 +152,7 @@ class RedisStore(Store):
         )
         self.bandits = RedisBanditState(r, o, prefix + "bandit:")
         self.sessions = ResilientSessions(RedisSessions(r, prefix + "sess:"), o)
+        self.responses = ResilientResponses(RedisResponses(r, prefix), o)
         self.capacity = ResilientCapacity(RedisCapacity(r, prefix + "cap:"), o, capacity_outage_share)
 
     @property
