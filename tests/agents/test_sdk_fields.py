@@ -225,3 +225,34 @@ async def test_the_output_cap_goes_where_the_server_reads_it(upstream):
         assert call[sent] == 7 and len({"max_tokens", "max_completion_tokens"} & set(call)) == 1
     # OpenAI's own API gets max_completion_tokens (its reasoning models refuse max_tokens)
     assert OpenAICompatAdapter("gpt-5-mini")._cap_field == "max_completion_tokens"
+
+
+def test_namespace_and_custom_tools_map_back_and_replay_from_a_stored_response(gw, upstream):
+    tools = [
+        {
+            "type": "namespace",
+            "name": "files",
+            "description": "file tools",
+            "tools": [{"type": "function", "name": "read", "parameters": {"type": "object"}}],
+        },
+        {"type": "custom", "name": "exec", "description": "run code"},
+        {"type": "web_search"},
+    ]
+    upstream.behave("oa", tool="files__read", tool_args={"path": "a.txt"})
+    raw = oai(gw).responses.with_raw_response.create(model="oa", input="read a.txt", tools=tools)
+    assert raw.headers["x-moe-router-dropped-params"] == "tools[2]"
+    first = raw.parse()
+    call = first.output[0]
+    assert (call.type, call.name, call.namespace) == ("function_call", "read", "files")
+    sent = upstream.calls("oa")[-1]["tools"]
+    assert [t["function"]["name"] for t in sent] == ["files__read", "exec"]
+    assert sent[1]["function"]["parameters"]["required"] == ["input"]
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "hello"}
+    again = oai(gw).responses.create(model="oa", input=[output], tools=tools, previous_response_id=first.id)
+    assert again.output_text == "oa: the tool said hello"
+    replayed = upstream.calls("oa")[-1]["messages"]
+    assert replayed[1]["tool_calls"][0]["function"]["name"] == "files__read"  # the stored call, flat
+    # a custom tool's call comes back as a custom_tool_call with its free-text input
+    upstream.behave("oa", tool="exec", tool_args={"input": "print(1)"})
+    r = oai(gw).responses.create(model="oa", input="run it", tools=tools)
+    assert (r.output[0].type, r.output[0].name, r.output[0].input) == ("custom_tool_call", "exec", "print(1)")
