@@ -130,6 +130,23 @@ class StreamHandle:
 CAPABILITY_PARAMS = {"reasoning_effort": "reasoning", "thinking": "thinking"}
 
 
+MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
+
+
+def thinking_within(thinking: dict, cap: int) -> dict | None:
+    """Anthropic's `thinking` as a model with output cap `cap` takes it: `adaptive` as a budget of
+    half the cap (models that predate adaptive thinking refuse it), a budget below the cap (as the
+    API requires; the cap may have been lowered to the model's limit); None when the cap leaves no
+    room to think."""
+    if thinking.get("type") not in ("enabled", "adaptive"):
+        return thinking
+    budget = thinking.get("budget_tokens") or cap // 2
+    budget = min(budget, cap - 1)
+    if budget < MIN_THINKING_BUDGET:
+        return None
+    return {"type": "enabled", "budget_tokens": budget}
+
+
 def _for_capabilities(messages: list[dict], cache_marks: bool, thinking: bool) -> list[dict]:
     """`messages` as a model is sent them: without prompt-cache marks (`cache_control` on text
     parts) unless it has the `cache_control` capability, without an assistant's `thinking_blocks`
@@ -178,6 +195,11 @@ class Executor:
             }
             if "thinking" in sent:
                 sent.pop("reasoning_effort", None)  # a thinking model is told by `thinking`
+                thinking = thinking_within(sent["thinking"], plan.output_caps[model])
+                if thinking is None:
+                    sent.pop("thinking")
+                else:
+                    sent["thinking"] = thinking
             return ChatRequest(
                 messages=variants[key],
                 max_tokens=plan.output_caps[model],

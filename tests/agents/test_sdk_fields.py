@@ -256,3 +256,15 @@ def test_namespace_and_custom_tools_map_back_and_replay_from_a_stored_response(g
     upstream.behave("oa", tool="exec", tool_args={"input": "print(1)"})
     r = oai(gw).responses.create(model="oa", input="run it", tools=tools)
     assert (r.output[0].type, r.output[0].name, r.output[0].input) == ("custom_tool_call", "exec", "print(1)")
+
+
+def test_thinking_fits_the_output_cap_it_is_sent_with():
+    from router.executor import thinking_within
+
+    assert thinking_within({"type": "adaptive"}, 32000) == {"type": "enabled", "budget_tokens": 16000}
+    assert thinking_within({"type": "enabled", "budget_tokens": 20000}, 8192) == {
+        "type": "enabled",
+        "budget_tokens": 8191,
+    }
+    assert thinking_within({"type": "enabled", "budget_tokens": 2048}, 32000)["budget_tokens"] == 2048
+    assert thinking_within({"type": "adaptive"}, 1500) is None  # no room to think: not sent
