@@ -191,6 +191,8 @@ def screen(body: BaseModel, *, allowed: Collection[str] = (), reject: bool = Fal
     `allowed` (an operator's `allow_params`) stay, for the planner to route on."""
     dropped: list[str] = []
     _walk(body, None, dropped, frozenset(allowed), reject)
+    if hasattr(body, "_screened"):
+        body._screened = True
     return dropped
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -41,12 +42,14 @@ from router.errors import (
     UnknownParameter,
 )
 from router.metrics import Metrics
-from router.params import ParamError, models_allowing
+from router.params import ParamError, models_allowing, screen
 from router.policy_set import PolicySet
 from router.schemas import ChatCompletionRequest
 from router.state import StateUnavailable
 from router.state.bandit import BanditState
 from router.state.sessions import Sessions
+
+log = logging.getLogger("moe_router.planner")
 
 
 def new_request_id() -> str:
@@ -143,6 +146,7 @@ class Planner:
         self._allow = {m.name: frozenset(m.allow_params) for m in self.specs.values()}
         self._strip = C.compile_strip(config.routing.strip_patterns)
         self.aliases = Aliases(config.model_aliases)
+        self._allowed = frozenset(p for params in self._allow.values() for p in params)
 
     def resolve(self, model: str) -> tuple[Policy | None, str]:
         """`router` / `router:<policy>` -> (policy, name); a configured model name -> (None, model)."""
@@ -175,6 +179,10 @@ class Planner:
         if len(req.messages) > self.config.server.max_messages:
             raise BadRequest(f"too many messages (max {self.config.server.max_messages})", param="messages")
         try:
+            if not req._screened:  # an in-process caller (router.sdk): the edge did not screen it
+                dropped = screen(req, allowed=self._allowed, reject=self.config.params.unknown == "reject")
+                if dropped:
+                    log.info("dropped unknown parameters %s", ", ".join(dropped))
             return Checked(models_allowing(req.extra_params(), self._allow))
         except ParamError as e:
             cls = ForbiddenParameter if e.forbidden else UnknownParameter

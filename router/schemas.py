@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from router.params import FORWARDED
 
@@ -229,6 +229,8 @@ class ChatCompletionRequest(BaseModel):
     web_search_options: dict[str, Any] | None = None
 
     _stop = field_validator("stop")(classmethod(lambda cls, v: stop_list(v)))
+    # set once `router.params.screen` went through it (the edge did, or a translator built it)
+    _screened: bool = PrivateAttr(False)
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -62,3 +62,20 @@ def test_a_responses_schema_error_names_the_clients_path(gateway):
     body = {"model": "router", "input": [{"type": "message", "role": "robot", "content": "x"}]}
     r = httpx.post(gateway.url + "/v1/responses", json=body, timeout=30)
     assert r.status_code == 422 and r.json()["error"]["param"] == "input[0].role"
+
+
+async def test_in_process_requests_are_screened_by_the_planner(gateway):
+    """router.sdk callers skip the HTTP edge: the planner's check screens what the edge did not."""
+    from router.errors import ForbiddenParameter
+
+    engine = gateway.engine
+    bad = ChatCompletionRequest(
+        model="cheap", messages=[{"role": "user", "content": "x", "api_base": "http://evil"}]
+    )
+    with pytest.raises(ForbiddenParameter):
+        await engine.plan(bad)
+    odd = ChatCompletionRequest(
+        model="cheap", messages=[{"role": "user", "content": "x", "mood": 1}], novel=2
+    )
+    await engine.plan(odd)
+    assert odd.messages[0].model_extra == {} and odd.extra_params() == {}

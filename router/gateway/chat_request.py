@@ -26,9 +26,11 @@ def chat_request(body: dict[str, Any], where: dict[str, str] | None = None) -> C
     if body.get("stream"):
         body["stream_options"] = {"include_usage": True}
     try:
-        return ChatCompletionRequest(**{k: v for k, v in body.items() if v is not None})
+        req = ChatCompletionRequest(**{k: v for k, v in body.items() if v is not None})
     except ValidationError as e:
         first = e.errors()[0]
         loc = [str(x) for x in first.get("loc", ())]
         field = (where or {}).get(loc[0], loc[0]) if loc else None
         raise BadRequest(f"{field or 'body'}: {first.get('msg')}", param=field) from None
+    req._screened = True  # built from the translator's known fields only
+    return req
