@@ -53,6 +53,7 @@ class ChatResult:
     usage: Usage | None  # None when the backend did not report it
     # Local MoE backends: how often each expert was selected, per layer ({"layer.N": [counts...]}).
     expert_usage: dict[str, list[int]] | None = None
+    logprobs: dict[str, Any] | None = None  # the choice's `logprobs`, as OpenAI's chat API writes them
 
     @property
     def text(self) -> str:
@@ -80,6 +81,7 @@ class ChatChunk:
     finish_reason: str | None = None
     usage: Usage | None = None  # set on the last chunk when known
     expert_usage: dict[str, list[int]] | None = None
+    logprobs: dict[str, Any] | None = None  # this chunk's share of the choice's `logprobs`
 
 
 @dataclass

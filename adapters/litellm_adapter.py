@@ -121,7 +121,7 @@ class LiteLLMAdapter:
                 delta = {
                     k: v
                     for k, v in choice.delta.model_dump(exclude_none=True).items()
-                    if k in ("role", "content", "tool_calls")
+                    if k in ("role", "content", "tool_calls", "thinking_blocks")
                 }
                 yield ChatChunk(delta=delta, finish_reason=choice.finish_reason, usage=usage)
         except BackendError:

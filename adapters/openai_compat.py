@@ -45,6 +45,9 @@ class OpenAICompatAdapter:
         params: dict[str, Any] | None = None,  # defaults merged into every request body
         stream_usage: bool = True,
         max_connections: int = 200,
+        # the body field the output cap is sent in: OpenAI's own API wants max_completion_tokens
+        # (its reasoning models refuse max_tokens); most other servers read max_tokens
+        output_cap_field: str | None = None,
     ):
         if not model:
             raise ValueError("an openai backend needs 'model'")
@@ -56,6 +59,8 @@ class OpenAICompatAdapter:
         self._headers = dict(headers or {})
         self._params = dict(params or {})
         self._stream_usage = stream_usage
+        openai_api = httpx.URL(self.base_url).host == "api.openai.com"
+        self._cap_field = output_cap_field or ("max_completion_tokens" if openai_api else "max_tokens")
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
@@ -120,6 +125,8 @@ class OpenAICompatAdapter:
             "model": self.model,
             "messages": request.messages,
         }
+        if self._cap_field != "max_tokens" and "max_tokens" in body:
+            body[self._cap_field] = body.pop("max_tokens")
         if stream:
             body["stream"] = True
             if self._stream_usage:
@@ -171,7 +178,12 @@ class OpenAICompatAdapter:
                 f"malformed completion from {self.base_url}: {r.text[:200]!r}", secrets=self._secrets
             ) from None
         message.setdefault("role", "assistant")
-        return ChatResult(message=message, finish_reason=choice.get("finish_reason"), usage=_usage(data))
+        return ChatResult(
+            message=message,
+            finish_reason=choice.get("finish_reason"),
+            usage=_usage(data),
+            logprobs=choice.get("logprobs") or None,
+        )
 
     async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbedResult:
         """`POST /embeddings` (configured `params` win over the request's `dimensions`)."""
@@ -223,6 +235,7 @@ class OpenAICompatAdapter:
                         delta=choice.get("delta") or {},
                         finish_reason=choice.get("finish_reason"),
                         usage=usage,
+                        logprobs=choice.get("logprobs") or None,
                     )
         except httpx.HTTPError as e:
             raise _transport_error(e, self._secrets) from None

@@ -26,12 +26,26 @@ class ModelInfo:
     quality: dict[str, float] = field(default_factory=dict)
     latency_ms: float | None = None  # prior expected latency of a typical answer
     description: str = ""
+    # USD per 1M prompt tokens read from the provider's prompt cache (None: the input price)
+    cached_input_price_per_1m: float | None = None
 
     def prior(self, category: str = "default") -> float:
         return self.quality.get(category, self.quality.get("default", 0.5))
 
-    def cost_usd(self, prompt_tokens: float, completion_tokens: float) -> float:
-        return (prompt_tokens * self.input_price_per_1m + completion_tokens * self.output_price_per_1m) / 1e6
+    def cost_usd(self, prompt_tokens: float, completion_tokens: float, cached_tokens: float = 0) -> float:
+        """What an answer costs; `cached_tokens` of the prompt were read from the provider's cache."""
+        usd = prompt_tokens * self.input_price_per_1m + completion_tokens * self.output_price_per_1m
+        if cached_tokens and self.cached_input_price_per_1m is not None:
+            usd -= min(cached_tokens, prompt_tokens) * (
+                self.input_price_per_1m - self.cached_input_price_per_1m
+            )
+        return usd / 1e6
+
+    def cache_value_usd(self, prompt_tokens: float) -> float:
+        """What reading `prompt_tokens` from this model's prompt cache saves over sending them fresh."""
+        if self.cached_input_price_per_1m is None:
+            return 0.0
+        return prompt_tokens * (self.input_price_per_1m - self.cached_input_price_per_1m) / 1e6
 
 
 @dataclass

@@ -117,6 +117,8 @@ class Decision:
     cost_weight: float
     ranked: list[Candidate]  # eligible, best first: the chosen model, then the fallback order
     excluded: list[Candidate]
+    # what the gateway adds to the record: the vendor name an alias routed, a switch's lost cache
+    notes: dict = field(default_factory=dict)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -174,7 +176,7 @@ class Decision:
                 {"model": c.model, "reason": ",".join(dict.fromkeys(e.code for e in c.excluded))}
                 for c in self.excluded
             ],
-        }
+        } | ({"notes": dict(self.notes)} if self.notes else {})
 
 
 # Scores equal after rounding to this many decimals are ties (then cost, latency, index decide).

@@ -10,6 +10,7 @@ the adapter is built; a model whose variables are unset is listed as unavailable
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from importlib import resources
@@ -43,6 +44,34 @@ EMBEDDED = "embedded default config"
 LEDGER_OFF = frozenset({"", "none", "off", "false", "no", "disabled"})
 
 
+def _litellm_cached_price(model: str, input_price_per_1m: float) -> float | None:
+    """litellm's cached-read price for `model` (`anthropic/claude-...`, `gpt-4o`), in USD per 1M,
+    at most the configured input price; None when its cost map does not know the model."""
+    costs = _litellm_cost_map()
+    entry = costs.get(model) or costs.get(model.split("/", 1)[-1]) or {}
+    per_token = entry.get("cache_read_input_token_cost")
+    if per_token is None:
+        return None
+    return min(float(per_token) * 1e6, input_price_per_1m)
+
+
+@functools.cache
+def _litellm_cost_map() -> dict[str, Any]:
+    """The cost map bundled with litellm, read as a file: importing litellm would fetch its remote
+    copy first (seconds, or a stall offline) and cost ~1 s of start-up."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(spec.submodule_search_locations[0]) / "model_prices_and_context_window_backup.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +88,8 @@ class ModelSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)  # backend-specific; `os.environ/NAME` resolved late
     input_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M input tokens
     output_price_per_1m: float = Field(0.0, ge=0)  # USD per 1M output tokens
+    # USD per 1M prompt tokens read from the provider's prompt cache (None: the input price)
+    cached_input_price_per_1m: float | None = Field(None, ge=0)
     context_window: int = Field(8192, gt=0)
     max_output_tokens: int | None = Field(None, gt=0)
     expected_output_tokens: int = Field(256, gt=0)  # for cost prediction when max_tokens is not given
@@ -81,6 +112,16 @@ class ModelSpec(_Strict):
     def local(self) -> bool:
         """Served in-process (weights loaded at start-up), not over the network."""
         return self.backend in LOCAL_BACKENDS
+
+    @model_validator(mode="after")
+    def _cached_price_at_most_input(self) -> ModelSpec:
+        # a reservation is made at the input price: a cached read may not cost more
+        if (
+            self.cached_input_price_per_1m is not None
+            and self.cached_input_price_per_1m > self.input_price_per_1m
+        ):
+            raise ValueError("cached_input_price_per_1m may not exceed input_price_per_1m")
+        return self
 
     @field_validator("allow_params")
     @classmethod
@@ -113,9 +154,26 @@ class ModelSpec(_Strict):
     def resolved_params(self) -> dict[str, Any]:
         return _resolve(self.params)
 
-    def cost_usd(self, prompt_tokens: float, completion_tokens: float) -> float:
-        """What `prompt_tokens` in and `completion_tokens` out cost at this model's prices."""
-        return (prompt_tokens * self.input_price_per_1m + completion_tokens * self.output_price_per_1m) / 1e6
+    def cost_usd(self, prompt_tokens: float, completion_tokens: float, cached_tokens: float = 0) -> float:
+        """What `prompt_tokens` in and `completion_tokens` out cost at this model's prices;
+        `cached_tokens` of the prompt were read from the provider's cache (`cached_input_price`)."""
+        usd = (prompt_tokens * self.input_price_per_1m + completion_tokens * self.output_price_per_1m) / 1e6
+        cached = self.cached_input_price() if cached_tokens else None
+        if cached is not None:
+            usd -= min(cached_tokens, prompt_tokens) * (self.input_price_per_1m - cached) / 1e6
+        return usd
+
+    def cache_value_usd(self, prompt_tokens: float) -> float:
+        """What a cache hit on `prompt_tokens` saves at this model (0 without a cached price)."""
+        cached = self.cached_input_price()
+        return 0.0 if cached is None else prompt_tokens * (self.input_price_per_1m - cached) / 1e6
+
+    def cached_input_price(self) -> float | None:
+        """USD per 1M cached prompt tokens: the configured price, else litellm's cost map for this
+        model (`cache_read_input_token_cost`), else None (cached tokens cost the input price)."""
+        if self.cached_input_price_per_1m is not None:
+            return self.cached_input_price_per_1m
+        return _litellm_cached_price(str(self.params.get("model") or self.name), self.input_price_per_1m)
 
 
 class PolicySpec(_Strict):
@@ -169,6 +227,24 @@ class RoutingSettings(_Strict):
             except re.error as e:
                 raise ValueError(f"strip pattern {p!r} is not a valid regular expression: {e}") from None
         return v
+
+
+class ParamsSettings(_Strict):
+    """Request fields no API defines (docs/gateway.md, "Parameters"): `drop` removes them before
+    anything is sent and reports them (`x-moe-router-dropped-params`, the log, a metric); `reject`
+    answers 400 naming the first. Fields that could choose a destination are refused either way."""
+
+    unknown: Literal["drop", "reject"] = "drop"
+
+
+class ModelAlias(_Strict):
+    """A model name clients send that is not in the pool (`claude-opus-4-8`, `gpt-5-mini`): routed as
+    `model` (`router`, `router:<policy>` or a pool model), with the cost weight of its tier."""
+
+    pattern: str = Field(min_length=1)  # a glob, matched case-insensitively: claude-*haiku*
+    model: str = "router"
+    tier: Literal["cheap", "balanced", "quality"] = "balanced"
+    cost_weight: float | None = Field(None, ge=0, le=1)  # None: the tier's (cheap 0.8, quality 0)
 
 
 class ResponsesSettings(_Strict):
@@ -382,6 +458,10 @@ class RouterConfig(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
+    params: ParamsSettings = Field(default_factory=ParamsSettings)
+    # vendor model names routed (not refused) when they are not pool models; None: the defaults in
+    # router/aliases.py (claude-*, gpt-*, o1/o3/o4*, codex-*), [] turns them off
+    model_aliases: list[ModelAlias] | None = None
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     _source: str = PrivateAttr(EMBEDDED)  # the file this was read from, for the console and logs
 

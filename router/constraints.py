@@ -32,6 +32,26 @@ def prompt_tokens(messages: Sequence[Message]) -> int:
     return sum(estimate_tokens(m.text()) + TOKENS_PER_MESSAGE for m in messages)
 
 
+# the room for an answer a context window must leave (or all of a smaller max_tokens)
+MIN_ANSWER_ROOM = 1024
+# what one image adds to the estimate (providers charge ~1,000-1,600 tokens for a typical one)
+IMAGE_TOKENS = 1000
+
+
+def request_tokens(req: ChatCompletionRequest) -> int:
+    """The prompt estimate of a whole request: its messages, images and what a backend puts in the
+    prompt besides them (tool schemas — an agent's 24 tools are ~15,000 tokens — and an output
+    schema)."""
+    n = prompt_tokens(req.messages) + IMAGE_TOKENS * image_count(req.messages)
+    for extra in (req.tools, req.response_format):
+        if extra:
+            n += math.ceil(
+                _json_bytes(extra if isinstance(extra, list) else extra.model_dump(exclude_none=True))
+                / CHARS_PER_TOKEN
+            )
+    return n
+
+
 def prompt_bytes(req: ChatCompletionRequest) -> int:
     """An upper bound on the prompt's tokens, images aside: the UTF-8 bytes of everything the
     backend turns into prompt tokens (messages with their JSON framing, tools, output format).
@@ -195,6 +215,12 @@ def to_constraints(controls: RoutingControls | None) -> Constraints:
     )
 
 
+def output_cap(spec: ModelSpec, cap: int, prompt_tokens: int) -> int:
+    """`cap` (what the model writes at most for this request) lowered to what its context window
+    leaves after the prompt."""
+    return max(1, min(cap, spec.context_window - prompt_tokens))
+
+
 def exclusions(
     specs: Sequence[ModelSpec],
     *,
@@ -218,23 +244,16 @@ def exclusions(
             reasons.append(Exclusion("circuit_open", f"{s.name} is failing (circuit open)", SERVICE))
         if key_models is not None and s.name not in key_models:
             reasons.append(Exclusion("key_models", f"this API key may not use {s.name}"))
-        need = prompt_tokens + (output_tokens or 1)
+        # a long max_tokens is capped to what the model writes and the window leaves (the cap is
+        # reported), not a reason to exclude it: only a prompt that leaves no room for an answer is
+        need = prompt_tokens + min(
+            output_tokens or 1, MIN_ANSWER_ROOM, s.max_output_tokens or MIN_ANSWER_ROOM
+        )
         if need > s.context_window:
             reasons.append(
                 Exclusion(
                     "context_window",
                     f"{s.name} context window is {s.context_window} tokens; this request needs ~{need}",
-                )
-            )
-        if (
-            s.max_output_tokens is not None
-            and output_tokens is not None
-            and output_tokens > s.max_output_tokens
-        ):
-            reasons.append(
-                Exclusion(
-                    "max_tokens",
-                    f"{s.name} writes at most {s.max_output_tokens} tokens; {output_tokens} asked",
                 )
             )
         missing = capabilities - set(s.capabilities)

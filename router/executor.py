@@ -125,6 +125,50 @@ class StreamHandle:
             self.live.end()
 
 
+# parameters only models with the capability receive (config `capabilities`): a reasoning effort
+# sent to a model without reasoning is a 400 at OpenAI
+CAPABILITY_PARAMS = {"reasoning_effort": "reasoning", "thinking": "thinking"}
+
+
+MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
+
+
+def thinking_within(thinking: dict, cap: int) -> dict | None:
+    """Anthropic's `thinking` as a model with output cap `cap` takes it: `adaptive` as a budget of
+    half the cap (models that predate adaptive thinking refuse it), a budget below the cap (as the
+    API requires; the cap may have been lowered to the model's limit); None when the cap leaves no
+    room to think."""
+    if thinking.get("type") not in ("enabled", "adaptive"):
+        return thinking
+    budget = thinking.get("budget_tokens") or cap // 2
+    budget = min(budget, cap - 1)
+    if budget < MIN_THINKING_BUDGET:
+        return None
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+def _for_capabilities(messages: list[dict], cache_marks: bool, thinking: bool) -> list[dict]:
+    """`messages` as a model is sent them: without prompt-cache marks (`cache_control` on text
+    parts) unless it has the `cache_control` capability, without an assistant's `thinking_blocks`
+    unless it has `thinking`. The same list when there is nothing to take out."""
+
+    def marked(m: dict) -> bool:
+        return isinstance(m.get("content"), list) and any("cache_control" in p for p in m["content"])
+
+    strip_marks = not cache_marks and any(marked(m) for m in messages)
+    strip_thinking = not thinking and any("thinking_blocks" in m for m in messages)
+    if not (strip_marks or strip_thinking):
+        return messages
+    out = []
+    for m in messages:
+        if strip_thinking and "thinking_blocks" in m:
+            m = {k: v for k, v in m.items() if k != "thinking_blocks"}
+        if strip_marks and marked(m):
+            m = {**m, "content": [{k: v for k, v in p.items() if k != "cache_control"} for p in m["content"]]}
+        out.append(m)
+    return out
+
+
 class Executor:
     def __init__(self, config: RouterConfig, dispatcher: Dispatcher, policies: PolicySet, metrics: Metrics):
         self.config = config
@@ -134,21 +178,35 @@ class Executor:
         self.metrics = metrics
         self.streams: set[LiveStream] = set()  # committed and not yet ended
 
-    @staticmethod
-    def request_for(req: ChatCompletionRequest, plan: Plan) -> Callable[[str], ChatRequest]:
+    def request_for(self, req: ChatCompletionRequest, plan: Plan) -> Callable[[str], ChatRequest]:
         """What each candidate is sent: the messages, sampling options, the allowlisted parameters
         and the output cap its reservation assumed (so an answer never costs more than reserved)."""
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
         extra = req.forwarded() | req.extra_params()
+        variants: dict[tuple[bool, bool], list[dict]] = {}
 
         def build(model: str) -> ChatRequest:
+            caps = self.specs[model].capabilities if model in self.specs else ()
+            key = ("cache_control" in caps, "thinking" in caps)
+            if key not in variants:
+                variants[key] = _for_capabilities(messages, *key)
+            sent = {
+                k: v for k, v in extra.items() if k not in CAPABILITY_PARAMS or CAPABILITY_PARAMS[k] in caps
+            }
+            if "thinking" in sent:
+                sent.pop("reasoning_effort", None)  # a thinking model is told by `thinking`
+                thinking = thinking_within(sent["thinking"], plan.output_caps[model])
+                if thinking is None:
+                    sent.pop("thinking")
+                else:
+                    sent["thinking"] = thinking
             return ChatRequest(
-                messages=messages,
+                messages=variants[key],
                 max_tokens=plan.output_caps[model],
                 temperature=req.temperature,
                 top_p=req.top_p,
                 stop=req.stop,
-                extra=extra,
+                extra=sent,
             )
 
         return build
@@ -175,7 +233,7 @@ class Executor:
         self.metrics.observe_experts(model, experts)
         if usage is None:  # backend did not report usage: estimate from the texts
             usage = Usage(plan.prompt_tokens, C.estimate_tokens(text))
-        cost = self.specs[model].cost_usd(usage.prompt_tokens, usage.completion_tokens)
+        cost = self.specs[model].cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         return Outcome(
             plan,
             model,

@@ -134,6 +134,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.dropped_params = Counter(
+            p + "dropped_params",
+            "Request fields no API defines, dropped before dispatch (names in the log), by endpoint",
+            ["endpoint"],
+            registry=r,
+        )
         self.cached_tokens = Counter(
             p + "cached_prompt_tokens",
             "Prompt tokens the provider read from its prompt cache (where it reports them), by model",

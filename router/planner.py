@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from router import constraints as C
 from router import tracing
 from router.access import Access, Caller
 from router.account import RequestHealth, Seen
+from router.aliases import Aliases, label
 from router.config import ModelSpec, RouterConfig
 from router.dispatch import tried
 from router.embed_batcher import EmbedBatcher
@@ -42,7 +44,7 @@ from router.errors import (
     UnknownParameter,
 )
 from router.metrics import Metrics
-from router.params import ParamError, models_allowing
+from router.params import ParamError, models_allowing, screen
 from router.policy_set import PolicySet
 from router.schemas import ChatCompletionRequest
 from router.state import StateUnavailable
@@ -51,6 +53,8 @@ from router.state.sessions import Sessions
 
 if TYPE_CHECKING:
     from policies.cascade import CascadePlan
+
+log = logging.getLogger("moe_router.planner")
 
 
 def new_request_id() -> str:
@@ -91,6 +95,8 @@ class Plan:
     max_fallbacks: int = 2
     conversation: str | None = None  # affinity key: the conversation this request continues
     affinity: str | None = None  # kept | switched | new (routed requests with affinity on)
+    asked_output: int | None = None  # the request's max_tokens (a model's output cap may be lower)
+    alias: str | None = None  # the vendor model name asked for, when it was routed as an alias
     breakers: Seen | None = None  # the breakers this plan saw closed (its dispatch's first go-aheads)
 
     @property
@@ -144,6 +150,8 @@ class Planner:
         self.margin = config.routing.affinity.margin
         self._allow = {m.name: frozenset(m.allow_params) for m in self.specs.values()}
         self._strip = C.compile_strip(config.routing.strip_patterns)
+        self.aliases = Aliases(config.model_aliases)
+        self._allowed = frozenset(p for params in self._allow.values() for p in params)
 
     def resolve(self, model: str) -> tuple[Policy | None, str]:
         """`router` / `router:<policy>` -> (policy, name); a configured model name -> (None, model)."""
@@ -176,6 +184,10 @@ class Planner:
         if len(req.messages) > self.config.server.max_messages:
             raise BadRequest(f"too many messages (max {self.config.server.max_messages})", param="messages")
         try:
+            if not req._screened:  # an in-process caller (router.sdk): the edge did not screen it
+                dropped = screen(req, allowed=self._allowed, reject=self.config.params.unknown == "reject")
+                if dropped:
+                    log.info("dropped unknown parameters %s", ", ".join(dropped))
             return Checked(models_allowing(req.extra_params(), self._allow))
         except ParamError as e:
             cls = ForbiddenParameter if e.forbidden else UnknownParameter
@@ -257,10 +269,18 @@ class Planner:
         what `check` said of `req`, if the caller asked it already."""
         caller = caller or Caller()
         t0 = time.perf_counter()
-        policy, name = self.resolve(req.model)
+        alias = None
+        if (
+            req.model not in self.specs
+            and req.model != "router"
+            and not req.model.startswith("router:")
+            and req.model not in self.embedders
+        ):
+            alias = self.aliases.match(req.model)
+        policy, name = self.resolve(alias.model if alias is not None else req.model)
         accepting = (checked or self.check(req)).accepting
         text = C.routing_text(req.messages, strip=self._strip)
-        tokens = C.prompt_tokens(req.messages)
+        tokens = C.request_tokens(req)
         bound, images = C.prompt_bytes(req), C.image_count(req.messages)
         out_tokens = req.output_limit()
         names = [name] if policy is None else list(self.specs)
@@ -279,7 +299,10 @@ class Planner:
                 if n not in accepting:
                     extra = ", ".join(sorted(req.extra_params()))
                     blocked[n].append(Exclusion("params", f"{n} does not accept the parameter(s) {extra}"))
-        caps = {n: self.access.output_cap(self.specs[n], out_tokens) for n in names}
+        caps = {
+            n: C.output_cap(self.specs[n], self.access.output_cap(self.specs[n], out_tokens), tokens)
+            for n in names
+        }
         max_costs = {n: self.access.max_cost(self.specs[n], bound, images, out_tokens) for n in names}
         await self._budget_exclusions(caller, max_costs, blocked)
         cost = [self._predicted_cost(self.specs[n], tokens, out_tokens) for n in names]
@@ -293,6 +316,8 @@ class Planner:
             output_caps=caps,
             max_costs=max_costs,
             max_fallbacks=self.config.dispatch.max_fallbacks,
+            asked_output=out_tokens,
+            alias=label(req.model, alias) if alias is not None else None,
             breakers=seen,
         )
         if policy is None:
@@ -327,6 +352,8 @@ class Planner:
             if plat is not None:
                 latency = [float(plat[0, col[n]]) if n in col else latency[i] for i, n in enumerate(names)]
             weight = self.config.routing.cost_weight
+            if alias is not None and self.aliases.cost_weight(alias) is not None:
+                weight = self.aliases.cost_weight(alias)
             if req.routing is not None and req.routing.cost_weight is not None:
                 weight = req.routing.cost_weight
             decision = decide(
@@ -347,6 +374,8 @@ class Planner:
                 raise BudgetExceeded(message)
             raise ServiceUnavailable(message)
         plan.decision = decision
+        if plan.alias is not None:
+            decision.notes["alias"] = plan.alias
         plan.propensity = 1.0
         if online:
             plan.propensity = self._explore(policy, batch, decision)
@@ -362,7 +391,9 @@ class Planner:
         self, plan: Plan, req: ChatCompletionRequest, caller: Caller, session: str | None
     ) -> None:
         """Conversation affinity: keep the model this conversation is on unless switching gains more
-        than `routing.affinity.margin` in decision score, or the model is no longer eligible."""
+        than `routing.affinity.margin` in decision score, or the model is no longer eligible. A
+        switch for cost alone must also save more than the prompt cache it gives up (the decision
+        record's `notes.cache` says what was weighed)."""
         plan.conversation = conversation_key(req, caller, session)
         pinned = None
         # a request without an earlier answer in it starts a conversation (unless the client names one)
@@ -377,8 +408,21 @@ class Planner:
         else:
             kept = next((c for c in decision.ranked if c.model == pinned["model"]), None)
             best = decision.chosen
+            cheaper_only = False
+            if kept is not None and kept is not best:
+                # leaving the model gives up its prompt cache: a switch made to save money must
+                # save more than the cached prefix would have (priced at the model's cached rate)
+                lost = self.specs[kept.model].cache_value_usd(plan.prompt_tokens)
+                saving = (kept.cost_usd or 0.0) - lost - (best.cost_usd or 0.0)
+                decision.notes["cache"] = {
+                    "on": kept.model,
+                    "lost_cache_usd": round(lost, 8),
+                    "switch_saving_usd": round(saving, 8),
+                }
+                # a switch for cost alone (no better predicted quality) that the lost cache eats
+                cheaper_only = (best.quality or 0.0) <= (kept.quality or 0.0) and saving <= 0
             if kept is not None and (
-                kept is best or (best.score or 0.0) - (kept.score or 0.0) <= self.margin
+                kept is best or cheaper_only or (best.score or 0.0) - (kept.score or 0.0) <= self.margin
             ):
                 if kept is not best:
                     decision.ranked.remove(kept)

@@ -34,6 +34,7 @@ def model_info(spec: ModelSpec) -> ModelInfo:
         quality=dict(spec.quality),
         latency_ms=spec.latency_ms,
         description=spec.description,
+        cached_input_price_per_1m=spec.cached_input_price(),
     )
 
 

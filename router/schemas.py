@@ -1,22 +1,29 @@
 """Typed request bodies at the HTTP edge: the OpenAI chat-completions shape plus our routing controls.
 
 Every field that can reach a backend is typed here (see `router.params` for the trust boundary).
-Nested objects (messages, content parts, tools) refuse unknown fields; the top level keeps them in
-`model_extra` so the engine can refuse them with a 400 that names them, or pass the ones an
-operator allowed for a model.
+Fields no API defines are kept in each object's `model_extra` only until `router.params.screen`
+removes (and reports) them, at any depth; at the top level, the ones an operator allowed for a
+model stay for the planner to route on.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from router.params import FORWARDED
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Known(BaseModel):
+    """A part of an API's body: the fields it defines are typed; others wait in `model_extra` for
+    `router.params.screen` (forbidden ones refused, unknown ones dropped and reported)."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class RoutingControls(_Strict):
@@ -37,12 +44,14 @@ class RoutingControls(_Strict):
 IMAGE_SCHEMES = ("https://", "data:image/")
 
 
-class TextPart(_Strict):
+class TextPart(_Known):
     type: Literal["text"]
     text: str
+    # a prompt-cache mark (Anthropic's): sent only to models with the `cache_control` capability
+    cache_control: dict[str, Any] | None = None
 
 
-class ImageURL(_Strict):
+class ImageURL(_Known):
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
 
@@ -56,12 +65,12 @@ class ImageURL(_Strict):
         return v
 
 
-class ImagePart(_Strict):
+class ImagePart(_Known):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class RefusalPart(_Strict):
+class RefusalPart(_Known):
     type: Literal["refusal"]
     refusal: str
 
@@ -69,24 +78,27 @@ class RefusalPart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart | RefusalPart, Field(discriminator="type")]
 
 
-class FunctionCall(_Strict):
+class FunctionCall(_Known):
     name: str = Field(min_length=1, max_length=256)
     arguments: str
 
 
-class ToolCall(_Strict):
+class ToolCall(_Known):
     id: str = Field(min_length=1, max_length=256)
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class Message(_Strict):
+class Message(_Known):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = Field(None, max_length=256)
     tool_calls: list[ToolCall] | None = None  # assistant
     tool_call_id: str | None = Field(None, max_length=256)  # tool
     refusal: str | None = None  # assistant
+    # assistant: an Anthropic model's thinking (with signatures), sent back to models with the
+    # `thinking` capability (Anthropic's API wants it back beside tool calls), left out for others
+    thinking_blocks: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
@@ -99,8 +111,10 @@ class Message(_Strict):
             raise ValueError("a tool message needs tool_call_id")
         if role != "tool" and self.tool_call_id is not None:
             raise ValueError("only tool messages carry tool_call_id")
-        if role != "assistant" and (self.tool_calls is not None or self.refusal is not None):
-            raise ValueError("only assistant messages carry tool_calls or refusal")
+        if role != "assistant" and (
+            self.tool_calls is not None or self.refusal is not None or self.thinking_blocks is not None
+        ):
+            raise ValueError("only assistant messages carry tool_calls, refusal or thinking_blocks")
         if isinstance(self.content, list):
             kinds = {p.type for p in self.content}
             allowed = {"user": {"text", "image_url"}, "assistant": {"text", "refusal"}}.get(role, {"text"})
@@ -123,42 +137,42 @@ class Message(_Strict):
 
 
 # ---- tools and output formats --------------------------------------------------------------------
-class FunctionDef(_Strict):
+class FunctionDef(_Known):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Strict):
+class Tool(_Known):
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(_Strict):
+class NamedFunction(_Known):
     name: str = Field(min_length=1, max_length=64)
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(_Known):
     type: Literal["function"]
     function: NamedFunction
 
 
-class JSONSchemaFormat(_Strict):
+class JSONSchemaFormat(_Known):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(_Known):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
 
-class StreamOptions(_Strict):
+class StreamOptions(_Known):
     include_usage: bool | None = None
 
 
@@ -197,10 +211,26 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # Anthropic's extended thinking ({"type": "enabled", "budget_tokens": N}), as litellm takes it:
+    # sent to models with the `thinking` capability, which get it instead of reasoning_effort
+    thinking: dict[str, Any] | None = None
     user: str | None = Field(None, max_length=256)
     routing: RoutingControls | None = None
+    # known OpenAI parameters the gateway accepts and does not forward (docs/gateway.md): they
+    # describe the client's own bookkeeping or a provider-side feature no backend here shares
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    store: bool | None = None
+    service_tier: str | None = Field(None, max_length=64)
+    prompt_cache_key: str | None = Field(None, max_length=256)
+    safety_identifier: str | None = Field(None, max_length=256)
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: list[str] | None = Field(None, max_length=4)
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
 
     _stop = field_validator("stop")(classmethod(lambda cls, v: stop_list(v)))
+    # set once `router.params.screen` went through it (the edge did, or a translator built it)
+    _screened: bool = PrivateAttr(False)
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -157,10 +157,11 @@ def test_anthropic_bad_bodies_get_anthropic_errors(gw, upstream, start_gateway):
         assert err["type"] == "error" and set(err["error"]) == {"type", "message"}
     assert post(cases[1][0]).json()["error"]["type"] == "invalid_request_error"
     assert upstream.calls() == []
-    with pytest.raises(anthropic.BadRequestError):
+    with pytest.raises(anthropic.BadRequestError) as e:
         claude(gw).messages.create(
-            model="oa", max_tokens=5, messages=[{"role": "user", "content": "x"}], extra_body={"top_k": 3}
+            model="oa", max_tokens=5, messages=[{"role": "user", "content": "x"}], extra_body={"headers": {}}
         )
+    assert "headers" in e.value.body["error"]["message"] and upstream.calls() == []
     locked = start_gateway(make_config(upstream.base_url, models=pool(upstream), auth={"require_keys": True}))
     with pytest.raises(anthropic.AuthenticationError) as e:
         claude(locked).messages.create(model="oa", max_tokens=5, messages=[{"role": "user", "content": "x"}])

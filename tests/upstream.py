@@ -15,6 +15,7 @@ usage. Tests script it per model:
     up.calls("gpt-big")                                           # requests received, in order
     up.abandoned("gpt-big")                                       # streams the client left unfinished
     up.behave("gpt-big", use_tools=True)                          # call the first tool, then answer
+    up.behave("gpt-big", tool="Bash", tool_args={"command": "ls"}) # call that tool (if offered), then answer
     up.behave("gpt-big", cached_tokens=40)                        # report provider prompt-cache reads
     up.peak_in_flight("gpt-big")                                  # most requests it held at once
 
@@ -63,6 +64,8 @@ class Behaviour:
     prompt_usage: str = "words"  # words | bytes (a worst-case tokenizer: one token per UTF-8 byte)
     use_tools: bool = False  # with tools in the request: call the first one, then answer its result
     cached_tokens: int = 0  # report this many prompt tokens as read from the provider's prompt cache
+    tool: str | None = None  # with this tool offered: call it with `tool_args`, then answer its result
+    tool_args: dict[str, Any] | None = None
 
 
 def _text(message: dict[str, Any]) -> str:
@@ -97,6 +100,17 @@ def _block_text(content: Any) -> str:
         elif blk.get("type") == "tool_result":
             parts.append(_block_text(blk.get("content")))
     return " ".join(parts)
+
+
+THOUGHT = "Let me think about it."  # the mock's thinking, when a request enables it
+SIGNATURE = "sig-mock-0001"
+
+
+def _logprob(token: str, top: int) -> dict[str, Any]:
+    """A made-up but well-formed logprob entry: -0.25 per token, `top` alternatives."""
+    alts = [{"token": token, "logprob": -0.25, "bytes": list(token.encode())}]
+    alts += [{"token": f"{token}~{i}", "logprob": -2.0 - i, "bytes": None} for i in range(1, top)]
+    return {"token": token, "logprob": -0.25, "bytes": list(token.encode()), "top_logprobs": alts[:top]}
 
 
 def _vector(text: str, dim: int = 8) -> list[float]:
@@ -313,10 +327,21 @@ class MockUpstream:
             return got
         body, model, b = got
         messages = body.get("messages") or []
-        last = messages[-1] if messages else {}
-        tool_said = _text(last) if last.get("role") == "tool" else None
+        # the tool results after the last assistant turn (agents may add a user turn after them)
+        since = next(
+            (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"), -1
+        )
+        results = [_text(m) for m in messages[since + 1 :] if m.get("role") == "tool"]
+        tool_said = results[-1] if results else None
         call = None
-        if b.use_tools and body.get("tools") and tool_said is None:
+        offered = [t.get("function", {}).get("name") for t in body.get("tools") or []]
+        if b.tool in offered and tool_said is None:
+            call = {
+                "id": f"call_{time.monotonic_ns()}",
+                "name": b.tool,
+                "arguments": json.dumps(b.tool_args or {}),
+            }
+        elif b.use_tools and body.get("tools") and tool_said is None:
             fn = body["tools"][0]["function"]["name"]
             call = {
                 "id": f"call_{time.monotonic_ns()}",
@@ -345,12 +370,15 @@ class MockUpstream:
                         "function": {"name": call["name"], "arguments": call["arguments"]},
                     }
                 ]
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+            if body.get("logprobs") and not call:
+                choice["logprobs"] = {"content": [_logprob(w, body.get("top_logprobs") or 0) for w in words]}
             out = {
                 "id": rid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "choices": [choice],
             }
             if b.usage:
                 out["usage"] = usage
@@ -359,12 +387,17 @@ class MockUpstream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and b.usage
 
         def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            if body.get("logprobs") and delta.get("content"):
+                choice["logprobs"] = {
+                    "content": [_logprob(delta["content"].strip(), body.get("top_logprobs") or 0)]
+                }
             c = {
                 "id": rid,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                "choices": [choice],
             }
             return f"data: {json.dumps(c)}\n\n".encode()
 
@@ -412,7 +445,10 @@ class MockUpstream:
             (_block_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
         call = None
-        if b.use_tools and body.get("tools") and tool_said is None:
+        offered = [t.get("name") for t in body.get("tools") or []]
+        if b.tool in offered and tool_said is None:
+            call = {"id": f"toolu_{time.monotonic_ns()}", "name": b.tool, "input": dict(b.tool_args or {})}
+        elif b.use_tools and body.get("tools") and tool_said is None:
             call = {
                 "id": f"toolu_{time.monotonic_ns()}",
                 "name": body["tools"][0]["name"],
@@ -430,6 +466,11 @@ class MockUpstream:
         mid = f"msg_mock{time.monotonic_ns()}"
         stop = "tool_use" if call else "end_turn"
         content = [{"type": "tool_use", **call}] if call else [{"type": "text", "text": " ".join(words)}]
+        # extended thinking asked: a thinking block first (what Anthropic's API answers)
+        think = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+        if think:
+            content.insert(0, {"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE})
+        bi = 1 if think else 0  # the index of the answer's block in a stream
         if not body.get("stream"):
             out = {
                 "id": mid,
@@ -457,12 +498,26 @@ class MockUpstream:
             "usage": {**usage, "output_tokens": 0},
         }
         head = [event("message_start", {"message": start})]
+        if think:
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            head += [
+                event("content_block_start", {"index": 0, "content_block": block}),
+                event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "thinking_delta", "thinking": THOUGHT}},
+                ),
+                event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}},
+                ),
+                event("content_block_stop", {"index": 0}),
+            ]
         if call:
             head.append(
                 event(
                     "content_block_start",
                     {
-                        "index": 0,
+                        "index": bi,
                         "content_block": {
                             "type": "tool_use",
                             "id": call["id"],
@@ -476,26 +531,32 @@ class MockUpstream:
             pieces = [
                 event(
                     "content_block_delta",
-                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": raw[: len(raw) // 2]}},
+                    {
+                        "index": bi,
+                        "delta": {"type": "input_json_delta", "partial_json": raw[: len(raw) // 2]},
+                    },
                 ),
                 event(
                     "content_block_delta",
-                    {"index": 0, "delta": {"type": "input_json_delta", "partial_json": raw[len(raw) // 2 :]}},
+                    {
+                        "index": bi,
+                        "delta": {"type": "input_json_delta", "partial_json": raw[len(raw) // 2 :]},
+                    },
                 ),
             ]
         else:
             head.append(
-                event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+                event("content_block_start", {"index": bi, "content_block": {"type": "text", "text": ""}})
             )
             pieces = [
                 event(
                     "content_block_delta",
-                    {"index": 0, "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}},
+                    {"index": bi, "delta": {"type": "text_delta", "text": w if n == 0 else " " + w}},
                 )
-                for i, w in enumerate(words)
+                for n, w in enumerate(words)
             ]
         tail = [
-            event("content_block_stop", {"index": 0}),
+            event("content_block_stop", {"index": bi}),
             event(
                 "message_delta",
                 {

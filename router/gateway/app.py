@@ -32,7 +32,7 @@ from router.gateway.middleware import Edge, RequestMetrics, state_error
 from router.gateway.openai_routes import openai_routes
 from router.gateway.responses_routes import responses_routes
 from router.gateway.strict_json import StrictJSONRoute, unknown_field_error
-from router.params import DESTINATION_FIELDS
+from router.params import DESTINATION_FIELDS, body_path
 from router.state import StateUnavailable
 from router.state.degrade import StateFault
 
@@ -75,6 +75,15 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
 
     def error_response(err: RouterError, request: Request) -> JSONResponse:
         metrics.errors.labels(err.type, err.code or "none").inc()
+        if 400 <= err.status < 500:
+            log.info(
+                "%s %s refused: %s %s (%s)",
+                request.method,
+                request.url.path,
+                err.status,
+                err.code,
+                err.message,
+            )
         status, body = render(err, request.url.path)
         return JSONResponse(body, status_code=status, headers=err.headers)
 
@@ -95,15 +104,17 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
             msg = next(e.get("ctx", {}).get("error", "") for e in errors if e.get("type") == "json_invalid")
             err = RouterError(f"malformed JSON body: {msg}", status=400, code="invalid_json")
             return error_response(err, request)
-        unknown = unknown_field_error(errors, DESTINATION_FIELDS)
+        body = exc.body
+        unknown = unknown_field_error(errors, DESTINATION_FIELDS, body)
         if unknown is not None:
             return error_response(unknown, request)
+        # the deepest error is the specific one: a union's other members fail shallowly (`input`
+        # is not a string) beside the real mistake (`input[0].role`)
+        errors = sorted(errors, key=lambda e: -len(e.get("loc", ())))
         first = errors[0] if errors else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
+        param = body_path(first.get("loc", ()), body)
         message = "; ".join(
-            f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
-            for e in errors[:5]
+            f"{body_path(e.get('loc', ()), body) or 'body'}: {e.get('msg')}" for e in errors[:5]
         )
         err = RouterError(message, status=422, param=param, code="invalid_request_schema")
         err.type = "invalid_request_error"

@@ -7,6 +7,7 @@ that does not match the schema (Anthropic has no 422).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from router.errors import RouterError
@@ -29,10 +30,28 @@ def anthropic_path(path: str) -> bool:
     return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
+# Anthropic's wording for the conditions its clients act on (Claude Code compacts the conversation
+# on "prompt is too long", and reads "x-api-key" and "model:" messages for its own hints)
+_WINDOW = re.compile(r"context window is (\d+) tokens; this request needs ~(\d+)")
+
+
+def anthropic_message(err: RouterError) -> str:
+    if err.code == "context_length_exceeded":
+        m = _WINDOW.search(err.message)
+        if m:
+            return f"prompt is too long: {m.group(2)} tokens > {m.group(1)} maximum"
+        return f"prompt is too long: {err.message}"
+    if err.code == "model_not_found" and err.param == "model":
+        return f"model: {err.message}"
+    if err.status == 401:
+        return f"invalid x-api-key: {err.message}"
+    return err.message
+
+
 def render(err: RouterError, path: str) -> tuple[int, dict[str, Any]]:
     """(status, body) for `err` answering a request to `path`."""
     if not anthropic_path(path):
         return err.status, err.body()
     status = 400 if err.status == 422 else err.status
     kind = ANTHROPIC_TYPES.get(status, "api_error")
-    return status, {"type": "error", "error": {"type": kind, "message": err.message}}
+    return status, {"type": "error", "error": {"type": kind, "message": anthropic_message(err)}}

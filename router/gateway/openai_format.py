@@ -41,6 +41,7 @@ def chat_body(result: ChatResult, o: Outcome) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", **result.message},
+                "logprobs": result.logprobs,
                 "finish_reason": result.finish_reason,
             }
         ],
@@ -81,7 +82,7 @@ def chunk_body(rid: str, model: str, created: int, c: ChatChunk, legacy: bool = 
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": c.delta, "finish_reason": c.finish_reason}],
+        "choices": [{"index": 0, "delta": c.delta, "logprobs": c.logprobs, "finish_reason": c.finish_reason}],
     }
 
 
@@ -112,6 +113,11 @@ def plan_headers(
     }
     if spilled:
         out[h + "spilled"] = ",".join(spilled)
+    cap = plan.output_caps.get(model)
+    if plan.asked_output is not None and cap is not None and cap < plan.asked_output:
+        out[h + "max-tokens-capped"] = f"{plan.asked_output}->{cap}"
+    if plan.alias is not None:
+        out[h + "alias"] = plan.alias
     if plan.affinity is not None:
         out[h + "affinity"] = plan.affinity
     if pred is not None:
@@ -184,7 +190,7 @@ class ChatStream:
         return []
 
     def chunk(self, c: ChatChunk) -> list[bytes]:
-        if not (c.delta or c.finish_reason):
+        if not (c.delta or c.finish_reason or c.logprobs):
             return []
         return [sse(chunk_body(self.rid, self.model, self.created, c, self.legacy))]
 

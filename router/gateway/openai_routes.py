@@ -11,6 +11,7 @@ from router.gateway import openai_format as fmt
 from router.gateway.engine_client import EngineClient
 from router.gateway.json_response import JSONResponse
 from router.gateway.respond import respond
+from router.gateway.screening import report, screened
 from router.gateway.strict_json import StrictJSONRoute
 from router.planner import external_id
 from router.schemas import (
@@ -40,14 +41,17 @@ def openai_routes(engine: EngineClient) -> APIRouter:
     async def chat_completions(
         body: ChatCompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
-        return await respond(engine, body, who, session, fmt.ChatAnswer(body))
+        dropped = screened(engine, body, "chat", operator_params=True)
+        session = session or body.prompt_cache_key  # the client's own conversation id
+        return await respond(engine, body, who, session, fmt.ChatAnswer(body), dropped=dropped)
 
     @api.post("/v1/completions")
     async def completions(
         body: CompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
+        dropped = screened(engine, body, "completions", operator_params=True)
         req = body.as_chat()
-        return await respond(engine, req, who, session, fmt.ChatAnswer(req, legacy=True))
+        return await respond(engine, req, who, session, fmt.ChatAnswer(req, legacy=True), dropped=dropped)
 
     @api.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsRequest, who: Caller = Depends(caller)):
@@ -93,6 +97,7 @@ def openai_routes(engine: EngineClient) -> APIRouter:
 
     @api.post("/v1/route")
     async def route(body: RouteRequest, who: Caller = Depends(caller), session: str | None = Session):
+        dropped = screened(engine, body, "route", operator_params=True)
         plan = await engine.plan(body, who, session)
         out = {
             "id": plan.request_id,
@@ -103,7 +108,7 @@ def openai_routes(engine: EngineClient) -> APIRouter:
         }
         if engine.capacity.limits:  # models with max_concurrency / tpm_limit: what dispatch would find
             out["capacity"] = await engine.capacity.status()
-        return JSONResponse(out)
+        return JSONResponse(out, headers=report(dropped, plan.request_id, {}))
 
     @api.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, who: Caller = Depends(caller)):

@@ -21,6 +21,7 @@ from router.executor import Outcome, StreamHandle
 from router.gateway import openai_format as fmt
 from router.gateway.engine_client import EngineClient
 from router.gateway.json_response import JSONResponse
+from router.gateway.screening import report
 from router.gateway.streaming import SettledStreamingResponse, StreamFormat, events
 from router.schemas import ChatCompletionRequest
 
@@ -45,19 +46,23 @@ async def respond(
     session: str | None,
     answer: AnswerFormat,
     then: Then | None = None,
+    dropped: list[str] | None = None,
 ) -> Response:
+    """`dropped`: the unknown fields screened out of the body (`screening.screened`), named in the
+    answer's headers and logged under the request id."""
     if req.stream:
         handle = await engine.stream(req, who, session)
         stream = answer.stream()
         chunks = events(handle, stream, engine.metrics)
         if then is not None:
             chunks = _then_before_closing(chunks, cast(FinalStream, stream), then)
-        return SettledStreamingResponse(handle, chunks, stream_headers(handle))
+        headers = report(dropped or [], handle.plan.request_id, stream_headers(handle))
+        return SettledStreamingResponse(handle, chunks, headers)
     result, outcome = await engine.chat(req, who, session)
     body = answer.body(result, outcome)
     if then is not None:
         await asyncio.shield(then(body))
-    return JSONResponse(body, headers=fmt.outcome_headers(outcome))
+    return JSONResponse(body, headers=report(dropped or [], outcome.request_id, fmt.outcome_headers(outcome)))
 
 
 def stream_headers(handle: StreamHandle) -> dict[str, str]:

@@ -1,59 +1,73 @@
 """The OpenAI Responses API at the edge (the Codex CLI, newer `openai` SDK code).
 
 A Responses request becomes an internal chat request, so it is routed, budgeted and logged like
-any other; the answer comes back as a Response object (or its streaming events). Translated:
+any other; the answer comes back as a Response object (or its streaming events). What is
+translated, accepted and dropped (docs/gateway.md, "Responses"):
 
 - `instructions` -> a system message (not carried over by `previous_response_id`, as in OpenAI's
   API); `input` as a string or items: messages (`input_text`, `input_image`, `output_text`,
-  `refusal` parts), `function_call` and `function_call_output` items; `reasoning` items are
-  dropped.
-- function `tools`, `tool_choice`, `parallel_tool_calls`, `max_output_tokens`, `temperature`,
-  `top_p`, `text.format` (-> `response_format`), `reasoning.effort`, `user`.
+  `refusal` parts), `function_call` / `custom_tool_call` items and their outputs, and the tools of
+  an `additional_tools` item (Codex's lighter protocol sends its tools that way); `reasoning`,
+  `configuration_update` and other item types are not forwarded. Fields a client adds to items
+  (Codex's `internal_chat_message_metadata_passthrough`) are dropped and reported.
+- `tools`: `function` tools as they are; `namespace` tools flattened to functions named
+  `<namespace>__<name>` and mapped back (`namespace` on the call item); `custom` tools (free-text
+  input) as functions taking `{"input": string}`, answered as `custom_tool_call` items; hosted
+  tools (`web_search`, `file_search`, ...) are dropped and reported: no backend here runs them.
+- `tool_choice`, `parallel_tool_calls`, `max_output_tokens`, `temperature`, `top_p`,
+  `text.format` (-> `response_format`), `reasoning.effort` (-> `reasoning_effort`, to models with
+  the `reasoning` capability), `user`, `top_logprobs` (-> `logprobs`).
 - `previous_response_id`: the stored conversation of an earlier response of the same caller
   (`store: true`, the default; config `responses`), shared by replicas on Redis.
 - `prompt_cache_key` doubles as the conversation id for model affinity when no
-  `x-moe-router-session` header is sent. `include`, `truncation: disabled`, `metadata`,
-  `safety_identifier` and `text.verbosity` are accepted and not forwarded.
+  `x-moe-router-session` header is sent. Accepted and not forwarded: `include`,
+  `reasoning.summary`, `truncation`, `metadata`, `client_metadata`, `safety_identifier`,
+  `service_tier`, `text.verbosity`, `prompt_cache_retention`, `background: false`.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from adapters import ChatChunk, ChatResult, Usage
 from router.errors import BadRequest, RouterError
 from router.executor import Outcome, StreamHandle
+from router.gateway.chat_request import chat_request, function_tool
 from router.gateway.json_response import dumps
 from router.planner import external_id
 from router.schemas import ChatCompletionRequest, RoutingControls
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Known(BaseModel):
+    """Fields the Responses API defines are typed; others wait in `model_extra` for
+    `router.params.screen` (forbidden ones refused, unknown ones dropped and reported)."""
+
+    model_config = ConfigDict(extra="allow")
 
 
-class InputText(_Strict):
+class InputText(_Known):
     type: Literal["input_text"]
     text: str
 
 
-class InputImage(_Strict):
+class InputImage(_Known):
     type: Literal["input_image"]
     image_url: str = Field(min_length=1)
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
 
 
-class OutputText(_Strict):
+class OutputText(_Known):
     type: Literal["output_text"]
     text: str
     annotations: list[Any] | None = None
     logprobs: list[Any] | None = None
 
 
-class Refusal(_Strict):
+class Refusal(_Known):
     type: Literal["refusal"]
     refusal: str
 
@@ -61,50 +75,53 @@ class Refusal(_Strict):
 Part = Annotated[InputText | InputImage | OutputText | Refusal, Field(discriminator="type")]
 
 
-class MessageItem(_Strict):
+class MessageItem(_Known):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[Part]
     id: str | None = None
     status: str | None = None
+    phase: str | None = None
 
 
-class FunctionCallItem(_Strict):
+class FunctionCallItem(_Known):
     type: Literal["function_call"]
     call_id: str = Field(min_length=1, max_length=256)
     name: str = Field(min_length=1, max_length=256)
     arguments: str
+    namespace: str | None = Field(None, max_length=128)
     id: str | None = None
     status: str | None = None
 
 
-class FunctionCallOutputItem(_Strict):
-    type: Literal["function_call_output"]
+class FunctionCallOutputItem(_Known):
+    type: Literal["function_call_output", "custom_tool_call_output"]
     call_id: str = Field(min_length=1, max_length=256)
-    output: str | list[InputText]
+    output: str | list[Annotated[InputText | InputImage, Field(discriminator="type")]]
     id: str | None = None
     status: str | None = None
 
 
-class ReasoningItem(BaseModel):
+class CustomToolCallItem(_Known):
+    type: Literal["custom_tool_call"]
+    call_id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256)
+    input: str
+    namespace: str | None = Field(None, max_length=128)
+    id: str | None = None
+    status: str | None = None
+
+
+class OtherItem(BaseModel):
+    """An item the gateway does not forward (`reasoning`, `configuration_update`, hosted tool
+    calls): kept whole, so nothing in it is reported field by field."""
+
     model_config = ConfigDict(extra="allow")
-    type: Literal["reasoning"]
+    OPAQUE: ClassVar[bool] = True
+    type: str
 
 
-def _item_kind(v: Any) -> str:
-    return (v.get("type") if isinstance(v, dict) else getattr(v, "type", None)) or "message"
-
-
-Item = Annotated[
-    Annotated[MessageItem, Tag("message")]
-    | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")],
-    Discriminator(_item_kind),
-]
-
-
-class FunctionTool(_Strict):
+class FunctionTool(_Known):
     type: Literal["function"]
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
@@ -112,12 +129,87 @@ class FunctionTool(_Strict):
     strict: bool | None = None
 
 
-class FunctionChoice(_Strict):
-    type: Literal["function"]
+class CustomTool(_Known):
+    """A tool whose input is free text (optionally under a grammar): a function of one string here."""
+
+    type: Literal["custom"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    format: dict[str, Any] | None = None
+
+
+class NamespaceTool(_Known):
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    tools: list[Annotated[FunctionTool | CustomTool, Field(discriminator="type")]] = Field(max_length=256)
+
+
+class HostedTool(BaseModel):
+    """`web_search`, `file_search`, `code_interpreter`, ...: run by OpenAI, not by any backend here."""
+
+    model_config = ConfigDict(extra="allow")
+    OPAQUE: ClassVar[bool] = True
+    type: str
+
+
+def _tool_kind(v: Any) -> str:
+    kind = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    return kind if kind in ("function", "custom", "namespace") else "hosted"
+
+
+AnyTool = Annotated[
+    Annotated[FunctionTool, Tag("function")]
+    | Annotated[CustomTool, Tag("custom")]
+    | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[HostedTool, Tag("hosted")],
+    Discriminator(_tool_kind),
+]
+
+
+class AdditionalToolsItem(_Known):
+    """Codex's lighter protocol: the tools sent as an input item instead of `tools`."""
+
+    type: Literal["additional_tools"]
+    tools: list[AnyTool] = Field(max_length=256)
+    id: str | None = None
+    role: str | None = None
+
+
+ITEM_KINDS = (
+    "message",
+    "function_call",
+    "function_call_output",
+    "custom_tool_call",
+    "custom_tool_call_output",
+    "additional_tools",
+)
+
+
+def _item_kind(v: Any) -> str:
+    kind = (v.get("type") if isinstance(v, dict) else getattr(v, "type", None)) or "message"
+    if kind == "custom_tool_call_output":
+        return "function_call_output"
+    return kind if kind in ITEM_KINDS else "other"
+
+
+Item = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
+    | Annotated[AdditionalToolsItem, Tag("additional_tools")]
+    | Annotated[OtherItem, Tag("other")],
+    Discriminator(_item_kind),
+]
+
+
+class FunctionChoice(_Known):
+    type: Literal["function", "custom"]
     name: str = Field(min_length=1, max_length=64)
 
 
-class Format(_Strict):
+class Format(_Known):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, max_length=64)
     description: str | None = None
@@ -125,27 +217,29 @@ class Format(_Strict):
     strict: bool | None = None
 
 
-class TextConfig(_Strict):
+class TextConfig(_Known):
     format: Format | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class ReasoningConfig(_Strict):
+class ReasoningConfig(_Known):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     summary: str | None = None
     generate_summary: str | None = None
+    context: str | None = None
 
 
-class ResponsesRequest(_Strict):
+class ResponsesRequest(_Known):
     model: str = Field(min_length=1, max_length=256)
     input: str | list[Item]
     instructions: str | None = None
-    tools: list[FunctionTool] | None = Field(None, max_length=128)
+    tools: list[AnyTool] | None = Field(None, max_length=256)
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     stream: bool = False
     store: bool = True
     previous_response_id: str | None = Field(None, max_length=128)
@@ -154,11 +248,78 @@ class ResponsesRequest(_Strict):
     user: str | None = Field(None, max_length=256)
     # accepted, not forwarded
     metadata: dict[str, str] | None = Field(None, max_length=16)
+    client_metadata: dict[str, Any] | None = None
     include: list[str] | None = None
     truncation: Literal["disabled", "auto"] | None = None
     prompt_cache_key: str | None = Field(None, max_length=256)
+    prompt_cache_retention: str | None = Field(None, max_length=32)
     safety_identifier: str | None = Field(None, max_length=256)
+    service_tier: str | None = Field(None, max_length=64)
+    background: Literal[False] | None = None
     routing: RoutingControls | None = None
+
+
+# ---- tools: flattened in, mapped back out --------------------------------------------------------
+NAMESPACE_SEP = "__"
+CUSTOM_INPUT = {
+    "type": "object",
+    "properties": {"input": {"type": "string", "description": "the tool's input, as free text"}},
+    "required": ["input"],
+}
+
+
+def flat_name(name: str, namespace: str | None) -> str:
+    """A namespace member's function name (`functions` is the default namespace: names as they are)."""
+    return name if namespace in (None, "functions") else f"{namespace}{NAMESPACE_SEP}{name}"
+
+
+class ToolMap:
+    """The request's tools as chat functions, and the way back: which function name was which
+    namespace member or custom tool."""
+
+    def __init__(self) -> None:
+        self.functions: list[dict[str, Any]] = []
+        self.origin: dict[str, tuple[str | None, str, bool]] = {}  # flat name -> (namespace, name, custom)
+        self.dropped: list[str] = []
+
+    def add(self, tools: list[Any], where: str) -> None:
+        for i, t in enumerate(tools):
+            if isinstance(t, NamespaceTool):
+                for member in t.tools:
+                    self._one(member, t.name)
+            elif isinstance(t, FunctionTool | CustomTool):
+                self._one(t, None)
+            else:
+                self.dropped.append(f"{where}[{i}]")
+
+    def _one(self, t: FunctionTool | CustomTool, namespace: str | None) -> None:
+        flat = flat_name(t.name, namespace)
+        custom = isinstance(t, CustomTool)
+        desc = t.description
+        if custom and t.format:
+            desc = f"{desc or ''}\nInput format: {json.dumps(t.format)[:4000]}".strip()
+        params = CUSTOM_INPUT if custom else t.parameters
+        more = {"strict": t.strict} if isinstance(t, FunctionTool) and t.strict is not None else {}
+        self.functions.append(function_tool(flat[:64], desc, params, **more))
+        self.origin[flat[:64]] = (namespace, t.name, custom)
+
+    def flat(self, name: str, namespace: str | None) -> str:
+        return flat_name(name, namespace)
+
+    def item(self, call_id: str, flat_name: str, arguments: str) -> dict[str, Any]:
+        """A call of the flat function `flat_name` as the client's item (function or custom call)."""
+        namespace, name, custom = self.origin.get(flat_name, (None, flat_name, False))
+        if custom:
+            try:
+                text = json.loads(arguments or "{}").get("input", "")
+            except (ValueError, AttributeError):
+                text = arguments
+            out = {"type": "custom_tool_call", "call_id": call_id, "name": name, "input": text}
+        else:
+            out = {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+        if namespace is not None and namespace != "functions":
+            out["namespace"] = namespace
+        return out
 
 
 # ---- request -> internal -------------------------------------------------------------------------
@@ -176,7 +337,15 @@ def _parts(content: str | list[Any], role: str) -> str | list[dict[str, Any]]:
     return out
 
 
-def _messages(items: list[Any]) -> list[dict[str, Any]]:
+def _call(out: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    last = out[-1] if out else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _messages(items: list[Any], tools: ToolMap) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for it in items:
         if isinstance(it, MessageItem):
@@ -198,26 +367,47 @@ def _messages(items: list[Any]) -> list[dict[str, Any]]:
             else:
                 out.append({"role": it.role, "content": _parts(it.content, it.role)})
         elif isinstance(it, FunctionCallItem):
-            call = {
-                "id": it.call_id,
-                "type": "function",
-                "function": {"name": it.name, "arguments": it.arguments},
-            }
-            last = out[-1] if out else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            name = tools.flat(it.name, it.namespace)
+            _call(
+                out,
+                {"id": it.call_id, "type": "function", "function": {"name": name, "arguments": it.arguments}},
+            )
+        elif isinstance(it, CustomToolCallItem):
+            name = tools.flat(it.name, it.namespace)
+            args = json.dumps({"input": it.input})
+            _call(out, {"id": it.call_id, "type": "function", "function": {"name": name, "arguments": args}})
         elif isinstance(it, FunctionCallOutputItem):
-            output = it.output if isinstance(it.output, str) else "".join(p.text for p in it.output)
+            output = (
+                it.output
+                if isinstance(it.output, str)
+                else "".join(p.text for p in it.output if isinstance(p, InputText))
+            )
             out.append({"role": "tool", "tool_call_id": it.call_id, "content": output})
-        # reasoning items: nothing to forward
+        # reasoning, configuration updates, hosted tool calls: nothing to forward
     return out
 
 
-def to_chat(req: ResponsesRequest, prior: list[dict[str, Any]]) -> tuple[ChatCompletionRequest, list[dict]]:
+def tool_map(req: ResponsesRequest) -> ToolMap:
+    tools = ToolMap()
+    if req.tools:
+        tools.add(req.tools, "tools")
+    if isinstance(req.input, list):
+        for i, it in enumerate(req.input):
+            if isinstance(it, AdditionalToolsItem):
+                tools.add(it.tools, f"input[{i}].tools")
+    return tools
+
+
+def to_chat(
+    req: ResponsesRequest, prior: list[dict[str, Any]], tools: ToolMap | None = None
+) -> tuple[ChatCompletionRequest, list[dict]]:
     """(the internal chat request, the conversation to store for a later `previous_response_id`)."""
-    turns = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else _messages(req.input)
+    tools = tools or tool_map(req)
+    turns = (
+        [{"role": "user", "content": req.input}]
+        if isinstance(req.input, str)
+        else _messages(req.input, tools)
+    )
     conversation = [*prior, *turns]
     messages = ([{"role": "system", "content": req.instructions}] if req.instructions else []) + conversation
     body: dict[str, Any] = {
@@ -227,31 +417,15 @@ def to_chat(req: ResponsesRequest, prior: list[dict[str, Any]]) -> tuple[ChatCom
         "temperature": req.temperature,
         "top_p": req.top_p,
         "stream": req.stream,
-        "parallel_tool_calls": req.parallel_tool_calls,
+        "parallel_tool_calls": req.parallel_tool_calls if tools.functions else None,
         "user": req.user,
         "routing": req.routing,
+        "tools": tools.functions or None,
     }
-    if req.stream:
-        body["stream_options"] = {"include_usage": True}
-    if req.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    k: v
-                    for k, v in {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": t.parameters,
-                        "strict": t.strict,
-                    }.items()
-                    if v is not None
-                },
-            }
-            for t in req.tools
-        ]
-    if req.tool_choice is not None:
-        tc = req.tool_choice
+    if req.top_logprobs:
+        body["logprobs"], body["top_logprobs"] = True, req.top_logprobs
+    tc = req.tool_choice
+    if tc is not None and tools.functions:
         body["tool_choice"] = (
             tc if isinstance(tc, str) else {"type": "function", "function": {"name": tc.name}}
         )
@@ -271,13 +445,8 @@ def to_chat(req: ResponsesRequest, prior: list[dict[str, Any]]) -> tuple[ChatCom
         body["response_format"] = rf
     if req.reasoning is not None and req.reasoning.effort:
         body["reasoning_effort"] = req.reasoning.effort
-    try:
-        chat = ChatCompletionRequest(**{k: v for k, v in body.items() if v is not None})
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        raise BadRequest(f"{where}: {first.get('msg')}", param=where or None) from None
-    return chat, conversation
+    where = {"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text.format"}
+    return chat_request(body, where), conversation
 
 
 # ---- internal -> response ------------------------------------------------------------------------
@@ -294,7 +463,9 @@ def _usage(u: Usage) -> dict[str, Any]:
 class Output:
     """What the model answered, as Response output items (built whole, or chunk by chunk)."""
 
-    def __init__(self, response_id: str):
+    def __init__(self, response_id: str, tools: ToolMap | None = None):
+        self.tools = tools or ToolMap()
+        self.logprobs: list[dict[str, Any]] = []  # per output token, as the chat API's `content` list
         self.base = response_id.removeprefix("resp_")
         self.text: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}  # OpenAI tool-call index -> function_call item
@@ -305,7 +476,12 @@ class Output:
         return f"msg_{self.base}"
 
     def message_item(self, status: str = "completed") -> dict[str, Any]:
-        part = {"type": "output_text", "text": "".join(self.text), "annotations": [], "logprobs": []}
+        part = {
+            "type": "output_text",
+            "text": "".join(self.text),
+            "annotations": [],
+            "logprobs": self.logprobs,
+        }
         return {
             "type": "message",
             "id": self.message_id,
@@ -316,7 +492,15 @@ class Output:
 
     def items(self) -> list[dict[str, Any]]:
         out = [self.message_item()] if self.text or not self.calls else []
-        return out + [dict(c, status="completed") for c in self.calls.values()]
+        return out + [self.client_item(c) for c in self.calls.values()]
+
+    def client_item(self, call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+        """An internal function call as the client's item: namespace and custom tools mapped back."""
+        item = self.tools.item(call["call_id"], call["name"], call["arguments"])
+        return {"id": call["id"], **item, "status": status}
+
+    def is_custom(self, call: dict[str, Any]) -> bool:
+        return self.tools.origin.get(call["name"], (None, "", False))[2]
 
     def add_calls(self, tool_calls: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str, bool]]:
         """Fold tool-call deltas in: (item, arguments delta, newly opened) per delta."""
@@ -397,24 +581,26 @@ def response_body(
 class ResponseAnswer:
     """A Response object, or its streaming events (`respond`'s format)."""
 
-    def __init__(self, req: ResponsesRequest):
+    def __init__(self, req: ResponsesRequest, tools: ToolMap | None = None):
         self.req = req
+        self.tools = tools
 
     def body(self, result: ChatResult, outcome: Outcome) -> dict[str, Any]:
         rid = outcome_id(outcome)
-        out = answer_output(result, rid)
+        out = answer_output(result, rid, self.tools)
         return response_body(
             self.req, rid, outcome.model, out.items(), outcome.usage, "completed", out.finish
         )
 
     def stream(self) -> ResponsesStream:
-        return ResponsesStream(self.req)
+        return ResponsesStream(self.req, self.tools)
 
 
-def answer_output(result: ChatResult, response_id: str) -> Output:
-    out = Output(response_id)
+def answer_output(result: ChatResult, response_id: str, tools: ToolMap | None = None) -> Output:
+    out = Output(response_id, tools)
     if result.text:
         out.text.append(result.text)
+    out.logprobs += (result.logprobs or {}).get("content") or []
     out.add_calls([{**tc, "index": i} for i, tc in enumerate(result.message.get("tool_calls") or [])])
     out.finish = result.finish_reason
     return out
@@ -429,8 +615,9 @@ class ResponsesStream:
     """Responses streaming events: response.created / in_progress, output items (message text
     deltas, function-call argument deltas), and response.completed — or response.failed."""
 
-    def __init__(self, req: ResponsesRequest):
+    def __init__(self, req: ResponsesRequest, tools: ToolMap | None = None):
         self.req = req
+        self.tools = tools
         self.seq = 0
         self.text_open = False
         self.final: dict[str, Any] | None = None  # the completed Response, once `closing` made it
@@ -443,7 +630,7 @@ class ResponsesStream:
     def opening(self, handle: StreamHandle) -> list[bytes]:
         self.rid = external_id(handle.plan.request_id, "resp_")
         self.model = handle.model
-        self.out = Output(self.rid)
+        self.out = Output(self.rid, self.tools)
         shell = response_body(self.req, self.rid, self.model, [], None, "in_progress")
         return [
             self._ev("response.created", {"response": shell}),
@@ -458,7 +645,7 @@ class ResponsesStream:
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         common = {"item_id": self.out.message_id, "output_index": 0, "content_index": 0}
         return [
-            self._ev("response.output_text.done", {**common, "text": text, "logprobs": []}),
+            self._ev("response.output_text.done", {**common, "text": text, "logprobs": self.out.logprobs}),
             self._ev("response.content_part.done", {**common, "part": part}),
             self._ev("response.output_item.done", {"output_index": 0, "item": self.out.message_item()}),
         ]
@@ -483,6 +670,8 @@ class ResponsesStream:
                     )
                 )
             self.out.text.append(text)
+            logprobs = (c.logprobs or {}).get("content") or []
+            self.out.logprobs += logprobs
             out.append(
                 self._ev(
                     "response.output_text.delta",
@@ -491,7 +680,7 @@ class ResponsesStream:
                         "output_index": 0,
                         "content_index": 0,
                         "delta": text,
-                        "logprobs": [],
+                        "logprobs": logprobs,
                     },
                 )
             )
@@ -500,10 +689,9 @@ class ResponsesStream:
             for item, delta, new in self.out.add_calls(c.delta["tool_calls"]):
                 index = self._index(item)
                 if new:
-                    out.append(
-                        self._ev("response.output_item.added", {"output_index": index, "item": dict(item)})
-                    )
-                if delta:
+                    added = self.out.client_item(item, "in_progress")
+                    out.append(self._ev("response.output_item.added", {"output_index": index, "item": added}))
+                if delta and not self.out.is_custom(item):
                     out.append(
                         self._ev(
                             "response.function_call_arguments.delta",
@@ -521,18 +709,13 @@ class ResponsesStream:
         out = self._close_text()
         for item in self.out.calls.values():
             index = self._index(item)
-            out.append(
-                self._ev(
-                    "response.function_call_arguments.done",
-                    {"item_id": item["id"], "output_index": index, "arguments": item["arguments"]},
-                )
-            )
-            out.append(
-                self._ev(
-                    "response.output_item.done",
-                    {"output_index": index, "item": dict(item, status="completed")},
-                )
-            )
+            done = self.out.client_item(item)
+            if done["type"] == "custom_tool_call":
+                kind, data = "response.custom_tool_call_input.done", {"input": done["input"]}
+            else:
+                kind, data = "response.function_call_arguments.done", {"arguments": item["arguments"]}
+            out.append(self._ev(kind, {"item_id": item["id"], "output_index": index, **data}))
+            out.append(self._ev("response.output_item.done", {"output_index": index, "item": done}))
         usage = handle.outcome.usage if handle.outcome is not None else None
         self.final = response_body(
             self.req, self.rid, self.model, self.out.items(), usage, "completed", self.out.finish
@@ -570,10 +753,18 @@ def _answer_message(output: list[dict[str, Any]]) -> dict[str, Any]:
     """A Response's output items as the internal assistant message a later turn replays."""
     out = Output("")
     for item in output:
-        if item.get("type") == "message":
+        kind = item.get("type")
+        if kind == "message":
             out.text += [p.get("text", "") for p in item.get("content", []) if p.get("type") == "output_text"]
-        elif item.get("type") == "function_call":
-            out.calls[len(out.calls)] = item
+        elif kind in ("function_call", "custom_tool_call"):
+            # back to the flat function the model called (namespaced and custom tools)
+            name = flat_name(item.get("name", ""), item.get("namespace"))
+            args = (
+                item.get("arguments", "")
+                if kind == "function_call"
+                else json.dumps({"input": item.get("input", "")})
+            )
+            out.calls[len(out.calls)] = {**item, "name": name, "arguments": args}
     return out.assistant_message()
 
 

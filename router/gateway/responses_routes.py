@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket
 
 from router.access import Caller
 from router.gateway import responses_format as R
@@ -14,6 +14,7 @@ from router.gateway.engine_client import EngineClient
 from router.gateway.json_response import JSONResponse
 from router.gateway.openai_routes import Session, caller
 from router.gateway.respond import respond
+from router.gateway.screening import screened
 from router.gateway.strict_json import StrictJSONRoute
 
 ResponseId = Annotated[str, Path(max_length=128)]
@@ -23,15 +24,35 @@ def responses_routes(engine: EngineClient) -> APIRouter:
     api = APIRouter(route_class=StrictJSONRoute)
     conversations = engine.conversations
 
+    @api.websocket("/v1/responses")
+    async def responses_websocket(websocket: WebSocket):
+        """Codex tries a WebSocket here first: refused at once with 426 (no retries, no 403), so it
+        falls back to plain HTTP (this route) straight away."""
+        body = {
+            "error": {
+                "message": "use HTTP POST /v1/responses",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "websocket_not_supported",
+            }
+        }
+        await websocket.send_denial_response(JSONResponse(body, status_code=426))
+
     @api.post("/v1/responses")
     async def responses(
-        body: R.ResponsesRequest, who: Caller = Depends(caller), session: str | None = Session
+        request: Request,
+        body: R.ResponsesRequest,
+        who: Caller = Depends(caller),
+        session: str | None = Session,
     ):
+        dropped = screened(engine, body, "responses")
+        tools = R.tool_map(body)
+        dropped += tools.dropped
         prior: list[dict[str, Any]] = []
         if body.previous_response_id is not None:
             chain = await conversations.chain(body.previous_response_id, who, "previous_response_id")
             prior = R.replay([e.body for e in chain])
-        req, conversation = R.to_chat(body, prior)
+        req, conversation = R.to_chat(body, prior, tools)
         turns = conversation[len(prior) :]  # what this request adds to the stored conversation
         keep = None
         if conversations.stores(body.store):
@@ -41,8 +62,10 @@ def responses_routes(engine: EngineClient) -> APIRouter:
                 entry = R.stored_entry(turns, response)
                 await conversations.keep(who, response["id"], body.previous_response_id, entry)
 
-        answer = R.ResponseAnswer(body)
-        return await respond(engine, req, who, session or body.prompt_cache_key, answer, keep)
+        answer = R.ResponseAnswer(body, tools)
+        # Codex names its conversation in a `session-id` header and in `prompt_cache_key`
+        session = session or request.headers.get("session-id") or body.prompt_cache_key
+        return await respond(engine, req, who, session, answer, keep, dropped=dropped)
 
     @api.get("/v1/responses/{response_id}")
     async def get_response(response_id: ResponseId, who: Caller = Depends(caller)):

@@ -15,6 +15,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from router.errors import ForbiddenParameter, RouterError, UnknownParameter
+from router.params import body_path
 
 _UNPARSED = object()
 
@@ -41,13 +42,16 @@ class StrictJSONRoute(APIRoute):
         return strict
 
 
-def unknown_field_error(errors: Sequence[dict], destination_fields: Collection[str]) -> RouterError | None:
-    """A 400 naming the first unknown nested field (messages, tools, ...), if that is what failed."""
+def unknown_field_error(
+    errors: Sequence[dict], destination_fields: Collection[str], body: Any = None
+) -> RouterError | None:
+    """A 400 naming the first unknown field of a strict object (the `routing` controls, the
+    router's own APIs), if that is what failed."""
     for e in errors:
         if e.get("type") == "extra_forbidden":
-            loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-            name = loc[-1] if loc else "body"
-            param = ".".join(loc) or None
+            loc = [x for x in e.get("loc", ()) if x != "body"]
+            name = str(loc[-1]) if loc else "body"
+            param = body_path(e.get("loc", ()), body)
             if name in destination_fields:
                 return ForbiddenParameter(
                     f"parameter {param!r} is not accepted: a request cannot choose the destination, "
