@@ -26,6 +26,9 @@ class ModelInfo:
     quality: dict[str, float] = field(default_factory=dict)
     latency_ms: float | None = None  # prior expected latency of a typical answer
     description: str = ""
+    # public benchmark scores (mmlu, gsm8k, arc_challenge, humaneval; 0..1 or percent): the `irt`
+    # policy's ability for a model it has no calibration for
+    benchmarks: dict[str, float] = field(default_factory=dict)
 
     def prior(self, category: str = "default") -> float:
         return self.quality.get(category, self.quality.get("default", 0.5))

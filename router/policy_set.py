@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 
 from policies.base import ModelInfo, Policy, PriorPolicy
 from policies.encoders import PromptEncoder
@@ -18,7 +19,7 @@ STATIC_CATEGORY = (
     "minilm-static (none of HumanEval's code prompts went to 'code', 71% with MiniLM); make the "
     "default a policy fitted with it: moe-router train ... --encoder minilm-static"
 )
-BUILTIN = ("category", "cheapest", "strongest", "random", "rules", "linucb", "thompson")
+BUILTIN = ("category", "irt", "cheapest", "strongest", "random", "rules", "linucb", "thompson")
 
 
 class PolicyError(ValueError):
@@ -31,9 +32,23 @@ def build_policy(
     catalog: Sequence[ModelInfo],
     encoder: PromptEncoder,
     warnings: list[str] | None = None,
+    abilities_file: Path | None = None,
+    categories: dict | None = None,
 ) -> Policy:
     """The policy `spec` describes. An artifact model with no pool model (after `model_map`) is
-    appended to `warnings` and not routed to; an artifact with none in the pool is refused."""
+    appended to `warnings` and not routed to; an artifact with none in the pool is refused.
+    A pool-agnostic policy (`irt`: `attach_pool`) serves every pool model instead, from the
+    wheel's pretrained artifact when `spec` names none."""
+    if _pool_agnostic(spec):
+        from policies.artifacts import load_policy
+        from policies.irt import shipped_artifact
+
+        artifact = spec.artifact or str(shipped_artifact())
+        try:
+            policy = mapped(load_policy(artifact, encoder=encoder, **spec.params), spec.model_map)
+            return policy.attach_pool(catalog, abilities_file, categories)
+        except (OSError, ValueError) as e:
+            raise PolicyError(f"policy {name!r}: cannot load artifact {artifact}: {e}") from None
     if spec.artifact:
         from policies.artifacts import load_policy  # learned policies: the artifact holds the fitted state
 
@@ -74,6 +89,18 @@ def build_policy(
     return policy
 
 
+def _pool_agnostic(spec: PolicySpec) -> bool:
+    """An `irt` policy (by type: the wheel's artifact; or an irt artifact): it serves any pool."""
+    if spec.type:
+        return spec.type == "irt"
+    from policies.artifacts import read_metadata
+
+    try:
+        return read_metadata(spec.artifact)["type"] == "irt"
+    except (OSError, ValueError):
+        return False  # load_policy below says what is wrong with it
+
+
 class PolicySet:
     def __init__(self, config: RouterConfig, encoder: PromptEncoder):
         catalog = [m.info() for m in config.chat_models()]
@@ -83,7 +110,17 @@ class PolicySet:
         specs.update(config.routing.policies)
         # what start-up and `config validate` report: artifact models this pool does not serve
         self.warnings: list[str] = []
-        self._policies = {n: build_policy(n, s, catalog, encoder, self.warnings) for n, s in specs.items()}
+        abilities = config.routing.abilities_path()
+        cats = config.routing.categories
+        self._policies = {}
+        for n, s in specs.items():
+            try:
+                self._policies[n] = build_policy(n, s, catalog, encoder, self.warnings, abilities, cats)
+            except PolicyError:
+                # the built-in irt needs the encoder its pretrained artifact was fitted with: with
+                # another one it is left out, unless it is the default or configured by name
+                if n in config.routing.policies or n != "irt" or config.routing.default_policy == "irt":
+                    raise
         if config.routing.default_policy not in self._policies:
             raise PolicyError(
                 f"routing.default_policy {config.routing.default_policy!r} is not a known policy: {self.names}"

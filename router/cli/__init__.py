@@ -39,7 +39,7 @@ def _root(
 
 
 # command modules register themselves on `app` when imported
-from router.cli import config_cmd, export, keys, llm_router, models, ope, route, serve, train  # noqa: E402,F401
+from router.cli import calibrate, config_cmd, export, keys, llm_router, models, ope, route, serve, train  # noqa: E402,F401
 
 
 def main() -> None:
