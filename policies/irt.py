@@ -53,6 +53,7 @@ class IRTPolicy(LearnedPolicy):
         weight_decay: float = 1e-4,
         lr: float = 3e-3,
         epochs: int = 40,
+        patience: int = 5,
         prior_strength: float = 1.0,
         calibration: str = "none",
         calib_folds: int = 5,
@@ -65,6 +66,7 @@ class IRTPolicy(LearnedPolicy):
         self.weight_decay = weight_decay
         self.lr = lr
         self.epochs = epochs
+        self.patience = patience
         self.prior_strength = prior_strength
         self._set_common(calibration, calib_folds, text_chars, seed, encoder)
 
@@ -123,7 +125,7 @@ class IRTPolicy(LearnedPolicy):
             lr=self.lr,
             weight_decay=self.weight_decay,
             batch_size=512,
-            patience=5,
+            patience=self.patience,
             seed=self.seed,
         )
         if hidden:
@@ -361,6 +363,34 @@ class IRTPolicy(LearnedPolicy):
             self.ability_[j], self.bias_[j] = a, b
             if self.source_[j] == "prior":
                 self.source_[j] = "feedback"
+
+
+def planned_sources(
+    catalog: Sequence[ModelInfo], artifact: str | Path | None = None, abilities_file: str | Path | None = None
+) -> dict[str, str]:
+    """Where an irt policy serving `catalog` would take each model's quality from, read from the
+    artifact's metadata and the abilities file only (no encoder: for `moe-router models`). Online
+    feedback is not known here."""
+    from policies.artifacts import read_metadata
+
+    meta = read_metadata(artifact or shipped_artifact())
+    srcs = meta["state"].get("source_") or ["trained"] * len(meta["models"])
+    have = {m: s for m, s in zip(meta["models"], srcs, strict=False) if s != "prior"}
+    dim = int(meta["params"].get("dim", 0))
+    stored = read_abilities(abilities_file)
+    out = {}
+    for info in catalog:
+        if info.name in have:
+            out[info.name] = have[info.name]
+        elif info.name in stored and len(stored[info.name]["ability"]) == dim:
+            out[info.name] = "calibrated"
+        elif info.benchmarks and any(
+            _task(k) in meta["state"].get("probe_tasks_", []) for k in info.benchmarks
+        ):
+            out[info.name] = "benchmarks"
+        else:
+            out[info.name] = "prior"
+    return out
 
 
 # ---- the abilities file ---------------------------------------------------------------------------

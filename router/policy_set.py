@@ -116,16 +116,21 @@ class PolicySet:
         for n, s in specs.items():
             try:
                 self._policies[n] = build_policy(n, s, catalog, encoder, self.warnings, abilities, cats)
-            except PolicyError:
+            except PolicyError as e:
                 # the built-in irt needs the encoder its pretrained artifact was fitted with: with
-                # another one it is left out, unless it is the default or configured by name
-                if n in config.routing.policies or n != "irt" or config.routing.default_policy == "irt":
+                # another one it is left out (a default irt falls back to category, said at start)
+                if n in config.routing.policies or n != "irt":
                     raise
-        if config.routing.default_policy not in self._policies:
+                if config.routing.default_policy == "irt":
+                    self.warnings.append(f"{e}; routing.default_policy irt falls back to category")
+        default = config.routing.default_policy
+        if default == "irt" and "irt" not in self._policies:
+            default = "category"
+        if default not in self._policies:
             raise PolicyError(
                 f"routing.default_policy {config.routing.default_policy!r} is not a known policy: {self.names}"
             )
-        self.default = config.routing.default_policy
+        self.default = default
         if self.default == "category" and encoder.build == "static":
             self.warnings.append(STATIC_CATEGORY)
 
