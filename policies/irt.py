@@ -11,9 +11,10 @@ benchmark's prompts matches them).
 
 Serving a pool (`attach_pool`): each pool model's ability comes from, best first, an ability the
 artifact holds under its name (trained or calibrated), one in the abilities file (`moe-router
-calibrate`), its public benchmark numbers in config, online feedback (`observe`); a model with
-none of them is scored by its configured category priors (`policies.category`). `sources()` says
-which applies to each model, and `route` shows it.
+calibrate`), its public benchmark numbers in config; a model with none of them is scored by its
+configured category priors (`policies.category`). `sources()` says which applies to each model,
+and `route` shows it. Online feedback refines these through the bandits (`linucb`, `thompson`
+with `warm_start: irt`), which learn the residual of this policy's predictions.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ from policies.base import ModelInfo, PromptBatch
 from policies.learned import LearnedPolicy, sigmoid
 
 # where an ability came from, best first; "prior" = no ability: category priors score the model
-SOURCES = ("trained", "calibrated", "benchmarks", "feedback", "prior")
+SOURCES = ("trained", "calibrated", "benchmarks", "prior")
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "arc_challenge", "humaneval", "cmmlu")
 PROBES_PER_TASK = 200
-FEEDBACK_REFIT = 20  # refit a model's ability from feedback every this many ratings
 
 
 def shipped_artifact() -> Path:
@@ -267,7 +267,6 @@ class IRTPolicy(LearnedPolicy):
         self._file_mtime: float | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
-        self._feedback: dict[str, list[tuple[np.ndarray, float]]] = {}
         self._category = CategoryPolicy(categories=categories, encoder=self.encoder).fit(self._catalog)
         self.cost_coef_ = None  # prices of the pool's models (config), not of the training data
         self.latency_coef_ = None
@@ -288,8 +287,6 @@ class IRTPolicy(LearnedPolicy):
             if found is None and info.benchmarks:
                 z = self.ability_from_benchmarks(info.benchmarks)
                 found = None if z is None else (z[0], z[1], "benchmarks")
-            if found is None and info.name in self._feedback_fit():
-                found = (*self._feedback_fit()[info.name], "feedback")
             if found is None:
                 src.append("prior")
                 continue
@@ -299,9 +296,6 @@ class IRTPolicy(LearnedPolicy):
         self.ability_, self.bias_, self.source_ = A, B, src
         self.cal_a_ = np.ones(len(src))
         self.cal_b_ = np.zeros(len(src))
-
-    def _feedback_fit(self) -> dict[str, tuple[np.ndarray, float]]:
-        return getattr(self, "_from_feedback", {})
 
     def _refresh(self) -> None:
         """Pick up a rewritten abilities file (at most once a second): calibration serves at once."""
@@ -339,58 +333,6 @@ class IRTPolicy(LearnedPolicy):
             )
             q[:, prior] = self._category.predict_quality(cb)[:, prior]
         return q
-
-    def observe(self, batch: PromptBatch, model: str, reward: float) -> None:
-        """Online refinement: every FEEDBACK_REFIT ratings, the model's ability is refitted from
-        them with its current ability (calibrated, benchmarks, or the training prior) as the prior."""
-        if not hasattr(self, "_catalog") or model not in self.models_:
-            return
-        x = self.features(batch)[0]
-        with self._lock:
-            obs = self._feedback.setdefault(model, [])
-            obs.append((x, float(np.clip(reward, 0.0, 1.0))))
-            if len(obs) % FEEDBACK_REFIT:
-                return
-            j = self.models_.index(model)
-            mean, cov = self._prior()
-            if self.source_[j] != "prior":
-                mean = np.append(self.ability_[j], self.bias_[j])
-            X = np.stack([o[0] for o in obs])
-            a, b = self.fit_ability(X, np.array([o[1] for o in obs]), prior=(mean, cov))
-            fb = dict(self._feedback_fit())
-            fb[model] = (a, b)
-            self._from_feedback = fb
-            self.ability_[j], self.bias_[j] = a, b
-            if self.source_[j] == "prior":
-                self.source_[j] = "feedback"
-
-
-def planned_sources(
-    catalog: Sequence[ModelInfo], artifact: str | Path | None = None, abilities_file: str | Path | None = None
-) -> dict[str, str]:
-    """Where an irt policy serving `catalog` would take each model's quality from, read from the
-    artifact's metadata and the abilities file only (no encoder: for `moe-router models`). Online
-    feedback is not known here."""
-    from policies.artifacts import read_metadata
-
-    meta = read_metadata(artifact or shipped_artifact())
-    srcs = meta["state"].get("source_") or ["trained"] * len(meta["models"])
-    have = {m: s for m, s in zip(meta["models"], srcs, strict=False) if s != "prior"}
-    dim = int(meta["params"].get("dim", 0))
-    stored = read_abilities(abilities_file)
-    out = {}
-    for info in catalog:
-        if info.name in have:
-            out[info.name] = have[info.name]
-        elif info.name in stored and len(stored[info.name]["ability"]) == dim:
-            out[info.name] = "calibrated"
-        elif info.benchmarks and any(
-            _task(k) in meta["state"].get("probe_tasks_", []) for k in info.benchmarks
-        ):
-            out[info.name] = "benchmarks"
-        else:
-            out[info.name] = "prior"
-    return out
 
 
 # ---- the abilities file ---------------------------------------------------------------------------

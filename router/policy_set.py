@@ -72,8 +72,11 @@ def build_policy(
     try:
         cls = policy_class(spec.type)
         params = dict(spec.params)
-        if "encoder" in inspect.signature(cls.__init__).parameters:
+        accepts = inspect.signature(cls.__init__).parameters
+        if "encoder" in accepts:
             params["encoder"] = encoder
+        if "abilities_file" in accepts and abilities_file is not None:
+            params.setdefault("abilities_file", str(abilities_file))
         policy = cls(**params)
     except (TypeError, ValueError) as e:
         raise PolicyError(f"policy {name!r}: {e}") from None

@@ -107,7 +107,7 @@ def test_shipped_calibration_items_are_checkable_and_balanced():
 def invoke(*args: str):
     r = CliRunner().invoke(app, list(args), catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    return r.output
+    return r.stdout
 
 
 def test_cli_train_exclude_model_then_offline_calibrate_then_eval(tmp_path, encoder):
@@ -231,3 +231,23 @@ def test_online_calibration_counts_a_failed_call_as_ungraded(upstream, tmp_path)
     out = invoke("calibrate", "--config", str(cfg), "--model", "plain", "--limit", "3", "--yes")
     assert "plain: no answer graded" in out and "not calibrated" in out
     assert "plain" not in read_abilities(abilities)
+
+
+def test_bandit_prior_is_the_calibrated_ability(upstream, encoder, tmp_path):
+    """Online refinement: a bandit warm-started from irt learns residuals over each model's
+    calibrated ability (the file's), its benchmarks, or its category priors."""
+    from policies.artifacts import load_policy
+    from policies.irt import shipped_artifact
+    from router.policy_set import PolicySet
+
+    pretrained = load_policy(shipped_artifact(), encoder=encoder)
+    a, b, _ = pretrained.ability_of("zero-one-ai/Yi-34B-Chat")
+    abilities = tmp_path / "abilities.json"
+    write_ability(abilities, "cal", {"ability": a.tolist(), "bias": b})
+    spec = {"ts": {"type": "thompson", "params": {"warm_start": "irt"}}}
+    policies = PolicySet(pool_config(upstream.base_url, abilities, policies=spec), encoder)
+    ts, irt = policies.get("ts"), policies.get("irt")
+    assert irt.sources()["cal"] == "calibrated"
+    texts = ["Which gas do plants take in?", "What is 12 * 13?"]
+    batch = PromptBatch(texts, embeddings=encoder.encode(texts))
+    assert np.allclose(ts.prior_quality(batch), irt.predict_quality(batch))
