@@ -132,7 +132,7 @@ def lomo(args) -> dict:
             }
         out["models"][m] = res
         print(m, {k: round(v["aiq"], 4) for k, v in res.items()}, flush=True)
-        _write("lomo", out)
+        _write("lomo" + args.tag, out)
     return out
 
 
@@ -166,7 +166,7 @@ def crossset(args) -> dict:
             "runs": reps,
         }
         print(k, out["k"][k]["accuracy_at_w0"], flush=True)
-    _write("crossset", out)
+    _write("crossset" + args.tag, out)
     return out
 
 
@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--k", default="25,50,100,200")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--params", default="{}", help="IRTPolicy hyper-parameters as JSON")
+    ap.add_argument("--tag", default="", help="suffix of the results file (irt_<cmd><tag>.json)")
     args = ap.parse_args()
     args.k = [int(x) for x in args.k.split(",")]
     {"lomo": lomo, "crossset": crossset}[args.cmd](args)

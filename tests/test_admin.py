@@ -305,6 +305,8 @@ def test_models_show_health_and_breakers(gw, upstream):
         and "MOE_TEST_NEVER_SET_KEY" in models["keyless"]["unavailable_reason"]
     )
     assert models["big"]["input_price_per_1m"] == 10.0
+    # the built-in irt policy has no ability for the test pool's models: their category priors
+    assert models["big"]["quality_source"] == "prior"
 
 
 def test_policies_list_with_the_eval_frontier(upstream, start_gateway, tmp_path, encoder, monkeypatch):
