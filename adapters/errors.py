@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from adapters.redact import redact
+
 
 class BackendError(Exception):
     """A backend could not answer.
@@ -9,12 +11,21 @@ class BackendError(Exception):
     `retryable`: the same backend may succeed if asked again (timeouts, 429, 5xx).
     `status`: the HTTP status the failure maps to at the gateway when no fallback is left.
     `retry_after`: seconds the backend asked us to wait (Retry-After), if any.
+    `secrets`: the adapter's credential values, masked in the message with token-shaped strings.
     """
 
     status = 502
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, upstream_status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+        secrets: frozenset[str] = frozenset(),
+    ):
+        message = redact(message, secrets)  # upstream text may quote a credential (adapters.redact)
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after

@@ -21,6 +21,7 @@ from adapters.errors import (
     BackendUnavailable,
 )
 from adapters.openai_compat import retry_after_seconds
+from adapters.redact import redact, secret_values
 
 # litellm fetches its model price map from the internet at import unless told otherwise; the router
 # does its own pricing, so the bundled map is enough (and the gateway must start offline).
@@ -39,6 +40,7 @@ class LiteLLMAdapter:
         self.model = model
         self.timeout = timeout
         self.params = params
+        self._secrets = secret_values(params)
 
     async def start(self) -> None:
         return None
@@ -86,7 +88,7 @@ class LiteLLMAdapter:
         try:
             resp = await litellm.acompletion(**self._kwargs(request, stream=False))
         except Exception as e:  # noqa: BLE001 - litellm raises many types; all are classified here
-            raise classify(e) from None
+            raise classify(e, self._secrets) from None
         choice = resp.choices[0]
         message = choice.message.model_dump(exclude_none=True)
         message.setdefault("role", "assistant")
@@ -101,7 +103,7 @@ class LiteLLMAdapter:
                 **(kw | self.params), model=self.model, input=texts, timeout=self.timeout, num_retries=0
             )
         except Exception as e:  # noqa: BLE001 - litellm raises many types; all are classified here
-            raise classify(e) from None
+            raise classify(e, self._secrets) from None
         rows = sorted(resp.data, key=lambda d: d["index"] if isinstance(d, dict) else d.index)
         vectors = [list(d["embedding"] if isinstance(d, dict) else d.embedding) for d in rows]
         return EmbedResult(vectors, _usage(resp) or Usage(0, 0))
@@ -125,7 +127,7 @@ class LiteLLMAdapter:
         except BackendError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise classify(e) from None
+            raise classify(e, self._secrets) from None
 
 
 def _usage(obj: Any) -> Usage | None:
@@ -139,9 +141,9 @@ def _usage(obj: Any) -> Usage | None:
     )
 
 
-def classify(e: Exception) -> BackendError:
-    """Map a litellm exception to the router's failure classes."""
-    msg = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
+def classify(e: Exception, secrets: frozenset[str] = frozenset()) -> BackendError:
+    """Map a litellm exception to the router's failure classes (its message scrubbed of `secrets`)."""
+    msg = redact(f"{type(e).__name__}: {getattr(e, 'message', None) or e}", secrets)
     status = getattr(e, "status_code", None)
     response = getattr(e, "response", None)
     headers = getattr(response, "headers", None) or {}

@@ -28,6 +28,7 @@ from adapters.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from adapters.redact import redact, secret_values
 
 JSON = {"content-type": "application/json"}
 
@@ -50,6 +51,7 @@ class OpenAICompatAdapter:
         self.model = model
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
+        self._secrets = secret_values({"api_key": api_key, "headers": headers or {}, "base_url": base_url})
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._headers = dict(headers or {})
         self._params = dict(params or {})
@@ -153,9 +155,9 @@ class OpenAICompatAdapter:
             finally:
                 await r.aclose()
         except httpx.HTTPError as e:
-            raise _transport_error(e) from None
+            raise _transport_error(e, self._secrets) from None
         if r.status_code >= 400:
-            raise _status_error(r.status_code, r.headers, r.text)
+            raise _status_error(r.status_code, r.headers, r.text, self._secrets)
         return r
 
     async def chat(self, request: ChatRequest) -> ChatResult:
@@ -165,7 +167,9 @@ class OpenAICompatAdapter:
             choice = data["choices"][0]
             message = dict(choice.get("message") or {})
         except (ValueError, KeyError, IndexError, TypeError):
-            raise BackendError(f"malformed completion from {self.base_url}: {r.text[:200]!r}") from None
+            raise BackendError(
+                f"malformed completion from {self.base_url}: {r.text[:200]!r}", secrets=self._secrets
+            ) from None
         message.setdefault("role", "assistant")
         return ChatResult(message=message, finish_reason=choice.get("finish_reason"), usage=_usage(data))
 
@@ -179,7 +183,9 @@ class OpenAICompatAdapter:
             rows = sorted(data["data"], key=lambda d: d["index"])
             vectors = [[float(x) for x in d["embedding"]] for d in rows]
         except (ValueError, KeyError, TypeError):
-            raise BackendError(f"malformed embeddings from {self.base_url}: {r.text[:200]!r}") from None
+            raise BackendError(
+                f"malformed embeddings from {self.base_url}: {r.text[:200]!r}", secrets=self._secrets
+            ) from None
         if len(vectors) != len(texts):
             raise BackendError(f"{len(vectors)} embeddings for {len(texts)} inputs from {self.base_url}")
         return EmbedResult(vectors, _usage(data) or Usage(0, 0))
@@ -191,17 +197,21 @@ class OpenAICompatAdapter:
             async with contextlib.aclosing(r):
                 if r.status_code >= 400:
                     text = (await r.aread()).decode(errors="replace")
-                    raise _status_error(r.status_code, r.headers, text)
+                    raise _status_error(r.status_code, r.headers, text, self._secrets)
                 async for data in _sse_data(r):
                     if data == "[DONE]":
                         return
                     try:
                         event = json.loads(data)
                     except ValueError:
-                        raise BackendError(f"malformed stream event: {data[:200]!r}") from None
+                        raise BackendError(
+                            f"malformed stream event: {data[:200]!r}", secrets=self._secrets
+                        ) from None
                     if event.get("error"):
                         err = event["error"]
-                        raise BackendError(f"upstream stream error: {err.get('message', err)}")
+                        raise BackendError(
+                            f"upstream stream error: {err.get('message', err)}", secrets=self._secrets
+                        )
                     usage = _usage(event)
                     choices = event.get("choices") or []
                     if not choices:
@@ -215,7 +225,7 @@ class OpenAICompatAdapter:
                         usage=usage,
                     )
         except httpx.HTTPError as e:
-            raise _transport_error(e) from None
+            raise _transport_error(e, self._secrets) from None
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
@@ -269,8 +279,8 @@ def _error_message(text: str) -> str:
     return text[:300] or "no body"
 
 
-def _status_error(status: int, headers: httpx.Headers, text: str) -> BackendError:
-    msg = f"upstream answered {status}: {_error_message(text)}"
+def _status_error(status: int, headers: httpx.Headers, text: str, secrets: frozenset[str]) -> BackendError:
+    msg = redact(f"upstream answered {status}: {_error_message(text)}", secrets)
     retry_after = retry_after_seconds(headers.get("retry-after"))
     if status == 429:
         return BackendRateLimited(msg, retry_after=retry_after, upstream_status=status)
@@ -285,12 +295,12 @@ def _status_error(status: int, headers: httpx.Headers, text: str) -> BackendErro
     return BackendRejected(msg, upstream_status=status)
 
 
-def _transport_error(e: httpx.HTTPError) -> BackendError:
+def _transport_error(e: httpx.HTTPError, secrets: frozenset[str]) -> BackendError:
     if isinstance(e, httpx.TimeoutException):
         return BackendTimeout(f"upstream timed out ({type(e).__name__})")
     if isinstance(e, httpx.ConnectError):
-        return BackendUnavailable(f"cannot connect to upstream: {e}")
-    return BackendUnavailable(f"upstream connection failed: {type(e).__name__}: {e}")
+        return BackendUnavailable(f"cannot connect to upstream: {e}", secrets=secrets)
+    return BackendUnavailable(f"upstream connection failed: {type(e).__name__}: {e}", secrets=secrets)
 
 
 def no_cookies() -> http.cookiejar.CookieJar:

@@ -98,6 +98,23 @@ class LinearBandit(PriorPolicy):
         self._rng = np.random.default_rng(self.seed)
         self._proj: np.ndarray | None = None
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The learned statistics (copies): `A` (k, d, d), `b` (k, d), `n` (k,). What replicas
+        snapshot and share; the exploration RNG and the projection are not part of it."""
+        return {"A": self.A_.copy(), "b": self.b_.copy(), "n": self.n_.copy()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the learned statistics with `state` (as `state()` gives them, for these models
+        and this `dim`). Unlike `reset`, the RNG keeps its stream."""
+        A, b, n = (np.asarray(state[k], dtype=float) for k in ("A", "b", "n"))
+        if A.shape != self.A_.shape or b.shape != self.b_.shape or n.shape != self.n_.shape:
+            raise ValueError(
+                f"bandit state of shapes {A.shape}, {b.shape}, {n.shape} does not fit "
+                f"{self.A_.shape}, {self.b_.shape}, {self.n_.shape}"
+            )
+        self.A_, self.b_, self.n_ = A.copy(), b.copy(), n.copy()
+        self._inv = None
+
     def projection(self, emb_dim: int) -> np.ndarray:
         if self._proj is None or self._proj.shape[0] != emb_dim:
             rng = np.random.default_rng([self.seed, emb_dim, self.dim])

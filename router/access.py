@@ -104,7 +104,10 @@ class Access:
             rec, checked = await self.store.keys.get(key_id), True
             self._remember_key(rec, key_id)
         if rec is None or not rec.verify(secret):
-            raise Unauthorized("invalid or revoked API key")
+            err = Unauthorized("invalid or revoked API key")
+            if rec is not None:  # a key of ours (revoked, or a wrong secret): its refusal names it
+                err.caller = Caller(rec)
+            raise err
         return Caller(rec, checked=checked)
 
     async def check(self, caller: Caller) -> None:
@@ -127,7 +130,7 @@ class Access:
                 self._keys.pop(next(iter(self._keys)))
 
     async def open(
-        self, caller: Caller, tokens: int, usd: float | None, event: dict | None = None
+        self, caller: Caller, tokens: int, usd: float | None, event: dict | None = None, id: str = ""
     ) -> Admitted:
         """Admission in one step: the key still valid, rate limits, and `usd` reserved in every
         budget scope (None: reserve nothing) — all or nothing. 401/429 when refused; `Replan`
@@ -136,7 +139,7 @@ class Access:
         self._fits_tpm(caller, tokens)
         scopes = self.scopes(caller) if usd is not None else []
         fields = self._keys.get(k.id, (0, None, None))[2] if k is not None else None
-        got = await self.store.money.admit(Admit(k, fields, tokens, scopes, usd or 0.0, event))
+        got = await self.store.money.admit(Admit(k, fields, tokens, scopes, usd or 0.0, event, id))
         if isinstance(got, Admitted):
             if got.reservation is not None:
                 self._learn(scopes, got.reservation.left)
@@ -261,11 +264,11 @@ class Access:
         prompt = prompt_bound + images * spec.max_image_tokens
         return spec.info().cost_usd(prompt, self.output_cap(spec, out_tokens))
 
-    async def reserve(self, caller: Caller, usd: float) -> Reservation | None:
+    async def reserve(self, caller: Caller, usd: float, id: str = "") -> Reservation | None:
         scopes = self.scopes(caller)
         if not scopes:
             return None
-        got = await self.store.budgets.reserve(scopes, usd)
+        got = await self.store.budgets.reserve(scopes, usd, id)
         if isinstance(got, BudgetScope):
             raise self._over_budget(got, usd)
         self._learn(scopes, got.left)

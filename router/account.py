@@ -8,10 +8,9 @@ minute that counted them, cost against the reservation, metrics, the ledger reco
 of the models that answered (one round trip too) — and does it exactly once: the first call
 starts the settlement as a task of its own, later calls return that same task.
 
-`RequestHealth` is model health as one request sees it. A model's success is reported by the
-dispatcher before the request settles: it is held for the request's settlement (the request is
-found through a context variable, set when its ticket is opened), so it travels in the same round
-trip. And the breaker's go-ahead for a model the request's own plan saw closed less than
+`RequestHealth` is model health as one request sees it. A model's success in a request is held by
+the dispatcher and comes back with the request's outcome (`Charge.successes`), so its settlement
+records it in the same round trip. And the breaker's go-ahead for a model the request's own plan saw closed less than
 `CLOSED_FRESH_S` ago is that observation (a closed breaker lets every request through: asking
 again would only add a round trip); a retry, a half-open probe or an older plan asks the store.
 Plans read the breakers and latencies through a per-replica snapshot kept `SNAPSHOT_TTL_S`
@@ -32,6 +31,7 @@ import contextvars
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,7 +60,7 @@ class Ticket:
     reservation: Reservation | None = None
     settlement: asyncio.Task | None = field(default=None, repr=False)
     scopes: Sequence[BudgetScope] = ()  # of the reservation
-    successes: list[tuple[str, float]] = field(default_factory=list)  # (model, latency_ms) to record
+    id: str = ""  # the request's: its admission and settlement are each applied once under it
 
     @property
     def settled(self) -> bool:
@@ -74,6 +74,7 @@ class Charge:
     record: RequestRecord  # the ledger record (its cost_usd is what is charged)
     total_tokens: int  # real prompt + completion tokens (rate-limit correction)
     observe_latency: bool = True  # a model answered (not a cache, not a failure): time it
+    successes: list[tuple[str, float]] = field(default_factory=list)  # (model, latency_ms) to record
 
 
 class Account:
@@ -95,33 +96,27 @@ class Account:
             "usd": to_micros(usd or 0.0) / MICROS,
             "created": time.time(),
         }
-        admitting = asyncio.ensure_future(self.access.open(caller, tokens, usd, event))
+        admitting = asyncio.ensure_future(self.access.open(caller, tokens, usd, event, request_id))
         try:
             got = await asyncio.shield(admitting)
         except asyncio.CancelledError:
-            admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t))
+            admitting.add_done_callback(lambda t: self._give_back(caller, tokens, t, request_id))
             raise
-        ticket = self._ticket(caller, tokens, got.window, got.reservation)
-        _ticket.set(ticket)
-        return ticket
+        return self._ticket(caller, tokens, got.window, got.reservation, request_id)
 
     def _ticket(
-        self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None
+        self, caller: Caller, tokens: int, window: int | None, reservation: Reservation | None, id: str = ""
     ) -> Ticket:
-        ticket = Ticket(caller, tokens, window, reservation)
+        ticket = Ticket(caller, tokens, window, reservation, id=id or uuid.uuid4().hex)
         if reservation is not None:
             ticket.scopes = self.access.scopes(caller)
         self._open.add(ticket)
         return ticket
 
-    def _give_back(self, caller: Caller, tokens: int, admitting: asyncio.Future) -> None:
+    def _give_back(self, caller: Caller, tokens: int, admitting: asyncio.Future, id: str) -> None:
         if not admitting.cancelled() and admitting.exception() is None:
             got = admitting.result()
-            self.settle(self._ticket(caller, tokens, got.window, got.reservation), None)
-
-    def defer_health(self, ticket: Ticket) -> None:
-        """Successes reported from here on (this task) are recorded by `ticket`'s settlement."""
-        _ticket.set(ticket)
+            self.settle(self._ticket(caller, tokens, got.window, got.reservation, id), None)
 
     async def admit(self, caller: Caller, tokens: int) -> Ticket:
         """Rate limits (429 when over). Nothing to settle yet if this raises."""
@@ -130,7 +125,8 @@ class Account:
 
     async def reserve(self, ticket: Ticket, usd: float, request_id: str) -> None:
         """Hold `usd` in every budget scope of the caller (429 when one cannot cover it)."""
-        ticket.reservation = await self.access.reserve(ticket.caller, usd)
+        ticket.id = request_id
+        ticket.reservation = await self.access.reserve(ticket.caller, usd, request_id)
         ticket.scopes = self.access.scopes(ticket.caller) if ticket.reservation is not None else ()
         if ticket.reservation is not None:
             await self.store.log.record_event(
@@ -187,7 +183,8 @@ class Account:
             ticket.window if counted else None,
             used - ticket.tokens,
             rec,
-            ticket.successes,
+            charge.successes if charge else [],
+            ticket.id,
         )
         left = await self.store.money.settle(settle)
         if ticket.reservation is None or charge is None:
@@ -243,7 +240,6 @@ class Account:
                 return
 
 
-_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("moe_router_ticket", default=None)
 # models this request saw with a closed breaker, and when
 _closed: contextvars.ContextVar[tuple[float, set[str]] | None] = contextvars.ContextVar(
     "moe_router_closed", default=None
@@ -252,8 +248,7 @@ _closed: contextvars.ContextVar[tuple[float, set[str]] | None] = contextvars.Con
 
 class RequestHealth:
     """Model health as one request sees it (see the module docstring): its plan's view of the
-    breakers answers its first go-ahead per model, its successes wait for its settlement;
-    everything else goes to the store's health at once."""
+    breakers answers its first go-ahead per model; everything else goes to the store's health."""
 
     def __init__(self, inner: ModelHealth, ttl_s: float = SNAPSHOT_TTL_S):
         self.inner = inner
@@ -284,10 +279,6 @@ class RequestHealth:
         return ok
 
     async def record_success(self, model: str, latency_ms: float) -> None:
-        ticket = _ticket.get()
-        if ticket is not None and not ticket.settled:
-            ticket.successes.append((model, latency_ms))
-            return
         await self.inner.record_success(model, latency_ms)
 
     async def record_failure(self, model: str) -> None:

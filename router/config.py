@@ -10,8 +10,10 @@ the adapter is built; a model whose variables are unset is listed as unavailable
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_serializer,
     field_validator,
@@ -39,6 +42,7 @@ LOCAL_MAX_OUTPUT_TOKENS = 512
 LOCAL_BACKENDS = frozenset({"transformers", "sentence-transformers"})
 # the SQL ledger's embedded default (a file under ./data), and the words that turn it off
 DEFAULT_LEDGER = "sqlite+aiosqlite:///data/ledger.db"
+EMBEDDED = "embedded default config"
 LEDGER_OFF = frozenset({"", "none", "off", "false", "no", "disabled"})
 
 
@@ -206,21 +210,38 @@ class RoutingSettings(_Strict):
 class ResponsesSettings(_Strict):
     """`/v1/responses`: requests with `store: true` (the API's default) are kept this long so a
     later `previous_response_id` can continue them (only by the same key); `store: false` keeps
-    nothing. `store: false` here keeps nothing whatever requests say."""
+    nothing. `store: false` here keeps nothing whatever requests say. Each response stores only
+    what it added (a chain, router.state.responses); `max_stored_bytes_per_key` bounds what one key
+    keeps stored at once (0: no bound), and a request past it is refused (400) before any model runs."""
 
     store: bool = True
     ttl_s: float = Field(86400.0, gt=0)
+    max_stored_bytes_per_key: int = Field(64 * 2**20, ge=0)
 
 
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = Field(1_048_576, gt=0)  # larger bodies get 413
-    max_messages: int = Field(1024, gt=0)
+    max_messages: int = Field(1024, gt=0)  # turns in `messages` (or a responses `input`): more get 400
+    max_tools: int = Field(128, gt=0)  # entries in `tools`: more get 400
+    # a JSON body nested deeper gets 400, one with more objects and arrays 413 (router/gateway/body_shape.py)
+    max_json_depth: int = Field(64, gt=1)
+    max_json_containers: int = Field(20_000, gt=0)
+    # web origins (`https://app.example.com`, or `*`) whose pages may call the gateway from a browser;
+    # every other site's requests that change state are refused (router/gateway/browsers.py)
+    cors_origins: list[str] = Field(default_factory=list)
+    # names besides localhost that a loopback-bound gateway answers to in `Host` (DNS rebinding guard)
+    allowed_hosts: list[str] = Field(default_factory=list)
     body_timeout_s: float = Field(30.0, gt=0)  # a request body not received in full by then gets 408
     # load local models (and the routing encoder) at start-up, /ready answering 503 until done;
     # None: on when the pool has local models. Off: they load on their first request.
     warmup: bool | None = None
+    # a second, internal port serving only the Prometheus metrics, without auth (for a scraper
+    # that holds no key); off by default: /metrics on the main port needs the master key once
+    # keys are required. Bound on `metrics_host` (None: the gateway's own bind address).
+    metrics_port: int | None = Field(None, gt=0, lt=65536)
+    metrics_host: str | None = None
 
 
 class DispatchSettings(_Strict):
@@ -354,6 +375,10 @@ class OutageSettings(_Strict):
     allowance: float = Field(0.1, ge=0, le=1)
     timeout_s: float = Field(0.5, gt=0)  # per Redis operation
     retry_every_s: float = Field(2.0, gt=0)  # while down, try Redis again this often
+    # a stalled Redis may have run a money script whose answer timed out: ask again with the same
+    # id for this long before treating it as an outage (docs/state.md "Exactly once")
+    replay_s: float = Field(3.0, ge=0)
+    applied_ttl_s: int = Field(86400, gt=0)  # how long an admission's / settlement's id is remembered
     spill_path: str | None = None  # where buffered records go past 100k entries (default ~/.cache/moe-router)
 
 
@@ -394,6 +419,12 @@ class RouterConfig(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    _source: str = PrivateAttr(EMBEDDED)  # the file this was read from, for the console and logs
+
+    @property
+    def source(self) -> str:
+        """The config file this gateway runs (or the embedded default): whose traffic it is."""
+        return self._source
 
     @field_validator("ledger", mode="before")
     @classmethod
@@ -454,6 +485,26 @@ class RouterConfig(BaseSettings):
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def secret_values(self) -> frozenset[str]:
+        """Every credential this config holds, resolved: what the log must never show
+        (adapters.redact). Models' secret-named params and headers, every `os.environ/NAME` a
+        model reads, the master key, the passwords in the state and ledger URLs."""
+        from urllib.parse import urlsplit
+
+        from adapters.redact import secret_values
+
+        out: set[str] = set()
+        for m in self.models:
+            out |= secret_values(m.resolved_params())
+            out |= {os.environ[n] for n in m.env_refs() if os.environ.get(n)}
+        if master := self.auth.master():
+            out.add(master)
+        for url in (self.state, self.ledger or ""):
+            with contextlib.suppress(ValueError):
+                if password := urlsplit(url).password:
+                    out.add(password)
+        return frozenset(out)
 
     def chat_models(self) -> list[ModelSpec]:
         """The models that answer chat requests: the routing pool."""
@@ -521,7 +572,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RouterConfi
 
     `overrides` are top-level sections merged over the file (used by tests and the SDK)."""
     if path is None:
-        text, where = default_config_text(), "embedded default config"
+        text, where = default_config_text(), EMBEDDED
     else:
         p = Path(path)
         if not p.is_file():
@@ -536,11 +587,23 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RouterConfi
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
+    if path is not None:
+        data.setdefault("ledger", ledger_for(Path(path)))
     data.update(overrides)
     try:
-        return RouterConfig(**data)
+        cfg = RouterConfig(**data)
     except ValueError as e:
         raise ConfigError(f"{where}: {_short_validation(e)}") from None
+    cfg._source = where
+    return cfg
+
+
+def ledger_for(config_file: Path) -> str:
+    """The default SQLite ledger of a config file that names none: one file per config name
+    (`data/ledger-<name>.db`), so gateways started from one directory with different configs
+    keep their traffic apart; the embedded default config keeps `data/ledger.db`."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", config_file.stem)
+    return f"sqlite+aiosqlite:///data/ledger-{name}.db"
 
 
 def _short_validation(e: ValueError) -> str:

@@ -61,9 +61,7 @@ def image_count(messages: Sequence[Message]) -> int:
     return sum(m.images() for m in messages)
 
 
-def routing_text(
-    messages: Sequence[Message], max_chars: int = 2000, strip: Sequence[re.Pattern] | None = None
-) -> str:
+def routing_text(messages: Sequence[Message], max_chars: int = 2000, strip: Stripper | None = None) -> str:
     """The text a policy sees: the latest *human* ask.
 
     Agents put tool results and injected reminders where the person's words would be: the last
@@ -73,35 +71,96 @@ def routing_text(
 
     A long text keeps its head and its tail: the task statement is often at the end of a pasted
     document ("... summarise the above"), the context at the start.
+
+    Time is linear in the messages' text whatever it holds (`Stripper`).
     """
-    patterns = STRIP_DEFAULT if strip is None else strip
+    stripper = STRIP_DEFAULT if strip is None else strip
     text = ""
     for m in reversed(messages):
         if m.role != "user":
             continue
-        text = _stripped(m.text(), patterns)
+        text = stripper(m.text(), max_chars)
         if text:
             break
     if not text:
         system = " ".join(m.text() for m in messages if m.role in ("system", "developer"))
-        text = _stripped(f"{system}\n{messages[-1].text()}".strip(), patterns)
-    if len(text) > max_chars:
-        half = max_chars // 2
-        text = text[:half] + "\n...\n" + text[-half:]
-    return encodable(text)
+        text = stripper(f"{system}\n{messages[-1].text()}".strip(), max_chars)
+    return encodable(head_tail(text, max_chars))
 
 
-def compile_strip(patterns: Sequence[str]) -> tuple[re.Pattern, ...]:
-    return tuple(re.compile(p, re.DOTALL) for p in patterns)
+def head_tail(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    return text[:half] + "\n...\n" + text[-half:]
+
+
+_LAZY_ANY = ".*?"
+_REGEX_SYNTAX = frozenset("\\.^$*+?{}[]|()")
+
+
+class Stripper:
+    """Removes injected blocks from a text in time linear in the text.
+
+    A pattern `OPEN.*?CLOSE` whose two ends are plain text (the default,
+    `<system-reminder>.*?</system-reminder>`) is removed by a scan with `str.find`: the regex
+    engine would try every `OPEN` against the rest of the text, quadratic when the text repeats
+    `OPEN` without `CLOSE` (a 1 MB body held the event loop for minutes). Any other pattern runs
+    on a bounded text only: the head and tail (`REGEX_WINDOW` times the routing text's length)
+    of what the scans left, which holds everything the routing text keeps."""
+
+    REGEX_WINDOW = 4
+
+    def __init__(self, patterns: Sequence[str]):
+        self.tags: list[tuple[str, str]] = []
+        self.regexes: list[re.Pattern] = []
+        for p in patterns:
+            tag = _literal_tag(p)
+            if tag is not None:
+                self.tags.append(tag)
+            else:
+                self.regexes.append(re.compile(p, re.DOTALL))
+
+    def __call__(self, text: str, max_chars: int = 2000) -> str:
+        for open_, close in self.tags:
+            text = _strip_tag(text, open_, close)
+        if self.regexes:
+            text = head_tail(text, self.REGEX_WINDOW * max_chars)
+            for p in self.regexes:
+                text = p.sub("", text)
+        return text.strip()
+
+
+def _literal_tag(pattern: str) -> tuple[str, str] | None:
+    """(OPEN, CLOSE) when `pattern` is `OPEN.*?CLOSE` with no other regex syntax, else None."""
+    open_, sep, close = pattern.partition(_LAZY_ANY)
+    if not sep or not open_ or not close or _REGEX_SYNTAX & set(open_ + close):
+        return None
+    return open_, close
+
+
+def _strip_tag(text: str, open_: str, close: str) -> str:
+    """`re.sub(OPEN.*?CLOSE, "", text, flags=DOTALL)` in one pass: each match starts at the next
+    OPEN and ends at the first CLOSE after it; once no CLOSE follows, nothing further matches."""
+    parts: list[str] = []
+    pos = 0
+    while (start := text.find(open_, pos)) >= 0:
+        end = text.find(close, start + len(open_))
+        if end < 0:
+            break
+        parts.append(text[pos:start])
+        pos = end + len(close)
+    if not parts:
+        return text
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def compile_strip(patterns: Sequence[str]) -> Stripper:
+    return Stripper(patterns)
 
 
 STRIP_DEFAULT = compile_strip(RoutingSettings().strip_patterns)
-
-
-def _stripped(text: str, patterns: Sequence[re.Pattern]) -> str:
-    for p in patterns:
-        text = p.sub("", text)
-    return text.strip()
 
 
 def encodable(text: str) -> str:

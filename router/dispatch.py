@@ -74,6 +74,8 @@ class Attempts:
     deferred: list[str] = field(default_factory=list)  # failures counted only if another model answers
     spilled: list[tuple[str, Full]] = field(default_factory=list)  # skipped: at capacity
     lease: Lease | None = None  # the answering model's capacity slot (released by the caller)
+    # (model, latency_ms) of answers held for the request's settlement to record (`held=True`)
+    successes: list[tuple[str, float]] = field(default_factory=list)
 
     def spills(self) -> list[str]:
         """`model:reason` per model skipped at capacity (the `x-moe-router-spilled` header)."""
@@ -169,8 +171,11 @@ class Dispatcher:
         status = await self.health.snapshot([model])
         self.metrics.breaker_open.labels(model).set(0.0 if status[model].routable else 1.0)
 
-    async def _succeeded(self, model: str, latency_ms: float, attempts: Attempts) -> None:
-        await self.health.record_success(model, latency_ms)
+    async def _succeeded(self, model: str, latency_ms: float, attempts: Attempts, held: bool) -> None:
+        if held:  # the request's settlement records it, in the same round trip as its spend
+            attempts.successes.append((model, latency_ms))
+        else:
+            await self.health.record_success(model, latency_ms)
         self.metrics.breaker_open.labels(model).set(0.0)
         for other in dict.fromkeys(attempts.deferred):  # the request was fine: those were the models'
             if other != model:
@@ -272,11 +277,13 @@ class Dispatcher:
         deadline: float | None = None,
         request_id: str = "-",
         tokens: Callable[[str], int] | None = None,
+        held: bool = False,
     ) -> tuple[str, ChatResult, Attempts, float]:
         """(model, result, attempts, latency_ms) from the first candidate that answers.
 
         `request(model)` is what that model is sent (its own output cap); `tokens(model)` what it
-        counts against the model's `tpm_limit` until the real usage is known."""
+        counts against the model's `tpm_limit` until the real usage is known. `held`: the model's
+        success goes to `attempts.successes` for the request's settlement instead of the store."""
         model, result, attempts, t0 = await self._first_success(
             ranked,
             lambda m: self.adapters[m].chat(request(m)),
@@ -286,7 +293,7 @@ class Dispatcher:
         )
         latency_ms = (time.perf_counter() - t0) * 1000
         self.release(attempts, result.usage.total_tokens if result.usage else None)
-        await self._succeeded(model, latency_ms, attempts)
+        await self._succeeded(model, latency_ms, attempts, held)
         return model, result, attempts, latency_ms
 
     async def embed(
@@ -298,6 +305,7 @@ class Dispatcher:
         deadline: float | None = None,
         request_id: str = "-",
         tokens: int = 0,
+        held: bool = False,
     ) -> tuple[str, EmbedResult, Attempts, float]:
         """(model, result, attempts, latency_ms) from the first embedding model that answers."""
 
@@ -316,7 +324,7 @@ class Dispatcher:
         )
         latency_ms = (time.perf_counter() - t0) * 1000
         self.release(attempts, result.usage.total_tokens or None)
-        await self._succeeded(model, latency_ms, attempts)
+        await self._succeeded(model, latency_ms, attempts, held)
         return model, result, attempts, latency_ms
 
     async def open_stream(
@@ -352,14 +360,20 @@ class Dispatcher:
         return OpenStream(model, attempts, head, rest, t0)
 
     async def finish_stream(
-        self, stream: OpenStream, err: BackendError | None, cancelled: bool = False, request_id: str = "-"
+        self,
+        stream: OpenStream,
+        err: BackendError | None,
+        cancelled: bool = False,
+        request_id: str = "-",
+        held: bool = False,
     ) -> float:
-        """Record the outcome of a committed stream; returns its latency in ms."""
+        """Record the outcome of a committed stream (`held`: a success in `stream.attempts.successes`,
+        as for `chat`); returns its latency in ms."""
         latency_ms = (time.perf_counter() - stream.started) * 1000
         if cancelled:
             await self.health.release(stream.model)
         elif err is None:
-            await self._succeeded(stream.model, latency_ms, stream.attempts)
+            await self._succeeded(stream.model, latency_ms, stream.attempts, held)
         else:
             log.warning(
                 "request %s: %s failed mid-stream: %s: %s",

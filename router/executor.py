@@ -4,30 +4,39 @@ The executor builds what each candidate is sent (the request's allowlisted param
 output cap), runs the dispatcher under the request's one deadline, and turns what came back into
 an `Outcome` (model, usage, cost, latency). It moves no money: the account settles outcomes.
 
-A committed stream is a `LiveStream`: the relay hands out its chunks, keeps what it needs for
-settlement (text, usage, finish reason), ends the stream when the upstream stalls longer than the
-deadline, and calls `on_end` exactly once when the stream ends for any reason — completed, failed,
-or abandoned by its consumer — without awaiting anything, so a cancelled consumer cannot skip it.
+A committed stream is a `LiveStream`, and its lifecycle is the executor's: the relay hands out its
+chunks, keeps what settlement needs (text, usage, finish reason) and ends the stream when the
+upstream stalls longer than the deadline. `end` runs exactly once when the stream ends for any
+reason — completed, failed, abandoned by its consumer, cut by shutdown — without awaiting anything,
+so a cancelled consumer cannot skip it: the outcome is known and the model's capacity slot is free
+from then on. `finished` is the rest, awaited by whoever accounts for the stream: the upstream
+closed (a dropped client stops the model) and the model's health recorded.
+
+Model successes are held for the request's settlement (`Outcome.successes`), which records them in
+the same round trip as the spend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from adapters import BackendError, ChatChunk, ChatRequest, ChatResult, Usage
+from adapters import BackendError, ChatChunk, ChatRequest, ChatResult, EmbedResult, Usage
 from adapters.errors import BackendTimeout
 from router import constraints as C
 from router.caching import CacheHit
 from router.config import ModelSpec, RouterConfig
-from router.dispatch import Attempts, Dispatcher, OpenStream
+from router.dispatch import Attempts, Dispatcher, OpenStream, aclose_quietly
 from router.errors import RouterError
 from router.metrics import Metrics
 from router.planner import Plan
 from router.policy_set import PolicySet
 from router.schemas import ChatCompletionRequest
+
+log = logging.getLogger("moe_router")
 
 
 @dataclass
@@ -45,6 +54,7 @@ class Outcome:
     cache: CacheHit | None = None
     budget_left_usd: float | None = None
     cascade: str | None = None  # "accepted:<first>" | "escalated:<first>" | "escalation_failed:<first>"
+    successes: list[tuple[str, float]] = field(default_factory=list)  # (model, ms): for the settlement
 
     @property
     def request_id(self) -> str:
@@ -59,19 +69,30 @@ class Outcome:
 class LiveStream:
     """A committed stream and what it has produced so far."""
 
+    executor: Executor
+    handle: StreamHandle
     opened: OpenStream
-    on_end: Callable[[LiveStream], Any]
     text: list[str] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
     expert_usage: dict[str, list[int]] | None = None
     error: BackendError | None = None
     completed: bool = False
-    ended: bool = False
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def status(self) -> str:
         return "ok" if self.completed else "error" if self.error else "client_closed"
+
+    @property
+    def failure(self) -> str | None:
+        """What the ledger says of a stream that failed."""
+        return None if self.error is None else f"{self.opened.model} failed mid-stream"
+
+    def answer(self) -> ChatResult:
+        assert self.handle.outcome is not None
+        message = {"role": "assistant", "content": "".join(self.text)}
+        return ChatResult(message, self.finish_reason, self.handle.outcome.usage)
 
     def take(self, chunk: ChatChunk) -> None:
         self.text.append(chunk.delta.get("content") or "")
@@ -81,9 +102,7 @@ class LiveStream:
 
     def end(self) -> None:
         """Idempotent and synchronous: safe in any `finally`, cancelled or not."""
-        if not self.ended:
-            self.ended = True
-            self.on_end(self)
+        self.executor.end(self)
 
 
 @dataclass
@@ -97,7 +116,7 @@ class StreamHandle:
     outcome: Outcome | None = None
     cache: CacheHit | None = None
     live: LiveStream | None = None
-    done: asyncio.Future | None = None  # resolves once the stream is settled
+    done: asyncio.Future | None = None  # resolves once the stream is accounted for (settled)
     spilled: list[str] = field(default_factory=list)  # `model:reason` skipped at capacity
 
     def finish(self) -> None:
@@ -113,6 +132,7 @@ class Executor:
         self.dispatcher = dispatcher
         self.policies = policies
         self.metrics = metrics
+        self.streams: set[LiveStream] = set()  # committed and not yet ended
 
     @staticmethod
     def request_for(req: ChatCompletionRequest, plan: Plan) -> Callable[[str], ChatRequest]:
@@ -150,11 +170,22 @@ class Executor:
         attempts: Attempts,
         experts: dict[str, list[int]] | None,
     ) -> Outcome:
+        """What one model's answer used; its expert selections (local MoE) are counted here, the
+        one step every answer passes — plain, cascade step or stream, completed or cut."""
+        self.metrics.observe_experts(model, experts)
         if usage is None:  # backend did not report usage: estimate from the texts
             usage = Usage(plan.prompt_tokens, C.estimate_tokens(text))
         cost = self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens)
         return Outcome(
-            plan, model, usage, cost, latency_ms, list(attempts.fallbacks), experts, attempts.spills()
+            plan,
+            model,
+            usage,
+            cost,
+            latency_ms,
+            list(attempts.fallbacks),
+            experts,
+            attempts.spills(),
+            successes=list(attempts.successes),
         )
 
     async def chat(self, plan: Plan, req: ChatCompletionRequest) -> tuple[ChatResult, Outcome]:
@@ -167,6 +198,7 @@ class Executor:
             deadline=deadline,
             request_id=plan.request_id,
             tokens=self.tokens_for(plan),
+            held=True,
         )
         return result, self.outcome(
             plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
@@ -186,7 +218,12 @@ class Executor:
         rest = [m for m in plan.candidates() if m not in (cp.first, cp.escalate_to)]
         order = [cp.first, cp.escalate_to, *rest][: 1 + self.config.dispatch.max_fallbacks]
         model, result, attempts, latency_ms = await self.dispatcher.chat(
-            order, request, deadline=deadline, request_id=plan.request_id, tokens=self.tokens_for(plan)
+            order,
+            request,
+            deadline=deadline,
+            request_id=plan.request_id,
+            tokens=self.tokens_for(plan),
+            held=True,
         )
         first = self.outcome(
             plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
@@ -206,6 +243,7 @@ class Executor:
                 deadline=deadline,
                 request_id=plan.request_id,
                 tokens=self.tokens_for(plan),
+                held=True,
             )
         except RouterError:
             first.cascade = f"escalation_failed:{cp.first}"
@@ -214,19 +252,98 @@ class Executor:
             plan, model2, result2.usage, result2.text, latency2, attempts2, result2.expert_usage
         )
         second.spilled = first.spilled + second.spilled
+        second.successes = first.successes + second.successes
         second.cost_usd += first.cost_usd
         second.latency_ms += first.latency_ms
         second.cascade = f"escalated:{cp.first}"
         return result2, second
 
-    async def open_stream(self, plan: Plan, req: ChatCompletionRequest) -> OpenStream:
+    async def embed(
+        self, plan: Plan, texts: list[str], dimensions: int | None
+    ) -> tuple[EmbedResult, Outcome]:
+        model, result, attempts, latency_ms = await self.dispatcher.embed(
+            plan.candidates(),
+            texts,
+            dimensions,
+            request_id=plan.request_id,
+            tokens=plan.prompt_tokens,
+            held=True,
+        )
+        usage = result.usage if result.usage.prompt_tokens else Usage(plan.prompt_tokens, 0)
+        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, 0)
+        return result, Outcome(
+            plan,
+            model,
+            usage,
+            cost,
+            latency_ms,
+            list(attempts.fallbacks),
+            spilled=attempts.spills(),
+            successes=list(attempts.successes),
+        )
+
+    # ---- streams -------------------------------------------------------------------------------
+    async def open_stream(self, plan: Plan, req: ChatCompletionRequest) -> StreamHandle:
         """Commit to the first candidate that yields content before the deadline."""
-        return await self.dispatcher.open_stream(
+        opened = await self.dispatcher.open_stream(
             plan.candidates(),
             self.request_for(req, plan),
             request_id=plan.request_id,
             tokens=self.tokens_for(plan),
         )
+        handle = StreamHandle(
+            plan, opened.model, list(opened.attempts.fallbacks), spilled=opened.attempts.spills()
+        )
+        handle.live = LiveStream(self, handle, opened)
+        handle.chunks = self.relay(handle.live)
+        self.streams.add(handle.live)
+        return handle
+
+    def end(self, live: LiveStream) -> None:
+        """The stream ended (once; synchronous): its outcome is what it produced (the final usage
+        chunk needs it at once), and its model's capacity slot is free."""
+        if live.ended.is_set():
+            return
+        live.ended.set()
+        self.streams.discard(live)
+        opened = live.opened
+        latency_ms = (time.perf_counter() - opened.started) * 1000
+        outcome = self.outcome(
+            live.handle.plan,
+            opened.model,
+            live.usage,
+            "".join(live.text),
+            latency_ms,
+            opened.attempts,
+            live.expert_usage,
+        )
+        live.handle.outcome = outcome
+        self.dispatcher.release(opened.attempts, outcome.usage.total_tokens)
+
+    async def finished(self, live: LiveStream) -> Outcome:
+        """Once the stream has ended: close the upstream (a dropped client stops the model) and
+        record its model's health; the outcome, with its success held for the settlement."""
+        await live.ended.wait()
+        outcome = live.handle.outcome
+        assert outcome is not None
+        try:
+            await aclose_quietly(live.opened.rest)
+            await self.dispatcher.finish_stream(
+                live.opened,
+                live.error,
+                cancelled=live.status == "client_closed",
+                request_id=outcome.request_id,
+                held=True,
+            )
+        except Exception:  # noqa: BLE001 - health bookkeeping must not keep the spend from settling
+            log.exception("request %s: finishing the stream failed", outcome.request_id)
+        outcome.successes = list(live.opened.attempts.successes)
+        return outcome
+
+    def end_all(self) -> None:
+        """Shutdown: end the streams it cut (their accounting then runs)."""
+        for live in list(self.streams):
+            live.end()
 
     async def relay(self, live: LiveStream) -> AsyncIterator[ChatChunk]:
         """The stream's chunks; a stall longer than `dispatch.timeout_s` ends it with a timeout."""

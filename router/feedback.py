@@ -18,7 +18,7 @@ import numpy as np
 
 from adapters import ChatRequest, Usage
 from router import constraints as C
-from router import judge
+from router import judge, records
 from router.access import Access, Caller
 from router.account import Account
 from router.config import ModelSpec, RouterConfig
@@ -132,20 +132,8 @@ class Feedback:
             C.estimate_tokens(ask.messages[0]["content"]), C.estimate_tokens(result.text)
         )
         # the judge's own spend goes to the ledger like any call, under its own id
-        await self.account.book(
-            RequestRecord(
-                id=f"judge-{o.request_id}",
-                model=model,
-                policy=None,
-                prompt=f"[judge] {o.request_id}",
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens),
-                latency_ms=latency_ms,
-                key="judge",
-                owner="judge",
-            )
-        )
+        cost = self.specs[model].info().cost_usd(usage.prompt_tokens, usage.completion_tokens)
+        await self.account.book(records.judged(o.request_id, model, usage, cost, latency_ms))
         grade = judge.parse_grade(result.text)
         if grade is None:
             self.metrics.judge_failures.labels("llm_unparsable").inc()

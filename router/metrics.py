@@ -42,6 +42,12 @@ class Metrics:
             buckets=DECISION_BUCKETS,
             registry=r,
         )
+        self.refusals = Counter(
+            p + "refusals",
+            "Requests refused before any model (auth, origin, shape, rate limit, budget), by error code",
+            ["code"],
+            registry=r,
+        )
         self.choices = Counter(
             p + "routed", "Routing decisions: model chosen, by policy", ["policy", "model"], registry=r
         )
@@ -93,6 +99,14 @@ class Metrics:
             ["model", "layer", "expert"],
             registry=r,
         )
+        self.expert_balance = Gauge(
+            p + "expert_load_imbalance",
+            "Local MoE: the busiest expert's share of a layer's selections over the mean share "
+            "(1 = perfectly even; the number of experts = one expert takes everything), since start",
+            ["model", "layer"],
+            registry=r,
+        )
+        self._expert_totals: dict[tuple[str, str], list[int]] = {}
         self.cascade = Counter(
             p + "cascade",
             "Cascade policies: first answers accepted or escalated to the strong model",
@@ -135,12 +149,42 @@ class Metrics:
         self.state_errors = Counter(
             p + "state_errors", "Shared-state (Redis) operations that failed and degraded", ["op"], registry=r
         )
+        self.state_replays = Counter(
+            p + "state_replays",
+            "Money scripts asked again under the same id because Redis stalled (an answer timed out)",
+            ["op"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     def observe_experts(self, model: str, usage: dict[str, list[int]] | None) -> None:
+        """Count one answer's expert selections and update each layer's load balance."""
         for layer, counts in (usage or {}).items():
             for expert, n in enumerate(counts):
                 if n:
                     self.experts.labels(model, layer, str(expert)).inc(n)
+            total = self._expert_totals.setdefault((model, layer), [0] * len(counts))
+            if len(total) < len(counts):
+                total.extend([0] * (len(counts) - len(total)))
+            for expert, n in enumerate(counts):
+                total[expert] += n
+            balance = load_imbalance(total)
+            if balance is not None:
+                self.expert_balance.labels(model, layer).set(balance)
+
+    def expert_load(self) -> dict[str, dict[str, dict]]:
+        """Per model and layer since start: selections per expert and the max/mean imbalance."""
+        out: dict[str, dict[str, dict]] = {}
+        for (model, layer), total in sorted(self._expert_totals.items()):
+            out.setdefault(model, {})[layer] = {"selections": list(total), "imbalance": load_imbalance(total)}
+        return out
+
+
+def load_imbalance(counts: list[int]) -> float | None:
+    """max/mean of the experts' selection counts (None before any selection)."""
+    total = sum(counts)
+    if not counts or total == 0:
+        return None
+    return max(counts) / (total / len(counts))

@@ -103,6 +103,14 @@ class Plan:
         return need
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A request `Planner.check` let through: `accepting`, the models that take its extra
+    parameters (None: it has none, every model does)."""
+
+    accepting: set[str] | None
+
+
 class Planner:
     def __init__(
         self,
@@ -156,13 +164,13 @@ class Planner:
             )
         return None, model
 
-    def check(self, req: ChatCompletionRequest) -> set[str] | None:
+    def check(self, req: ChatCompletionRequest) -> Checked:
         """Refuse what no backend may receive (400, nothing sent anywhere); the models that accept
-        the request's extra parameters (None: it has none)."""
+        the request's extra parameters."""
         if len(req.messages) > self.config.server.max_messages:
             raise BadRequest(f"too many messages (max {self.config.server.max_messages})", param="messages")
         try:
-            return models_allowing(req.extra_params(), self._allow)
+            return Checked(models_allowing(req.extra_params(), self._allow))
         except ParamError as e:
             cls = ForbiddenParameter if e.forbidden else UnknownParameter
             raise cls(str(e), param=e.name) from None
@@ -230,15 +238,20 @@ class Planner:
         return batch
 
     async def plan(
-        self, req: ChatCompletionRequest, caller: Caller | None = None, session: str | None = None
+        self,
+        req: ChatCompletionRequest,
+        caller: Caller | None = None,
+        session: str | None = None,
+        checked: Checked | None = None,
     ) -> Plan:
         """Choose (and rank fallbacks) without calling any model. Raises a RouterError when nothing fits.
 
-        `session`: the client's conversation id (`x-moe-router-session`), for affinity."""
+        `session`: the client's conversation id (`x-moe-router-session`), for affinity; `checked`:
+        what `check` said of `req`, if the caller asked it already."""
         caller = caller or Caller()
         t0 = time.perf_counter()
         policy, name = self.resolve(req.model)
-        accepting = self.check(req)
+        accepting = (checked or self.check(req)).accepting
         text = C.routing_text(req.messages, strip=self._strip)
         tokens = C.prompt_tokens(req.messages)
         bound, images = C.prompt_bytes(req), C.image_count(req.messages)

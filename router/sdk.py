@@ -8,24 +8,36 @@
 
 The engine lives on a private event loop in a background thread, so the sync methods work
 anywhere and the async ones (`achat`, `astream`, `aroute`) can be awaited from any loop.
+
+`Router()` warms up before it returns: the routing encoder and every local model are loaded then,
+not inside the first request's dispatch deadline (loading SmolLM2 on a busy CPU can take most of
+it). A load that takes more than a few seconds says so on stderr, in two lines; the libraries'
+own progress bars and advisories stay quiet. `Router(warmup=False)` returns at once and loads each
+local model on its first request; `router.warmup()` loads them when you choose.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters import ChatResult, Usage
+from adapters import BackendError, ChatResult, Usage
 from policies.decision import Decision
 from router.config import RouterConfig, load_config
 from router.engine import Engine, Outcome
+from router.quiet import quiet_libraries
 from router.schemas import ChatCompletionRequest, RoutingControls
 
 Messages = str | Sequence[dict[str, Any]]
+log = logging.getLogger("moe_router.sdk")
+PROGRESS_AFTER_S = 3.0  # a warm-up that takes longer says what it is loading, and when it is done
 
 
 @dataclass
@@ -69,13 +81,58 @@ def _request(messages: Messages, model: str, routing: dict | None, **kw: Any) ->
 
 
 class Router:
-    def __init__(self, config: RouterConfig | str | Path | None = None, **engine_kw: Any):
+    def __init__(
+        self,
+        config: RouterConfig | str | Path | None = None,
+        *,
+        warmup: bool = True,
+        quiet: bool = True,
+        **engine_kw: Any,
+    ):
+        """`warmup`: load the encoder and local models now (see the module docstring); `quiet`:
+        silence the model libraries' progress bars and advisories (before they are imported)."""
+        if quiet:
+            quiet_libraries()
         if not isinstance(config, RouterConfig):
             config = load_config(config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="moe-router-sdk", daemon=True)
         self._thread.start()
         self.engine: Engine = self._run(self._make(config, engine_kw))
+        if warmup:
+            self.warmup()
+
+    def warmup(self, progress: bool = True) -> dict[str, str]:
+        """Load the routing encoder and every local model now; returns the local models that
+        failed to load, with why (they stay unavailable until a request retries the load). With
+        `progress`, a load longer than `PROGRESS_AFTER_S` is announced on stderr and timed."""
+        local = [n for n in self.engine.adapters if self.engine.specs[n].local]
+        loading = asyncio.run_coroutine_threadsafe(self._warm(local), self._loop)
+        started = time.monotonic()
+        try:
+            return loading.result(timeout=PROGRESS_AFTER_S if progress else None)
+        except TimeoutError:
+            what = ", ".join(local) or "the routing encoder"
+            print(f"moe-router: loading {what} ...", file=sys.stderr, flush=True)
+            failed = loading.result()
+            took = time.monotonic() - started
+            print(f"moe-router: ready ({what} loaded in {took:.1f} s)", file=sys.stderr, flush=True)
+            return failed
+
+    async def _warm(self, local: list[str]) -> dict[str, str]:
+        await self.engine.wait_started()
+        failed: dict[str, str] = {}
+
+        async def load(name: str) -> None:
+            try:
+                await self.engine.adapters[name].start()  # the load already under way, if any
+            except BackendError as e:
+                failed[name] = e.message
+                if not self.engine.warmup:  # with warm-up on, the engine's start said so already
+                    log.warning("model %s failed to load: %s", name, e.message)
+
+        await asyncio.gather(*(load(n) for n in local))
+        return failed
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **engine_kw: Any) -> Router:

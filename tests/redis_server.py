@@ -12,9 +12,13 @@ from tests.servers import free_port
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None):
+    """`persist`: keep the data across a restart (append-only file, fsync on every write), as a
+    production Redis does; without it a restart comes back empty."""
+
+    def __init__(self, port: int | None = None, persist: bool = False):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="moe-redis-")
+        self.persist = persist
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -32,7 +36,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 self.dir,
             ],

@@ -12,7 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from router.cli import app as cli
+from router.config import load_config
 from tests.conftest import make_config, pool
+from tests.promtext import sample
 from tests.upstream import Fail
 
 MASTER = "mk-" + "a" * 40
@@ -259,6 +261,31 @@ def test_requests_spend_and_overview_from_the_ledger(gw, upstream):
     assert t["savings_usd"] == pytest.approx(t["baseline_cost_usd"] - t["cost_usd"], abs=1e-9)
     assert t["savings_usd"] > 0  # routed requests went to cheaper models than "big"
     assert sum(b["requests"] for b in ov["buckets"]) == 5
+    spent = {}  # spend over time by model adds up to the spend by model
+    for b in ov["buckets"]:
+        for m, usd in b["cost_by_model"].items():
+            spent[m] = spent.get(m, 0.0) + usd
+    assert spent == pytest.approx({r["group"]: r["cost_usd"] for r in by_model if r["group"] != "none"})
+
+
+def test_requests_search_their_prompts(gw):
+    for text in ("Tell me about 100% of the Rhine", "Name a river in Egypt", "the RHINE again"):
+        body = {**ASK, "messages": [{"role": "user", "content": text}]}
+        assert gw.post("/v1/chat/completions", json=body, headers=ADMIN).status_code == 200
+    wait_for(lambda: len(gw.get("/admin/requests", headers=ADMIN).json()["data"]) >= 3)
+
+    def found(q: str) -> list[str]:
+        rows = gw.get("/admin/requests", params={"q": q}, headers=ADMIN).json()["data"]
+        return sorted(r["prompt"] for r in rows)
+
+    assert found("rhine") == ["Tell me about 100% of the Rhine", "the RHINE again"]  # any case
+    assert found("100%") == ["Tell me about 100% of the Rhine"]  # % is a character, not a wildcard
+    assert found("_") == [] and found("%") == ["Tell me about 100% of the Rhine"]
+    assert found("Danube") == []
+    rows = gw.get("/admin/requests", params={"q": "rhine", "limit": 1}, headers=ADMIN).json()["data"]
+    assert [r["prompt"] for r in rows] == ["the RHINE again"]  # newest first, with the other filters
+    too_long = gw.get("/admin/requests", params={"q": "x" * 201}, headers=ADMIN)
+    assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "query.q"
 
 
 @pytest.mark.parametrize(
@@ -368,3 +395,30 @@ def _probe(gw, op, mode):
         probe()
     except Unsatisfiable:
         assert mode == GenerationMode.NEGATIVE  # nothing to break: an operation without parameters
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_post_and_patch_read_json_whatever_the_content_type(gw, content_type):
+    """`curl -d` / `curl -X PATCH -d` send a form type: both methods read the body as JSON."""
+    headers = {**ADMIN, **({"content-type": content_type} if content_type else {})}
+    r = gw.post("/admin/keys", content=b'{"name": "carol", "rpm": 5}', headers=headers)
+    assert r.status_code == 201, r.text
+    r = httpx.patch(gw.url + "/admin/keys/carol", content=b'{"rpm": 7}', headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["rpm"] == 7
+    r = httpx.patch(gw.url + "/admin/keys/carol", content=b"rpm=7", headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    metrics = gw.get("/metrics", headers=ADMIN).text
+    # counted under the route they reached, not "unmatched", though their content type was rewritten
+    assert sample(metrics, "moe_router_requests_total", endpoint="/admin/keys", status="201") == 1
+    assert sample(metrics, "moe_router_requests_total", endpoint="/admin/keys/{name}", status="200") == 1
+    assert sample(metrics, "moe_router_requests_total", endpoint="unmatched", status="201") is None
+
+
+def test_the_session_says_whose_traffic_the_console_shows(upstream, start_gateway, tmp_path):
+    cfg_file = tmp_path / "team-a.yaml"
+    cfg_file.write_text(yaml.safe_dump({"models": pool(upstream.base_url), "auth": {"master_key": MASTER}}))
+    ledger = f"sqlite+aiosqlite:///{tmp_path}/a.db"
+    gw = start_gateway(load_config(cfg_file, ledger=ledger))
+    s = gw.get("/admin/session", headers=ADMIN).json()
+    assert s["config"] == str(cfg_file) and s["ledger_at"] == ledger

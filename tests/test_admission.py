@@ -180,7 +180,7 @@ async def test_a_budget_that_refuses_every_admission_ends_in_429_not_503(engine,
     caller = await e.authenticate(raw)
     tries: list[float | None] = []
 
-    async def refused(caller, tokens, usd, event=None):
+    async def refused(caller, tokens, usd, event=None, id=""):
         tries.append(usd)
         raise Replan(BudgetExceeded("budget key:racing cannot cover this request"))
 

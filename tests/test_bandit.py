@@ -54,6 +54,22 @@ def test_bandit_converges_to_the_planted_arm_and_beats_random(cls):
     assert policy.n_.sum() == 600
 
 
+def test_loading_a_state_keeps_the_statistics_and_the_rng_stream():
+    """A replica loading another's snapshot takes its statistics and nothing else: its exploration
+    keeps its own random stream (reset() would restart it at the seed)."""
+    learned = ThompsonPolicy(dim=8).fit(ARMS)
+    run_stream(learned, steps=50)
+    p, twin = ThompsonPolicy(dim=8).fit(ARMS), ThompsonPolicy(dim=8).fit(ARMS)
+    uniform = np.ones(3) / 3
+    first = [p.sample_arm(uniform) for _ in range(20)]
+    p.load_state(learned.state())
+    then = [p.sample_arm(uniform) for _ in range(20)]
+    assert first + then == [twin.sample_arm(uniform) for _ in range(40)]
+    assert all(np.array_equal(p.state()[k], learned.state()[k]) for k in ("A", "b", "n"))
+    with pytest.raises(ValueError, match="does not fit"):
+        ThompsonPolicy(dim=4).fit(ARMS).load_state(learned.state())
+
+
 @pytest.mark.parametrize("cls", [LinUCBPolicy, ThompsonPolicy])
 def test_propensities_are_a_distribution_over_eligible_arms(cls):
     policy = cls(dim=8, epsilon=0.1).fit(ARMS)

@@ -66,3 +66,19 @@ def test_bad_config_is_a_one_line_error(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_default_ledger_follows_the_config_file(tmp_path, monkeypatch):
+    """Two gateways started from one directory with different configs keep their traffic apart."""
+    monkeypatch.delenv("MOE_ROUTER_LEDGER", raising=False)
+    (tmp_path / "a").mkdir()
+    a = load_config(write(tmp_path / "a", "server: {port: 9001}\n"))
+    b = load_config(write(tmp_path, "server: {port: 9002}\n").rename(tmp_path / "team b.yaml"))
+    assert a.ledger == "sqlite+aiosqlite:///data/ledger-c.db" and a.source == str(tmp_path / "a" / "c.yaml")
+    assert b.ledger == "sqlite+aiosqlite:///data/ledger-team_b.db"
+    assert load_config().ledger == "sqlite+aiosqlite:///data/ledger.db"
+    assert load_config().source == "embedded default config"
+    named = load_config(write(tmp_path, "ledger: sqlite+aiosqlite:///x/mine.db\n"))
+    assert named.ledger == "sqlite+aiosqlite:///x/mine.db"  # a ledger the file names is kept
+    monkeypatch.setenv("MOE_ROUTER_LEDGER", "none")
+    assert load_config(tmp_path / "team b.yaml").ledger == "none"  # and the environment wins

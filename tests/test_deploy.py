@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -203,7 +204,10 @@ def test_compose_balances_over_every_gateway_and_prometheus_scrapes_each():
     assert "proxy_buffering off" in nginx  # streamed answers
     prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert sorted(targets) == [f"{g}:8080" for g in GATEWAYS]
+    ports = {SERVICES[g]["environment"]["MOE_ROUTER_SERVER__METRICS_PORT"] for g in GATEWAYS}
+    (port,) = ports  # every gateway serves one metrics port, where Prometheus scrapes
+    assert sorted(targets) == [f"{g}:{port}" for g in GATEWAYS]
+    assert not re.search(r"^\s*server\s+[\w.-]+:9100", nginx, re.M)  # never balanced publicly
     prom_service = next(s for s in SERVICES.values() if "prometheus" in str(s.get("image", "")))
     assert any(v.startswith("./prometheus.yml:") for v in prom_service["volumes"])
 
@@ -301,7 +305,13 @@ def test_deployment_probes_security_and_resources():
     assert args_of(final_stage(), "EXPOSE")[-1].split()[0] == str(c["ports"][0]["containerPort"])
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(c["ports"][0]["containerPort"])
+    # the annotated port is the metrics port the config opens (no auth there), not the API port
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    metrics_port = yaml.safe_load((K8S / "config.yaml").read_text())["server"]["metrics_port"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"]) == str(metrics_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    service_ports = {p["targetPort"] for p in one("Service", "moe-router")["spec"]["ports"]}
+    assert "metrics" not in service_ports and metrics_port not in service_ports
 
 
 def test_deployment_mounts_config_and_writable_cache_and_reads_state_from_env():
@@ -435,3 +445,47 @@ def test_kustomization_renders():
     pod = dep["spec"]["template"]["spec"]
     assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} <= maps
     assert {e["configMapRef"]["name"] for e in pod["containers"][0]["envFrom"] if "configMapRef" in e} <= maps
+
+
+# ---- the master key and scraping -------------------------------------------------------------------
+def test_compose_gateways_require_one_master_key():
+    """On 0.0.0.0 the console and admin API answer 403 master_key_required without one."""
+    for name in GATEWAYS:
+        value = SERVICES[name]["environment"]["MOE_ROUTER_MASTER_KEY"]
+        assert re.fullmatch(r"\$\{MOE_ROUTER_MASTER_KEY:\?[^}]+\}", value), value  # `up` refuses without it
+
+
+def test_k8s_master_key_comes_from_the_secret():
+    pod = one("Deployment", "moe-router")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert [e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e] == ["moe-router-secrets"]
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    assert secret["metadata"]["name"] == "moe-router-secrets"
+    assert "MOE_ROUTER_MASTER_KEY" in secret["stringData"]
+    literals = dict(s.split("=", 1) for s in generated("moe-router-env")["literals"])
+    assert "MOE_ROUTER_MASTER_KEY" not in literals  # never in a ConfigMap
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert "--from-literal=MOE_ROUTER_MASTER_KEY=" in docs and "MOE_ROUTER_MASTER_KEY=" in docs
+
+
+def test_the_metrics_port_serves_metrics_without_a_key_while_the_api_port_needs_one(upstream, start_gateway):
+    from tests.conftest import make_config
+    from tests.promtext import sample
+    from tests.servers import free_port
+
+    port = free_port()
+    cfg = make_config(
+        upstream.base_url,
+        auth={"require_keys": True, "master_key": "mk-deploy-test"},
+        server={"metrics_port": port},
+    )
+    gw = start_gateway(cfg)
+    assert gw.get("/metrics").status_code == 401  # the API port: a key is needed
+    gw.get("/health")
+    scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert scraped.status_code == 200
+    assert sample(scraped.text, "moe_router_requests_total", endpoint="/health", status="200") == 1
+    assert "/v1" not in httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).text  # metrics only
+    gw.server.stop()
+    with pytest.raises(httpx.ConnectError):  # closed with the gateway
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)

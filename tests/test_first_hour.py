@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -364,6 +365,36 @@ def test_serve_says_what_it_started_and_keeps_secrets_and_chatter_out(tmp_path, 
         assert secret not in text
     assert "HTTP Request:" not in text  # httpx's per-call INFO lines are quiet by default
     assert "it/s]" not in text and "%|" not in text  # no progress bars
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line_and_never_that_it_listens(tmp_path, upstream):
+    cfg = write_config(tmp_path, pool(upstream.base_url))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [CLI, "serve", "-c", str(cfg), "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    line = one_line_error(r)
+    assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "listening on" not in r.stdout + r.stderr and "moe-router: config" not in r.stderr
+
+
+def test_a_metrics_port_with_several_workers_is_refused_in_one_line(tmp_path, upstream):
+    cfg = write_config(tmp_path, pool(upstream.base_url), server={"metrics_port": free_port()})
+    r = subprocess.run(
+        [CLI, "serve", "-c", str(cfg), "--port", str(free_port()), "--workers", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one_line_error(r) == "error: server.metrics_port needs --workers 1 (each worker would bind it)"
 
 
 # ---- the README and the examples ---------------------------------------------------------------

@@ -296,6 +296,36 @@ def test_the_redis_feed_gathers_records_that_trickle_in_into_one_batch(redis_url
     assert second == [f"chatcmpl-{i:04d}" for i in (1, 2, 3)]
 
 
+def test_one_stream_entry_and_one_batch_record_per_request_id(redis_url):
+    """A record written twice (a settlement replayed after its answer was lost) is appended once;
+    entries of one id that reach a batch anyway (an older gateway's) are written once and counted."""
+    from router.ledger.writer import StreamFeed
+
+    async def go():
+        import redis.asyncio as aioredis
+
+        r = aioredis.from_url(redis_url)
+        log = RedisLog(r)
+        feed = StreamFeed(redis_url, "moe:", batch=100, interval_s=0.1, claim_idle_s=60)
+        try:
+            await log.record_request(record(0))
+            await log.record_request(record(0, cost_usd=9.0))
+            appended = await r.xlen("moe:ledger")
+            data = json.dumps(record(1).to_dict())
+            for _ in range(2):
+                await r.xadd("moe:ledger", {"kind": "request", "data": data})
+            b = await feed.take(False)
+        finally:
+            await feed.aclose()
+            await r.aclose()
+        return appended, b
+
+    appended, b = asyncio.run(go())
+    assert appended == 1
+    assert [x.id for x in b.records] == ["chatcmpl-0000", "chatcmpl-0001"]
+    assert b.records[0].cost_usd != 9.0 and b.duplicates == 1 and b.size == 3
+
+
 # ---- the database goes down mid-load: nothing is lost, every request is answered -----------------------
 @pytest.mark.parametrize("state", ["memory", "redis"])
 def test_postgres_outage_mid_load_loses_nothing(
@@ -476,6 +506,7 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
         "group": "alice",
         "requests": 5,
         "errors": 2,
+        "refused": 0,
         "cost_usd": pytest.approx(0.023),
         "prompt_tokens": 50,
         "completion_tokens": 100,
@@ -485,6 +516,7 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
             "group": "coder",
             "requests": 1,
             "errors": 0,
+            "refused": 0,
             "cost_usd": pytest.approx(0.01),
             "prompt_tokens": 10,
             "completion_tokens": 20,
@@ -493,6 +525,7 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
             "group": "cheap",
             "requests": 1,
             "errors": 0,
+            "refused": 0,
             "cost_usd": pytest.approx(0.001),
             "prompt_tokens": 10,
             "completion_tokens": 20,
@@ -517,7 +550,18 @@ def test_queries_return_the_contract_shapes(db, request, upstream):
     )
     assert sum(b["requests"] for b in buckets) == 3
     assert {m: n for b in buckets for m, n in b["by_model"].items()} == {"cheap": 1, "big": 1}
-    assert set(buckets[0]) == {"t", "requests", "errors", "p50_ms", "p95_ms", "cost_usd", "by_model"}
+    assert set(buckets[0]) == {
+        "t",
+        "requests",
+        "errors",
+        "refused",
+        "p50_ms",
+        "p95_ms",
+        "cost_usd",
+        "by_model",
+        "cost_by_model",
+    }
+    assert {m for b in buckets for m in b["cost_by_model"]} == {"cheap", "big"}
     with pytest.raises(ValueError):
         asyncio.run(_bad_overview(url))
 

@@ -434,7 +434,7 @@ def test_request_bodies_have_a_read_timeout(upstream, start_gateway):
     gw = start_gateway(make_config(upstream.base_url, server={"body_timeout_s": 0.5}))
     with socket.create_connection((gw.server.host, gw.server.port), timeout=10) as s:
         s.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n{"model":'
         )
         reply = s.recv(4096).decode()

@@ -39,13 +39,26 @@ def _root(
 
 
 # command modules register themselves on `app` when imported
-from router.cli import calibrate, config_cmd, export, keys, llm_router, models, ope, route, serve, train  # noqa: E402,F401
+from router.cli import (  # noqa: E402,F401
+    calibrate,
+    config_cmd,
+    export,
+    keys,
+    llm_router,
+    models,
+    ope,
+    route,
+    serve,
+    tiny_moe,
+    train,
+)
 
 
 def main() -> None:
     from router.cli.options import UserError
     from router.config import ConfigError
     from router.policy_set import PolicyError
+    from router.private_files import UnsafeFile
 
     # commands report problems as one line; `serve` turns logging back on at its --log-level
     logging.getLogger("moe_router").setLevel(logging.ERROR)
@@ -58,7 +71,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
-    except (UserError, ConfigError, PolicyError, FileNotFoundError, ValueError) as e:
+    except (UserError, ConfigError, PolicyError, UnsafeFile, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
     except typer.Abort:

@@ -3,7 +3,8 @@
 The console (`/ui`) and the admin API (`/admin/*`) answer only the master key. So that the README's
 first command gives a console a new user can open, a gateway bound to loopback with no master key
 configured makes one: random, written once to `data/master-key` (mode 0600, the same data folder
-as the default SQLite ledger) and reused on later starts. Only the file's path is printed, never
+as the default SQLite ledger) and reused on later starts: created with O_EXCL|O_NOFOLLOW, and an
+existing file that is a link or not mode 0600 is refused (router/private_files.py). Only the file's path is printed, never
 the key. Without `auth.require_keys`, `/metrics` stays open as it was without a master key
 (`auth.public_metrics`); with it, `/metrics` now needs this key instead of any API key.
 
@@ -13,25 +14,16 @@ A gateway bound to any other address never makes one: the operator sets `auth.ma
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import secrets
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from router.config import RouterConfig
+from router.gateway.browsers import is_loopback
+from router.private_files import UnsafeFile, create_private, private_dir, read_private
 
 KEY_FILE = Path("data") / "master-key"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def console_access(cfg: RouterConfig, host: str, key_file: Path = KEY_FILE) -> str:
@@ -48,15 +40,19 @@ def console_access(cfg: RouterConfig, host: str, key_file: Path = KEY_FILE) -> s
 
 
 def read_or_make(path: Path) -> str:
-    try:
-        key = path.read_text().strip()
+    """The key in `path`, or a new one written there. The file must be ours alone: made with
+    O_EXCL|O_NOFOLLOW and mode 0600 in a 0700 folder; an existing one that is a link or not 0600 is
+    refused (router.private_files.UnsafeFile), never reused or written through."""
+    private_dir(path.parent)
+    for _ in range(2):  # a second try when another worker created the file in between
+        try:
+            key = read_private(path).strip()
+        except FileNotFoundError:
+            key = ""
         if key:
             return key
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = "mk-" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    return key
+        if not path.exists() and not path.is_symlink():
+            key = "mk-" + secrets.token_urlsafe(32)
+            if create_private(path, key + "\n"):
+                return key
+    raise UnsafeFile(f"{path} exists but holds no key: delete it (a new key is made on the next start)")

@@ -5,44 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
 import typer
 
 from router.cli import app
-from router.cli.options import ConfigOption, load
-
-# libraries that log every HTTP call or model load at INFO: WARNING unless --log-level debug
-CHATTY = (
-    "httpx",
-    "httpcore",
-    "urllib3",
-    "litellm",
-    "LiteLLM",
-    "LiteLLM Router",
-    "LiteLLM Proxy",
-    "openai",
-    "sentence_transformers",
-    "transformers",
-    "huggingface_hub",
-    "filelock",
-    "accelerate",
-    "alembic",
-)
+from router.cli.options import ConfigOption, UserError, load
+from router.quiet import quiet_libraries
 
 
 def quiet(level: str) -> None:
     """Logs are for operators: no progress bars, no per-call lines from HTTP clients."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error" if level != "debug" else "info")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    for name in CHATTY:
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    quiet_libraries(debug=level == "debug")
 
 
 # How `serve --workers N` hands what the parent resolved to its workers (fresh interpreters).
+WORKER_HEALTHCHECK_S = 60
 WORKER_ENV = "MOE_ROUTER_SERVE_WORKER"  # JSON: config path, host, url, log level, warm-up
 MEMORY_STATE_WARNING = (
     "state is in memory with %d workers: budgets, rate limits, keys created at runtime, caches and "
@@ -61,8 +42,25 @@ def server_options() -> dict:
     return {"loop": "uvloop", "http": "httptools"}
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen before anything is built or printed: an address in use, or one this machine
+    does not have, is one line and exit 1, never a "listening on" first (as uvicorn's own bind)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)  # the --workers processes serve it too
+    return sock
+
+
 def build(cfg, config: Path | None, host: str, url: str, warmup: bool | None, summary: bool):
     """The app of one serving process from its config: console key, engine, start-up summary."""
+    from adapters import redact
     from router.cli.console_key import console_access
     from router.cli.summary import summary_lines
     from router.engine import Engine
@@ -70,12 +68,19 @@ def build(cfg, config: Path | None, host: str, url: str, warmup: bool | None, su
 
     if warmup is not None:
         cfg.server.warmup = warmup
+    cfg.server.host = host  # the real bind: a loopback one checks `Host` (router/gateway/browsers.py)
     console = console_access(cfg, host)
+    redact.install(cfg.secret_values())  # on the log's handlers: no record shows a configured secret
     engine = Engine(cfg)
     if summary:
         for line in [*summary_lines(engine, config, url), f"  console: {url}/ui ({console})"]:
             logging.getLogger("moe_router").info("%s", line)
     return create_app(engine=engine)
+
+
+def listening(url: str, warmup: bool) -> str:
+    ready = "/ready answers 503 until local models are loaded" if warmup else "/ready"
+    return f"  listening on {url} (OpenAI base URL {url}/v1; {ready})"
 
 
 def setup_logging(level: str) -> None:
@@ -132,6 +137,9 @@ def serve(
 
     cfg = load(config)
     bind_host, bind_port = host or cfg.server.host, port or cfg.server.port
+    cfg.server.host, cfg.server.port = bind_host, bind_port  # server.metrics_host defaults to it
+    if workers > 1 and cfg.server.metrics_port is not None:
+        raise UserError("server.metrics_port needs --workers 1 (each worker would bind it)")
     shown = "localhost" if bind_host in ("127.0.0.1", "0.0.0.0", "::") else bind_host
     url = f"http://{shown}:{bind_port}"
     common = {
@@ -142,10 +150,16 @@ def serve(
         "timeout_graceful_shutdown": 10,
         **server_options(),
     }
-    if workers == 1:
-        uvicorn.run(build(cfg, config, bind_host, url, warmup, summary=True), **common)
-        return
     log = logging.getLogger("moe_router")
+    sock = listen(bind_host, bind_port)
+    if workers == 1:
+        app = build(cfg, config, bind_host, url, warmup, summary=True)
+        log.info("%s", listening(url, app.state.engine.warmup))
+        server = uvicorn.Server(uvicorn.Config(app, **common))
+        server.run(sockets=[sock])
+        if not server.started:
+            sys.exit(1)
+        return
     if cfg.state == "memory":
         log.warning(MEMORY_STATE_WARNING, workers)
     console_access(cfg, bind_host)  # makes the loopback console key once, before workers read it
@@ -160,5 +174,17 @@ def serve(
                 "once": str(Path(tmp) / "summary"),
             }
         )
-        log.info("moe-router: starting %d worker processes on %s", workers, url)
-        uvicorn.run("router.cli.serve:worker_app", factory=True, workers=workers, **common)
+        log.info("moe-router: starting %d worker processes", workers)
+        log.info("%s", listening(url, bool(cfg.server.warmup)))
+        from uvicorn.supervisors import Multiprocess
+
+        server_config = uvicorn.Config(
+            "router.cli.serve:worker_app",
+            factory=True,
+            workers=workers,
+            # a worker imports torch and builds its engine before it answers the supervisor's
+            # pings: on a busy machine that outlasts uvicorn's 5 s and the worker is killed
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+            **common,
+        )
+        Multiprocess(server_config, sockets=[sock]).run()

@@ -54,6 +54,4 @@ def summary_lines(engine: Engine, source: Path | None, url: str) -> list[str]:
     lines.append(
         f"  API keys: {keys}; request log: {cfg.log.requests}; tracing: {'on' if engine.tracing.enabled else 'off'}"
     )
-    ready = "/ready answers 503 until local models are loaded" if engine.warmup else "/ready"
-    lines.append(f"  listening on {url} (OpenAI base URL {url}/v1; {ready})")
     return lines

@@ -3,15 +3,18 @@
 Only the master key reaches these routes: the edge (`middleware.Edge`, `admin_prefixes`) refuses
 every other caller before a route runs, and refuses everyone when no master key is configured.
 Key management calls `router.keys_admin`, the same functions as `moe-router keys`; spend,
-requests and the overview are queries of the request ledger (`engine.ledger`).
+requests and the overview are queries of the request ledger (`engine.ledger`), each called by its
+name (typed), with its errors mapped by `answer`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
@@ -30,12 +33,15 @@ from router.keys_admin import (
     revoke_key,
     update_key,
 )
-from router.ledger import LedgerUnavailable
+from router.ledger import Ledger, LedgerUnavailable
 
 EVAL_REPORT = "eval.json"  # `moe-router eval --report <artifact>/eval.json` puts it where the console looks
 MAX_REPORT_BYTES = 5 << 20
 MAX_BUCKETS = 2000
+MAX_UNIX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+T = TypeVar("T")
 
 
 class KeyUpdate(BaseModel):
@@ -60,6 +66,18 @@ class KeyCreate(KeyUpdate):
 
 class KeyNotFoundError(NotFound):
     code = "key_not_found"
+
+
+def unix_time(name: str, value: float | None) -> float | None:
+    """A query's time bound, or a 400: finite, and a date a database can hold (`inf`, `nan` and
+    `1e300` are not; they used to reach the ledger and come back as an outage)."""
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_UNIX_TIME):
+        raise BadRequest(
+            f"{name} must be a unix time in seconds between 0 and {MAX_UNIX_TIME:.0f}, got {value!r}",
+            param=name,
+            code="invalid_query",
+        )
+    return value
 
 
 def _key_error(e: KeyAdminError) -> RouterError:
@@ -108,15 +126,18 @@ def admin_routes(engine: Engine) -> APIRouter:
     config = engine.config
     store = engine.store
 
-    async def ledger(query: str, **kw: Any) -> Any:
-        """A ledger query; 503 when the ledger is off or its database cannot answer."""
-        led = getattr(engine, "ledger", None)
-        if led is None:
+    def ledger() -> Ledger:
+        """The request ledger; 503 when it is off on this gateway."""
+        if engine.ledger is None:
             raise ServiceUnavailable(
                 "the request ledger is off on this gateway (config 'ledger')", code="ledger_off"
             )
+        return engine.ledger
+
+    async def answer(query: Awaitable[T]) -> T:
+        """A ledger query's answer: 400 for a query it cannot run, 503 when its database cannot answer."""
         try:
-            return await getattr(led, query)(**kw)
+            return await query
         except ValueError as e:
             raise BadRequest(str(e), code="invalid_query") from None
         except LedgerUnavailable as e:
@@ -134,7 +155,10 @@ def admin_routes(engine: Engine) -> APIRouter:
                 "policies": engine.policies.names,
                 "models": [m.name for m in config.chat_models() if m.name not in engine.unavailable],
                 "state": store.kind,
-                "ledger": getattr(engine, "ledger", None) is not None,
+                "ledger": engine.ledger is not None,
+                # whose traffic the console shows: this gateway's config and where its ledger is
+                "config": config.source,
+                "ledger_at": engine.ledger.where if engine.ledger is not None else None,
             }
         )
 
@@ -177,10 +201,11 @@ def admin_routes(engine: Engine) -> APIRouter:
     @api.get("/spend")
     async def spend(
         group_by: Literal["key", "model", "day"] = Query("key"),
-        since: float | None = Query(None, ge=0),
-        until: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
+        until: float | None = Query(None),
     ):
-        rows = await ledger("spend", group_by=group_by, since=since, until=until)
+        since, until = unix_time("since", since), unix_time("until", until)
+        rows = await answer(ledger().spend(group_by=group_by, since=since, until=until))
         return _no_store({"object": "list", "group_by": group_by, "data": rows})
 
     @api.get("/requests")
@@ -190,35 +215,39 @@ def admin_routes(engine: Engine) -> APIRouter:
         policy: str | None = Query(None, max_length=256),
         status: str | None = Query(None, pattern=r"^[a-z_]{1,32}$"),
         limit: int = Query(50, ge=1, le=500),
-        since: float | None = Query(None, ge=0),
-        before: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
+        before: float | None = Query(None),
+        q: str | None = Query(None, max_length=200),
     ):
-        rows = await ledger(
-            "recent",
-            limit=limit,
-            key=key,
-            model=model,
-            policy=policy,
-            status=status,
-            since=since,
-            before=before,
+        since, before = unix_time("since", since), unix_time("before", before)
+        rows = await answer(
+            ledger().recent(
+                prompt=q,
+                limit=limit,
+                key=key,
+                model=model,
+                policy=policy,
+                status=status,
+                since=since,
+                before=before,
+            )
         )
         return _no_store({"object": "list", "data": rows})
 
     @api.get("/requests/{request_id}")
     async def request_detail(request_id: str = PathParam(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")):
-        row = await ledger("get", request_id=request_id)
+        row = await answer(ledger().get(request_id))
         if row is None:
             raise NotFound(f"no request {request_id!r} in the ledger", code="request_not_found")
         return _no_store(row)
 
     @api.get("/overview")
     async def overview(
-        since: float | None = Query(None, ge=0),
+        since: float | None = Query(None),
         bucket_s: int = Query(60, ge=1, le=86400),
     ):
         now = time.time()
-        since = now - 3600 if since is None else since
+        since = now - 3600 if since is None else unix_time("since", since)
         if (now - since) / bucket_s > MAX_BUCKETS:
             raise BadRequest(
                 f"too many buckets: (now - since) / bucket_s must be at most {MAX_BUCKETS}",
@@ -226,7 +255,11 @@ def admin_routes(engine: Engine) -> APIRouter:
                 code="invalid_query",
             )
         return _no_store(
-            {"since": since, "bucket_s": bucket_s, **await ledger("overview", since=since, bucket_s=bucket_s)}
+            {
+                "since": since,
+                "bucket_s": bucket_s,
+                **await answer(ledger().overview(since=since, bucket_s=bucket_s)),
+            }
         )
 
     # ---- policies and models -------------------------------------------------------------------
@@ -259,6 +292,7 @@ def admin_routes(engine: Engine) -> APIRouter:
         health = await store.health.snapshot(names)
         irt = engine.policies.get("irt")  # where its quality comes from: trained, calibrated, ...
         sources = irt.sources() if irt is not None and hasattr(irt, "sources") else {}
+        experts = engine.metrics.expert_load()  # this replica's, since it started
         out = []
         for spec in config.models:
             h = health.get(spec.name)
@@ -278,6 +312,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                     "latency_ewma_ms": h.ewma_ms if h else None,
                     "latency_p95_ms": h.p95_ms if h else None,
                     "samples": h.samples if h else 0,
+                    "experts": experts.get(spec.name),
                 }
             )
         return _no_store({"object": "list", "data": out})

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 
+from adapters import ChatResult
 from router.access import Caller
-from router.engine import Engine
+from router.executor import Outcome
 from router.gateway import anthropic_format as A
-from router.gateway import openai_format as fmt
-from router.gateway.json_response import JSONResponse
+from router.gateway.engine_client import EngineClient
 from router.gateway.openai_routes import Session, caller
-from router.gateway.streaming import SettledStreamingResponse
+from router.gateway.respond import respond
 from router.gateway.strict_json import StrictJSONRoute
 
 
-def anthropic_routes(engine: Engine) -> APIRouter:
+def anthropic_routes(engine: EngineClient) -> APIRouter:
     api = APIRouter(route_class=StrictJSONRoute)
 
     @api.post("/v1/messages")
     async def messages(body: A.MessagesRequest, who: Caller = Depends(caller), session: str | None = Session):
-        req = A.to_chat(body)
-        if req.stream:
-            handle = await engine.stream(req, who, session)
-            headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
-            return SettledStreamingResponse(handle, A.MessagesStream(), engine.metrics, headers)
-        result, outcome = await engine.chat(req, who, session)
-        return JSONResponse(A.message_body(result, outcome), headers=fmt.outcome_headers(outcome))
+        return await respond(engine, A.to_chat(body), who, session, MessagesAnswer())
 
     @api.post("/v1/messages/count_tokens")
     async def count_tokens(body: A.CountTokensRequest, who: Caller = Depends(caller)):
@@ -33,3 +29,13 @@ def anthropic_routes(engine: Engine) -> APIRouter:
         return A.count_body(A.to_chat(body))
 
     return api
+
+
+class MessagesAnswer:
+    """Anthropic's message (`respond`'s format)."""
+
+    def body(self, result: ChatResult, outcome: Outcome) -> dict[str, Any]:
+        return A.message_body(result, outcome)
+
+    def stream(self) -> A.MessagesStream:
+        return A.MessagesStream()

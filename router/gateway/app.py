@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,9 +23,11 @@ from router.engine import Engine
 from router.errors import RouterError
 from router.gateway.admin_routes import admin_routes
 from router.gateway.anthropic_routes import anthropic_routes
+from router.gateway.browsers import BrowserGuard
 from router.gateway.console import console_routes
 from router.gateway.errors import render
 from router.gateway.json_response import JSONResponse
+from router.gateway.metrics_port import serve_metrics
 from router.gateway.middleware import Edge, RequestMetrics, state_error
 from router.gateway.openai_routes import openai_routes
 from router.gateway.responses_routes import responses_routes
@@ -47,11 +50,17 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        server = engine.config.server
+        stop_metrics = None
+        if server.metrics_port is not None:
+            stop_metrics = serve_metrics(metrics, server.metrics_host or server.host, server.metrics_port)
         await engine.start()
         try:
             yield
         finally:
             await engine.aclose()
+            if stop_metrics is not None:
+                stop_metrics()
 
     app = FastAPI(
         title="moe-router",
@@ -71,6 +80,7 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, err: RouterError):
+        engine.refusals.note(err, request.scope.get("state", {}).get("caller"), request.url.path)
         return error_response(err, request)
 
     @app.exception_handler(StateUnavailable)
@@ -126,17 +136,35 @@ def create_app(config: RouterConfig | None = None, *, engine: Engine | None = No
     async def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    auth = engine.config.auth
+    auth, server = engine.config.auth, engine.config.server
     app.add_middleware(
         Edge,
         authenticate=engine.authenticate,
         public_paths=PUBLIC_PATHS + (OPERATOR_PATHS if auth.public_metrics else ()),
         operator_paths=() if auth.public_metrics else OPERATOR_PATHS,
-        max_bytes=engine.config.server.max_body_bytes,
-        body_timeout_s=engine.config.server.body_timeout_s,
+        max_bytes=server.max_body_bytes,
+        body_timeout_s=server.body_timeout_s,
         metrics=metrics,
         admin_prefixes=ADMIN_PREFIXES,
         console_prefixes=CONSOLE_PREFIXES,
+        shape_limits={
+            "max_depth": server.max_json_depth,
+            "max_containers": server.max_json_containers,
+            "max_messages": server.max_messages,
+            "max_tools": server.max_tools,
+        },
+        on_refused=engine.refusals.note,
+        browsers=BrowserGuard(
+            bind_host=server.host, cors_origins=server.cors_origins, allowed_hosts=server.allowed_hosts
+        ),
     )
     app.add_middleware(RequestMetrics, metrics=metrics)
+    if server.cors_origins:  # outermost: answers the preflights of the allowed origins' pages
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=server.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-api-key", "api-key", "x-moe-router-session"],
+            expose_headers=["*"],
+        )
     return app

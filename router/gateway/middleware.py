@@ -10,7 +10,11 @@
   under the admin prefixes (`/admin`) only the master key passes — everyone is refused when none is
   configured; under the console prefixes (`/ui`, pages and static files that hold no data) a
   request without credentials passes, and one with credentials must carry the master key;
-  reads any POST body as JSON whatever its Content-Type says (`curl -d` sends a form type).
+  refuses what a browser must not do (`browsers`: other sites' pages, rebound hostnames);
+  reads any POST, PUT or PATCH body as JSON whatever its Content-Type says (`curl -d` sends a
+  form type), parses it once and refuses shapes that would cost far more than their size
+  (`body_shape`); the parsed body is handed on in `scope["state"]["json"]` so the route does not
+  parse it again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
 
+import orjson
+
 from router.errors import Forbidden, PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
+from router.gateway.body_shape import check_shape, check_size
+from router.gateway.browsers import BrowserGuard, is_json_type
 from router.gateway.errors import render
 from router.gateway.json_response import dumps
 from router.metrics import Metrics
@@ -29,6 +37,7 @@ from router.state import StateUnavailable
 from router.state.degrade import StateFault
 
 log = logging.getLogger("moe_router.gateway")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # their bodies are JSON, whatever the Content-Type
 
 Authenticate = Callable[[str | None, bool], Awaitable[object]]
 
@@ -79,6 +88,9 @@ class Edge:
         metrics: Metrics | None = None,
         admin_prefixes: Collection[str] = (),
         console_prefixes: Collection[str] = (),
+        shape_limits: dict[str, int] | None = None,
+        browsers: BrowserGuard | None = None,
+        on_refused: Callable[[RouterError, object, str], None] | None = None,
     ):
         self.app = app
         self.authenticate = authenticate
@@ -89,6 +101,9 @@ class Edge:
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
+        self.shape_limits = shape_limits
+        self.browsers = browsers
+        self.on_refused = on_refused
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -96,8 +111,10 @@ class Edge:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         path = scope["path"]
+        if self.browsers is not None and (refused := self.browsers.refusal(scope["method"], headers)):
+            return await self._refuse(send, refused, path)
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await send_error(send, self._too_large(), self.metrics, path)
+            return await self._refuse(send, self._too_large(), path)
         raw = api_key(headers)
         admin = _under(path, self.admin_prefixes) or (raw is not None and _under(path, self.console_prefixes))
         if admin or (path not in self.public_paths and not _under(path, self.console_prefixes)):
@@ -106,7 +123,7 @@ class Edge:
                 if admin and not getattr(caller, "admin", False):
                     raise _admin_off()
             except RouterError as e:
-                return await send_error(send, e, self.metrics, path)
+                return await self._refuse(send, e, path)
             except (StateUnavailable, StateFault) as e:
                 return await send_error(send, state_error(e), self.metrics, path)
             scope.setdefault("state", {})["caller"] = caller
@@ -123,15 +140,29 @@ class Edge:
                     body = message.get("body", b"")
                     seen += len(body)
                     if seen > self.max_bytes:
-                        return await send_error(send, self._too_large(), self.metrics, path)
+                        return await self._refuse(send, self._too_large(), path, scope)
                     chunks.append(body)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
             err = RequestTimeout(f"the request body was not received within {self.body_timeout_s:g} s")
             return await send_error(send, err, self.metrics, path)
-        if scope["method"] == "POST" and seen:
-            scope = _as_json(scope, headers)
+        if scope["method"] in BODY_METHODS and seen:
+            _as_json(scope, headers)
+            data = b"".join(chunks)
+            chunks = [data]
+            try:
+                if self.shape_limits is not None:
+                    check_size(data, max_containers=self.shape_limits["max_containers"])
+                parsed = orjson.loads(data)
+                if self.shape_limits is not None:
+                    check_shape(parsed, path, **self.shape_limits)
+            except orjson.JSONDecodeError:
+                pass  # the route answers 400 invalid_json, naming the fault
+            except RouterError as e:
+                return await self._refuse(send, e, path, scope)
+            else:
+                scope.setdefault("state", {})["json"] = parsed
         replayed = False
 
         async def replay():
@@ -142,6 +173,12 @@ class Edge:
             return await receive()  # after the body: wait for the disconnect, as servers do
 
         await self.app(scope, replay, send)
+
+    async def _refuse(self, send, err: RouterError, path: str, scope=None) -> None:
+        """Answer `err`, and report it as a refusal (router.refusals) with the caller if known."""
+        if self.on_refused is not None:
+            self.on_refused(err, (scope or {}).get("state", {}).get("caller"), path)
+        await send_error(send, err, self.metrics, path)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
@@ -159,13 +196,13 @@ def _admin_off() -> Forbidden:
     )
 
 
-def _as_json(scope, headers: dict[bytes, bytes]):
-    """Every POST body here is JSON: say so when the client's Content-Type did not."""
-    ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if ctype == b"application/json" or ctype.endswith(b"+json"):
-        return scope
+def _as_json(scope, headers: dict[bytes, bytes]) -> None:
+    """Every request body here is JSON: say so when the client's Content-Type did not. In place:
+    the scope is the one `RequestMetrics` reads the matched route from afterwards."""
+    if is_json_type(headers):
+        return
     rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-    return {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
+    scope["headers"] = [*rest, (b"content-type", b"application/json")]
 
 
 class RequestMetrics:

@@ -14,6 +14,7 @@ from router.errors import RouterError
 from router.executor import Outcome, StreamHandle
 from router.gateway.json_response import dumps
 from router.planner import Plan, external_id
+from router.schemas import ChatCompletionRequest
 
 HEADER_PREFIX = "x-moe-router-"
 MAX_EXPERT_HEADER = 4096
@@ -153,6 +154,20 @@ def expert_header(usage: dict[str, list[int]]) -> str:
     n = max(len(v) for v in usage.values())
     totals = [sum(v[i] for v in usage.values() if i < len(v)) for i in range(n)]
     return json.dumps({"all_layers": totals}, separators=(",", ":"))
+
+
+class ChatAnswer:
+    """OpenAI's chat completion, or legacy completion (`respond`'s format)."""
+
+    def __init__(self, req: ChatCompletionRequest, legacy: bool = False):
+        self.legacy = legacy
+        self.include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def body(self, result: ChatResult, outcome: Outcome) -> dict[str, Any]:
+        return completion_body(result, outcome) if self.legacy else chat_body(result, outcome)
+
+    def stream(self) -> ChatStream:
+        return ChatStream(self.legacy, self.include_usage)
 
 
 class ChatStream:

@@ -7,10 +7,10 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
 from router.access import Caller
-from router.engine import Engine
 from router.gateway import openai_format as fmt
+from router.gateway.engine_client import EngineClient
 from router.gateway.json_response import JSONResponse
-from router.gateway.streaming import SettledStreamingResponse
+from router.gateway.respond import respond
 from router.gateway.strict_json import StrictJSONRoute
 from router.planner import external_id
 from router.schemas import (
@@ -33,36 +33,21 @@ async def caller(request: Request) -> Caller:
 Session = Header(None, alias=SESSION_HEADER, description="conversation id for model affinity", max_length=256)
 
 
-async def answer(engine: Engine, req: ChatCompletionRequest, who: Caller, session: str | None, legacy: bool):
-    """A chat request, plain or streamed, in OpenAI's chat (or legacy completion) format."""
-    if req.stream:
-        handle = await engine.stream(req, who, session)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        headers = fmt.plan_headers(handle.plan, handle.model, handle.fallbacks, handle.spilled)
-        if handle.cache is not None:
-            headers |= fmt.cache_headers(handle.cache)
-        return SettledStreamingResponse(
-            handle, fmt.ChatStream(legacy, include_usage), engine.metrics, headers
-        )
-    result, outcome = await engine.chat(req, who, session)
-    body = fmt.completion_body(result, outcome) if legacy else fmt.chat_body(result, outcome)
-    return JSONResponse(body, headers=fmt.outcome_headers(outcome))
-
-
-def openai_routes(engine: Engine) -> APIRouter:
+def openai_routes(engine: EngineClient) -> APIRouter:
     api = APIRouter(route_class=StrictJSONRoute)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(
         body: ChatCompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
-        return await answer(engine, body, who, session, legacy=False)
+        return await respond(engine, body, who, session, fmt.ChatAnswer(body))
 
     @api.post("/v1/completions")
     async def completions(
         body: CompletionRequest, who: Caller = Depends(caller), session: str | None = Session
     ) -> Response:
-        return await answer(engine, body.as_chat(), who, session, legacy=True)
+        req = body.as_chat()
+        return await respond(engine, req, who, session, fmt.ChatAnswer(req, legacy=True))
 
     @api.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsRequest, who: Caller = Depends(caller)):

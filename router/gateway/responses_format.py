@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from adapters import ChatChunk, ChatResult, Usage
-from router.errors import BadRequest, NotFound, RouterError
+from router.errors import BadRequest, RouterError
 from router.executor import Outcome, StreamHandle
 from router.gateway.json_response import dumps
 from router.planner import external_id
@@ -280,17 +280,6 @@ def to_chat(req: ResponsesRequest, prior: list[dict[str, Any]]) -> tuple[ChatCom
     return chat, conversation
 
 
-def previous(stored: dict[str, Any] | None, owner: str, response_id: str) -> list[dict[str, Any]]:
-    """The conversation of a stored response, if it is the caller's (404 otherwise, revealing nothing)."""
-    if stored is None or stored.get("owner") != owner:
-        raise NotFound(
-            f"previous response {response_id!r} is not known",
-            param="previous_response_id",
-            code="response_not_found",
-        )
-    return list(stored["messages"])
-
-
 # ---- internal -> response ------------------------------------------------------------------------
 def _usage(u: Usage) -> dict[str, Any]:
     return {
@@ -405,6 +394,23 @@ def response_body(
     }
 
 
+class ResponseAnswer:
+    """A Response object, or its streaming events (`respond`'s format)."""
+
+    def __init__(self, req: ResponsesRequest):
+        self.req = req
+
+    def body(self, result: ChatResult, outcome: Outcome) -> dict[str, Any]:
+        rid = outcome_id(outcome)
+        out = answer_output(result, rid)
+        return response_body(
+            self.req, rid, outcome.model, out.items(), outcome.usage, "completed", out.finish
+        )
+
+    def stream(self) -> ResponsesStream:
+        return ResponsesStream(self.req)
+
+
 def answer_output(result: ChatResult, response_id: str) -> Output:
     out = Output(response_id)
     if result.text:
@@ -423,11 +429,11 @@ class ResponsesStream:
     """Responses streaming events: response.created / in_progress, output items (message text
     deltas, function-call argument deltas), and response.completed — or response.failed."""
 
-    def __init__(self, req: ResponsesRequest, on_complete=None):
+    def __init__(self, req: ResponsesRequest):
         self.req = req
         self.seq = 0
-        self.on_complete = on_complete  # called with (Output, Outcome) once the response completed
         self.text_open = False
+        self.final: dict[str, Any] | None = None  # the completed Response, once `closing` made it
 
     def _ev(self, kind: str, data: dict[str, Any]) -> bytes:
         b = event(kind, data, self.seq)
@@ -528,12 +534,10 @@ class ResponsesStream:
                 )
             )
         usage = handle.outcome.usage if handle.outcome is not None else None
-        final = response_body(
+        self.final = response_body(
             self.req, self.rid, self.model, self.out.items(), usage, "completed", self.out.finish
         )
-        out.append(self._ev("response.completed", {"response": final}))
-        if self.on_complete is not None and handle.outcome is not None:
-            self.on_complete(self.out, handle.outcome)
+        out.append(self._ev("response.completed", {"response": self.final}))
         return out
 
     def failure(self, err: RouterError) -> list[bytes]:
@@ -544,3 +548,104 @@ class ResponsesStream:
 
 def outcome_id(o: Outcome) -> str:
     return external_id(o.request_id, "resp_")
+
+
+# ---- stored responses -----------------------------------------------------------------------------
+# A stored entry (router.conversations) is {"input": the internal messages its request added,
+# "response": its Response object}; the conversation replays each entry's input and answer.
+def stored_entry(turns: list[dict[str, Any]], response: dict[str, Any]) -> dict[str, Any]:
+    return {"input": turns, "response": response}
+
+
+def replay(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation of a chain of stored entries (oldest first), as internal messages."""
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        out += e["input"]
+        out.append(_answer_message(e["response"]["output"]))
+    return out
+
+
+def _answer_message(output: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Response's output items as the internal assistant message a later turn replays."""
+    out = Output("")
+    for item in output:
+        if item.get("type") == "message":
+            out.text += [p.get("text", "") for p in item.get("content", []) if p.get("type") == "output_text"]
+        elif item.get("type") == "function_call":
+            out.calls[len(out.calls)] = item
+    return out.assistant_message()
+
+
+def input_items(entries: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The items a response was made from, oldest first (as OpenAI's `input_items` lists them:
+    earlier turns' inputs and outputs, then its own input). `entries`: (response id, entry)."""
+    items: list[dict[str, Any]] = []
+    for n, (rid, e) in enumerate(entries):
+        base = rid.removeprefix("resp_")
+        for i, m in enumerate(e["input"]):
+            items += _as_items(m, f"{base}_{i}")
+        if n < len(entries) - 1:
+            items += e["response"]["output"]
+    return items
+
+
+def _as_items(m: dict[str, Any], iid: str) -> list[dict[str, Any]]:
+    role, content = m["role"], m.get("content")
+    if role == "tool":
+        return [
+            {
+                "type": "function_call_output",
+                "id": f"fco_{iid}",
+                "call_id": m.get("tool_call_id"),
+                "output": content,
+                "status": "completed",
+            }
+        ]
+    kind = "output_text" if role == "assistant" else "input_text"
+    parts: list[dict[str, Any]] = []
+    for p in [{"type": "text", "text": content}] if isinstance(content, str) else content or []:
+        if p.get("type") == "text":
+            parts.append({"type": kind, "text": p["text"]})
+        elif p.get("type") == "image_url":
+            parts.append({"type": "input_image", "image_url": p["image_url"]["url"], "detail": "auto"})
+    items = []
+    if parts or not m.get("tool_calls"):
+        items.append(
+            {"type": "message", "id": f"msg_{iid}", "role": role, "status": "completed", "content": parts}
+        )
+    for j, tc in enumerate(m.get("tool_calls") or []):
+        fn = tc["function"]
+        items.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{iid}_{j}",
+                "call_id": tc["id"],
+                "name": fn["name"],
+                "arguments": fn["arguments"],
+                "status": "completed",
+            }
+        )
+    return items
+
+
+def item_page(
+    items: list[dict[str, Any]], order: str, after: str | None, before: str | None, limit: int
+) -> dict[str, Any]:
+    """One page of a list of items, as OpenAI's cursor pagination answers it."""
+    items = items[::-1] if order == "desc" else list(items)
+    ids = [i.get("id") for i in items]
+    if after is not None and after in ids:
+        items = items[ids.index(after) + 1 :]
+    if before is not None:
+        ids = [i.get("id") for i in items]
+        if before in ids:
+            items = items[: ids.index(before)]
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0].get("id") if page else None,
+        "last_id": page[-1].get("id") if page else None,
+        "has_more": len(items) > limit,
+    }

@@ -59,9 +59,9 @@ class SettledStreamingResponse(StreamingResponse):
     """A stream response that ends its engine stream however the response ends — even if the
     body was never iterated (the client left before the first byte)."""
 
-    def __init__(self, handle: StreamHandle, fmt: StreamFormat, metrics: Metrics, headers: dict[str, str]):
+    def __init__(self, handle: StreamHandle, chunks: AsyncIterator[bytes], headers: dict[str, str]):
         super().__init__(
-            events(handle, fmt, metrics),
+            chunks,
             media_type="text/event-stream",
             headers=headers | {"cache-control": "no-cache"},
         )

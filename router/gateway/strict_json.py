@@ -16,11 +16,18 @@ from fastapi.routing import APIRoute
 
 from router.errors import ForbiddenParameter, RouterError, UnknownParameter
 
+_UNPARSED = object()
+
 
 class StrictJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = orjson.loads(await self.body())  # orjson.JSONDecodeError is a json.JSONDecodeError
+            parsed = self.scope.get("state", {}).get(
+                "json", _UNPARSED
+            )  # the edge parsed it (middleware.Edge)
+            if parsed is _UNPARSED:
+                parsed = orjson.loads(await self.body())
+            self._json = parsed  # orjson.JSONDecodeError is a json.JSONDecodeError
         return self._json
 
 

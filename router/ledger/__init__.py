@@ -131,9 +131,11 @@ class Ledger:
         status: str | None = None,
         since: float | None = None,
         before: float | None = None,
+        prompt: str | None = None,
     ) -> list[dict]:
         """Newest first; each row the record's fields (no `learn`) plus `rating` (mean of each
-        rater's latest rating, or None). `limit` is capped at 500."""
+        rater's latest rating, or None). `limit` is capped at 500; `prompt`: a text the kept
+        prompt contains (any case)."""
         return await self._read(
             queries.recent,
             limit=limit,
@@ -143,6 +145,7 @@ class Ledger:
             status=status,
             since=since,
             before=before,
+            prompt=prompt,
         )
 
     async def get(self, request_id: str) -> dict | None:

@@ -2,7 +2,9 @@
 
 Every function takes an `AsyncConnection` and returns plain JSON-able values. Counting rules:
 `errors` counts status `error` (a client that went away, `client_closed`, is not an error);
-latency percentiles are over requests a model answered (status ok, not from a cache).
+`refused` counts status `refused` (router.refusals: turned away before any model), and those are
+not in `requests`; latency percentiles are over requests a model answered (status ok, not from a
+cache).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from router.ledger.tables import feedback, requests
 MAX_RECENT = 500
 MAX_BUCKETS = 10_000
 GROUPS = ("key", "model", "day")
+REFUSED = "refused"  # router.refusals
 
 
 async def _ratings(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, float]:
@@ -46,7 +49,9 @@ async def recent(
     status: str | None = None,
     since: float | None = None,
     before: float | None = None,
+    prompt: str | None = None,
 ) -> list[dict[str, Any]]:
+    """`prompt`: rows whose kept prompt contains it, case-insensitively (`%` and `_` are literal)."""
     q = select(requests)
     for col, value in (
         (requests.c.key, key),
@@ -56,6 +61,8 @@ async def recent(
     ):
         if value is not None:
             q = q.where(col == value)
+    if prompt:
+        q = q.where(requests.c.prompt.icontains(prompt, autoescape=True))
     if since is not None:
         q = q.where(requests.c.created >= since)
     if before is not None:
@@ -102,6 +109,7 @@ async def spend(
         group.label("g"),
         func.count(),
         func.sum(cast(requests.c.status == "error", Integer)),
+        func.sum(cast(requests.c.status == REFUSED, Integer)),
         func.sum(requests.c.cost_usd),
         func.sum(requests.c.prompt_tokens),
         func.sum(requests.c.completion_tokens),
@@ -111,7 +119,7 @@ async def spend(
     if until is not None:
         q = q.where(requests.c.created < until)
     merged: dict[str, dict[str, Any]] = {}
-    for g, n, errors, cost, ptok, ctok in await conn.execute(q):
+    for g, n, errors, refused, cost, ptok, ctok in await conn.execute(q):
         if group_by == "day":
             name = (dt.date(1970, 1, 1) + dt.timedelta(days=int(g))).isoformat()
         else:
@@ -122,13 +130,15 @@ async def spend(
                 "group": name,
                 "requests": 0,
                 "errors": 0,
+                "refused": 0,
                 "cost_usd": 0.0,
                 "prompt_tokens": 0,
                 "completion_tokens": 0,
             },
         )
-        row["requests"] += int(n)
+        row["requests"] += int(n) - int(refused or 0)
         row["errors"] += int(errors or 0)
+        row["refused"] += int(refused or 0)
         row["cost_usd"] += float(cost or 0.0)
         row["prompt_tokens"] += int(ptok or 0)
         row["completion_tokens"] += int(ctok or 0)
@@ -154,6 +164,20 @@ def percentile(values: list[float], p: float) -> float | None:
     return round(s[max(0, math.ceil(p / 100 * len(s)) - 1)], 3)
 
 
+def _bucket(t: int) -> dict[str, Any]:
+    # by_model: requests per answering model; cost_by_model: their spend (USD)
+    return {
+        "t": t,
+        "requests": 0,
+        "errors": 0,
+        "refused": 0,
+        "cost_usd": 0.0,
+        "by_model": {},
+        "cost_by_model": {},
+        "_lat": [],
+    }
+
+
 async def overview(
     conn: AsyncConnection, models: Sequence[ModelSpec], *, since: float, bucket_s: int = 60, now: float
 ) -> dict[str, Any]:
@@ -168,11 +192,8 @@ async def overview(
         raise ValueError(f"too many buckets (more than {MAX_BUCKETS}): widen bucket_s or narrow the window")
     base = baseline_model(models)
     chat = {m.name for m in models if m.kind == "chat"}
-    buckets = {
-        t: {"t": t, "requests": 0, "errors": 0, "cost_usd": 0.0, "by_model": {}, "_lat": []}
-        for t in range(first, last + 1, bucket_s)
-    }
-    totals = {"requests": 0, "errors": 0, "cost_usd": 0.0}
+    buckets = {t: _bucket(t) for t in range(first, last + 1, bucket_s)}
+    totals = {"requests": 0, "errors": 0, "refused": 0, "cost_usd": 0.0}
     latencies: list[float] = []
     baseline_cost = priced_cost = 0.0
     r = requests.c
@@ -183,13 +204,17 @@ async def overview(
         t = math.floor(created / bucket_s) * bucket_s
         b = buckets.get(t)
         if b is None:  # written after `now` was read
-            b = buckets[t] = {"t": t, "requests": 0, "errors": 0, "cost_usd": 0.0, "by_model": {}, "_lat": []}
+            b = buckets[t] = _bucket(t)
+        if status == REFUSED:
+            b["refused"] += 1
+            continue
         b["requests"] += 1
         b["cost_usd"] += cost
         if status == "error":
             b["errors"] += 1
         if model is not None:
             b["by_model"][model] = b["by_model"].get(model, 0) + 1
+            b["cost_by_model"][model] = b["cost_by_model"].get(model, 0.0) + cost
         if status == "ok" and cache is None and model is not None:
             b["_lat"].append(latency)
             latencies.append(latency)
@@ -202,6 +227,7 @@ async def overview(
         lat = b.pop("_lat")
         totals["requests"] += b["requests"]
         totals["errors"] += b["errors"]
+        totals["refused"] += b["refused"]
         totals["cost_usd"] += b["cost_usd"]
         out.append({**b, "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95)})
     totals |= {

@@ -13,6 +13,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from router.private_files import private_database
+
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 MIGRATIONS = Path(__file__).parent / "migrations"
 # any constant: replicas starting together take turns migrating (PostgreSQL advisory lock)
@@ -43,7 +45,7 @@ def connect(raw: str) -> AsyncEngine:
     url = parse_url(raw)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            private_database(Path(url.database).expanduser())  # 0600 in a 0700 folder: it holds prompts
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")

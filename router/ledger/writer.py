@@ -16,7 +16,9 @@ Two feeds, one writer:
   measured in docs/benchmarks.md "Replicas on Redis").
 
 Writes are idempotent upserts (requests by id, ratings by (request, rater), newest wins), so an
-entry delivered twice is harmless. While the database is down the writer retries with backoff
+entry delivered twice is harmless; a batch also keeps one record per id and counts the others
+(`duplicates`: the gateway appends one entry per id, so a count above zero means a stream entry
+was redelivered, or something upstream applied a request twice). While the database is down the writer retries with backoff
 (0.5 s doubling to 10 s) and nothing is acknowledged or removed: records wait in the deque or in
 the stream. A batch the database refuses for its data (not for being down) is written row by row
 and the rows it still refuses are logged and skipped, so one bad record cannot stop the ledger.
@@ -50,13 +52,22 @@ MAX_DELAY_S = 10.0
 
 @dataclass
 class Batch:
-    records: list[RequestRecord] = field(default_factory=list)
+    by_id: dict[str, RequestRecord] = field(default_factory=dict)  # one record per id (the last)
     ratings: list[FeedbackRecord] = field(default_factory=list)
     acks: dict[str, list[bytes]] = field(default_factory=dict)  # stream -> entry ids (Redis feed)
     size: int = 0  # items taken from the feed (the buffer feed removes this many once written)
+    duplicates: int = 0  # records whose id was already in the batch
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        return list(self.by_id.values())
 
     def add(self, item: Item) -> None:
-        (self.records if isinstance(item, RequestRecord) else self.ratings).append(item)
+        if isinstance(item, RequestRecord):
+            self.duplicates += item.id in self.by_id
+            self.by_id[item.id] = item
+        else:
+            self.ratings.append(item)
 
 
 class BufferFeed:
@@ -177,7 +188,7 @@ class StreamFeed:
                 if kind == "feedback":
                     b.ratings.append(FeedbackRecord.from_dict(json.loads(fields[b"data"])))
                 elif fields.get(b"kind") == b"request":
-                    b.records.append(RequestRecord.from_dict(json.loads(fields[b"data"])))
+                    b.add(RequestRecord.from_dict(json.loads(fields[b"data"])))
             except (KeyError, ValueError, TypeError) as e:
                 log.error("skipping unreadable ledger entry %s of %s: %s", entry_id, stream, e)
 
@@ -201,6 +212,7 @@ class Writer:
         self.engine, self.feed, self.where = engine, feed, where
         self.written = 0
         self.skipped = 0
+        self.duplicates = 0  # records seen twice in one batch (written once)
         self._closing = False
         self._down_since: float | None = None
         self._task: asyncio.Task | None = None
@@ -220,6 +232,11 @@ class Writer:
                 await asyncio.sleep(1.0)
                 continue
             if b.size:
+                if b.duplicates:
+                    self.duplicates += b.duplicates
+                    log.warning(
+                        "ledger: %d request records arrived twice in one batch; written once", b.duplicates
+                    )
                 await self._retry("writing", lambda b=b: self._write(b))
                 try:
                     await self.feed.done(b)

@@ -193,14 +193,13 @@ class RedisBanditState:
             if len(entries) < self.batch:
                 break
         if await self.redis.xlen(stream) >= self.snapshot_every:
+            st = policy.state()
             await self._snapshot(
                 keys=[snap, stream],
                 args=[
                     cur.id,
                     json.dumps(list(policy.models_)),
-                    np.ascontiguousarray(policy.A_, dtype="<f8").tobytes(),
-                    np.ascontiguousarray(policy.b_, dtype="<f8").tobytes(),
-                    np.ascontiguousarray(policy.n_, dtype="<f8").tobytes(),
+                    *(np.ascontiguousarray(st[k], dtype="<f8").tobytes() for k in ("A", "b", "n")),
                 ],
             )
 
@@ -209,10 +208,10 @@ class RedisBanditState:
         if json.loads(h[b"models"]) != list(policy.models_):
             log.warning("bandit snapshot %s is for other models; ignoring it", snap)
             return
-        policy.reset()
-        policy.A_ = np.frombuffer(h[b"A"], dtype="<f8").reshape(policy.A_.shape).copy()
-        policy.b_ = np.frombuffer(h[b"b"], dtype="<f8").reshape(policy.b_.shape).copy()
-        policy.n_ = np.frombuffer(h[b"n"], dtype="<f8").copy()
+        shapes = {k: v.shape for k, v in policy.state().items()}
+        policy.load_state(
+            {k: np.frombuffer(h[k.encode()], dtype="<f8").reshape(shapes[k]) for k in ("A", "b", "n")}
+        )
         for model, x, y, sign in cur.pending:
             policy.update(model, x, y, sign=sign)
         cur.id = h[b"cursor"].decode()

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.state.ratelimit import _retry_after, _window, check
+from router.state.ratelimit import check, minute_window, retry_after
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class MemoryCapacity:
         slots = self._slots[model]
         if limits.max_concurrency is not None and len(slots) >= limits.max_concurrency:
             return Full("concurrency")
-        w, frac = _window(self._clock())
+        w, frac = minute_window(self._clock())
         t = self._tokens
         d = check(0, 0, t.get((model, w), 0), t.get((model, w - 1), 0), frac, None, limits.tpm, tokens)
         if not d.allowed:
@@ -96,7 +96,7 @@ class MemoryCapacity:
 
     async def release(self, lease: Lease, actual_tokens: int | None) -> None:
         self._slots[lease.model].discard(lease.id)
-        w, _ = _window(self._clock())
+        w, _ = minute_window(self._clock())
         if actual_tokens is not None and lease.window >= w - 1:
             key = (lease.model, lease.window)
             self._tokens[key] = self._tokens.get(key, 0) + actual_tokens - lease.tokens
@@ -161,7 +161,7 @@ class RedisCapacity:
         return f"{self.prefix}{model}:t:{w}"
 
     async def try_acquire(self, model: str, limits: Limits, tokens: int, ttl_s: float) -> Lease | Full:
-        w, frac = _window(self._clock())
+        w, frac = minute_window(self._clock())
         lease_id = _lease_id()
         res = await self._acquire(
             keys=[self._slots(model), self._tokens(model, w), self._tokens(model, w - 1)],
@@ -180,10 +180,10 @@ class RedisCapacity:
         if kind == 1:
             return Full("concurrency")
         cur, prev = float(res[1]), float(res[2])
-        return Full("tpm", math.ceil(_retry_after(cur, prev, frac, tokens, limits.tpm)))
+        return Full("tpm", math.ceil(retry_after(cur, prev, frac, tokens, limits.tpm)))
 
     async def release(self, lease: Lease, actual_tokens: int | None) -> None:
-        w, _ = _window(self._clock())
+        w, _ = minute_window(self._clock())
         delta = 0 if actual_tokens is None else actual_tokens - lease.tokens
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self._slots(lease.model), lease.id)

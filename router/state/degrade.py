@@ -33,18 +33,18 @@ import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from router.health import MemoryHealth
 from router.metrics import Metrics
 from router.state.admission import Admit, Admitted, Refused, Settle
 from router.state.budgets import Budgets, BudgetScope, Reservation, to_micros
 from router.state.capacity import Full, Lease, Limits, MemoryCapacity
+from router.state.faults import is_outage
 from router.state.keys import KeyRecord
 from router.state.ratelimit import MemoryRateLimiter, RateDecision
 from router.state.records import FeedbackRecord, RequestRecord
@@ -59,23 +59,6 @@ class StateUnavailable(Exception):
 
 class StateFault(Exception):
     """Redis answered with an error (not an outage): a bug or a misconfiguration to look at."""
-
-
-def is_outage(e: BaseException) -> bool:
-    """Does `e` mean Redis cannot be reached (as opposed to Redis answering with an error)?"""
-    if isinstance(
-        e,
-        RedisConnectionError
-        | RedisTimeoutError
-        | BusyLoadingError
-        | ReadOnlyError
-        | OSError
-        | EOFError
-        | asyncio.IncompleteReadError,
-    ):
-        return True
-    # asyncio raises RuntimeError when a write meets a transport the peer already closed
-    return isinstance(e, RuntimeError) and any(w in str(e).lower() for w in ("transport", "closed"))
 
 
 class Outage:
@@ -197,6 +180,15 @@ class ResilientKeys:
         )
 
 
+@dataclass
+class Owed:
+    """A budget write waiting for Redis: a settlement (`actual_usd`), or (None) the voiding of an
+    admission whose answer was lost (it may have reserved in Redis: router.state.budgets)."""
+
+    reservation: Reservation
+    actual_usd: float | None
+
+
 class ResilientBudgets:
     """Budgets through an outage (config `outage.budgets`):
 
@@ -205,32 +197,47 @@ class ResilientBudgets:
       per bucket (a bucket it has never seen gets nothing), then answers 503;
     - `open`: reserve nothing, serve, and add the spend when Redis returns;
     - `closed`: 503 for every request with a budget.
-    Spend made during the outage is added to the counters when Redis returns."""
+    Spend made during the outage is added to the counters when Redis returns, each settlement
+    under its id, so one that Redis had already applied (its answer was lost) is not applied again."""
 
     def __init__(self, primary: Budgets, outage: Outage, mode: str = "allowance", allowance: float = 0.1):
         self.primary, self.outage, self.mode, self.allowance = primary, outage, mode, allowance
-        # settlements to make once Redis is back (with their reservations: see state.budgets on epochs)
-        self._pending: list[tuple[Reservation, float]] = []
+        # writes to make once Redis is back, in order (with their reservations: see state.budgets on epochs)
+        self._owed: deque[Owed] = deque()
         self._known_left: dict[str, int] = {}  # bucket -> micro-USD left at the last successful call
         self._offline_left: dict[str, int] | None = None  # this outage's allowance per bucket
         outage.on_recover(self.flush)
 
-    def _remember(self, scopes: Sequence[BudgetScope], left: Sequence[int]) -> None:
+    @property
+    def backlog(self) -> int:
+        """Budget writes waiting for Redis."""
+        return len(self._owed)
+
+    def remember(self, scopes: Sequence[BudgetScope], left: Sequence[int]) -> None:
+        """What Redis said is left in each scope (the base of an outage's allowance)."""
         for s, x in zip(scopes, left, strict=True):
             self._known_left[s.bucket()] = x
+
+    def void_later(self, id: str, scopes: Sequence[BudgetScope], usd: float) -> None:
+        """Admission `id` may have reserved in Redis without this replica learning it: give that
+        back when Redis returns (before this id's own settlement, which is queued after it)."""
+        buckets = tuple(s.bucket() for s in scopes)
+        self._owed.append(Owed(Reservation(buckets, to_micros(usd), id=id), None))
 
     def _allowance(self) -> dict[str, int]:
         if self._offline_left is None:
             self._offline_left = {b: int(self.allowance * max(0, x)) for b, x in self._known_left.items()}
         return self._offline_left
 
-    async def reserve(self, scopes: Sequence[BudgetScope], usd: float) -> Reservation | BudgetScope:
+    async def reserve(
+        self, scopes: Sequence[BudgetScope], usd: float, id: str = ""
+    ) -> Reservation | BudgetScope:
         amount = to_micros(usd)
 
         async def online():
-            got = await self.primary.reserve(scopes, usd)
+            got = await self.primary.reserve(scopes, usd, id)
             if isinstance(got, Reservation) and got.left:
-                self._remember(scopes, got.left)
+                self.remember(scopes, got.left)
             return got
 
         async def offline():
@@ -246,7 +253,7 @@ class ResilientBudgets:
                     )
                 for b in buckets:
                     left[b] -= amount
-            return Reservation(buckets, amount, offline=True)
+            return Reservation(buckets, amount, offline=True, id=id)
 
         return await self.outage.call("budgets.reserve", online, offline)
 
@@ -256,18 +263,18 @@ class ResilientBudgets:
                 for b in reservation.buckets:
                     if b in self._offline_left:
                         self._offline_left[b] += reservation.micros - to_micros(actual_usd)
-            self._pending.append((reservation, actual_usd))
+            self._owed.append(Owed(reservation, actual_usd))
             return
 
-        async def queue():
-            self._pending.append((reservation, actual_usd))
+        async def queue():  # the settlement may or may not have run: its id decides on replay
+            self._owed.append(Owed(reservation, actual_usd))
 
         await self.outage.call("budgets.settle", lambda: self.primary.settle(reservation, actual_usd), queue)
 
     async def spent(self, scopes: Sequence[BudgetScope]) -> list[float]:
         async def online():
             got = await self.primary.spent(scopes)
-            self._remember(scopes, [to_micros(s.limit_usd - x) for s, x in zip(scopes, got, strict=True)])
+            self.remember(scopes, [to_micros(s.limit_usd - x) for s, x in zip(scopes, got, strict=True)])
             return got
 
         async def unknown():
@@ -281,41 +288,56 @@ class ResilientBudgets:
         return await self.outage.call("budgets.spent", online, unknown)
 
     async def flush(self) -> None:
-        while self._pending:
-            await self.primary.settle(*self._pending[0])
-            self._pending.pop(0)
+        while self._owed:
+            o = self._owed[0]
+            if o.actual_usd is None:
+                await self.primary.void(o.reservation.id, o.reservation.buckets)
+            else:
+                await self.primary.settle(o.reservation, o.actual_usd)
+            self._owed.popleft()
         self._offline_left = None
 
 
 class ResilientMoney:
     """Admission and settlement (router.state.admission) through an outage: one script each while
-    Redis answers; while it does not, the components' own outage behaviour above (`local`, the
-    same steps through the resilient components). A settlement also goes the components' way while
-    the outage's spend or records still wait to be written, so they reach Redis in order."""
+    Redis answers (asked again with the same id while Redis stalls); while it does not, the
+    components' own outage behaviour above (`local`, the same steps through the resilient
+    components, which queue what they write under the same ids). A settlement also goes the
+    components' way while the outage's spend or records still wait to be written, so they reach
+    Redis in order."""
 
     def __init__(self, primary, local, outage: Outage, keys: ResilientKeys, budgets, log):
         self.primary, self.local, self.outage = primary, local, outage
         self.keys, self.budgets, self.log = keys, budgets, log
 
     async def admit(self, a: Admit) -> Admitted | Refused:
+        asked = False
+
         async def online():
+            nonlocal asked
+            asked = True
             got = await self.primary.admit(a)
             if isinstance(got, Admitted):
                 if got.reservation is not None:
-                    self.budgets._remember(a.scopes, got.reservation.left)
+                    self.budgets.remember(a.scopes, got.reservation.left)
             elif got.reason == "budget":
-                self.budgets._remember(a.scopes, got.left)
+                self.budgets.remember(a.scopes, got.left)
             elif got.reason == "key":
                 self.keys.forget(a.key.id)
             elif got.reason == "changed":
                 self.keys.know(got.record)
             return got
 
-        return await self.outage.call("admission", online, lambda: self.local.admit(a))
+        async def offline():
+            if asked and a.scopes:  # sent, answer lost: it may have reserved in Redis
+                self.budgets.void_later(a.id, a.scopes, a.usd)
+            return await self.local.admit(a)
+
+        return await self.outage.call("admission", online, offline)
 
     async def settle(self, s: Settle) -> tuple[int, ...]:
         r = s.reservation
-        if (r is not None and r.offline) or self.budgets._pending or self.log._buffer:
+        if (r is not None and r.offline) or self.budgets.backlog or self.log.backlog:
             return await self.local.settle(s)
         return await self.outage.call(
             "settlement", lambda: self.primary.settle(s), lambda: self.local.settle(s)
@@ -353,6 +375,11 @@ class ResilientLog:
         )
         self._buffer: deque[tuple[str, Any]] = deque()
         outage.on_recover(self.flush)
+
+    @property
+    def backlog(self) -> int:
+        """Writes waiting for Redis in memory (the spill file's come after them)."""
+        return len(self._buffer)
 
     def _keep(self, kind: str, item: Any) -> None:
         if len(self._buffer) < self.max_buffer:

@@ -178,6 +178,10 @@ class RedisKeys(KeyStore):
         self.redis = redis
         self.p = prefix
 
+    def key_of(self, key_id: str) -> str:
+        """Key layout: the hash holding key `key_id`'s record."""
+        return f"{self.p}key:{key_id}"
+
     async def put(self, rec: KeyRecord) -> None:
         if not await self.redis.set(f"{self.p}keyname:{rec.name}", rec.id, nx=True):
             raise ValueError(f"a key named {rec.name!r} already exists")

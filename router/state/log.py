@@ -3,7 +3,8 @@
 Redis: every event is appended to the `moe:ledger` stream (`kind` = reserve | request), every
 feedback to `moe:feedback`; request records are also kept by id for `request_ttl_s` (config
 `log.request_ttl_s`) so feedback can find them. Streams are capped (approximately) at
-`max_entries` (`log.max_entries`).
+`max_entries` (`log.max_entries`). A request record is appended once per id: only when its index
+key is new (a settlement replayed after a lost answer, or flushed after an outage, finds it there).
 
 Ratings: one per (request, rater). `rate` stores a rating and returns the one it replaced, in one
 atomic step (`SET ... GET` on Redis), so concurrent ratings on different replicas each replace
@@ -90,6 +91,16 @@ class MemoryLog:
             yield e
 
 
+# KEYS: the ledger stream, the record's index key. ARGV: max length, the record's JSON, TTL.
+_RECORD = """
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3]) then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'request', 'data', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 class RedisLog:
     def __init__(
         self, redis, prefix: str = "moe:", max_entries: int = 1_000_000, request_ttl_s: int = REQUEST_TTL_S
@@ -98,29 +109,32 @@ class RedisLog:
         self.p = prefix
         self.max_entries = max_entries
         self.request_ttl_s = request_ttl_s
+        self._record = redis.register_script(_RECORD)
+
+    @property
+    def stream_key(self) -> str:
+        """Key layout: the ledger stream (reserve and request events)."""
+        return f"{self.p}ledger"
+
+    def record_key(self, request_id: str) -> str:
+        """Key layout: a request's record by id (for feedback; also its once-only marker)."""
+        return f"{self.p}req:{request_id}"
 
     async def record_request(self, record: RequestRecord) -> None:
         data = json.dumps(record.to_dict())
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                f"{self.p}ledger",
-                {"kind": "request", "data": data},
-                maxlen=self.max_entries,
-                approximate=True,
-            )
-            pipe.set(f"{self.p}req:{record.id}", data, ex=self.request_ttl_s)
-            await pipe.execute()
+        keys = [self.stream_key, self.record_key(record.id)]
+        await self._record(keys=keys, args=[self.max_entries, data, self.request_ttl_s])
 
     async def record_event(self, kind: str, data: dict[str, Any]) -> None:
         await self.redis.xadd(
-            f"{self.p}ledger",
+            self.stream_key,
             {"kind": kind, "data": json.dumps(data)},
             maxlen=self.max_entries,
             approximate=True,
         )
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
-        raw = await self.redis.get(f"{self.p}req:{request_id}")
+        raw = await self.redis.get(self.record_key(request_id))
         return RequestRecord.from_dict(json.loads(raw)) if raw else None
 
     async def record_feedback(self, feedback: FeedbackRecord) -> None:

@@ -24,12 +24,13 @@ class RateDecision:
     window: int | None = None  # the minute the request was counted in (its tokens are corrected there)
 
 
-def _window(now: float) -> tuple[int, float]:
+def minute_window(now: float) -> tuple[int, float]:
+    """The minute `now` falls in, and how far into it (0..1)."""
     w = int(now // WINDOW_S)
     return w, (now - w * WINDOW_S) / WINDOW_S
 
 
-def _retry_after(cur: float, prev: float, frac: float, need: float, limit: float) -> float:
+def retry_after(cur: float, prev: float, frac: float, need: float, limit: float) -> float:
     """Seconds until `need` more fits under `limit` as the windows slide (at least 1)."""
     if need > limit:
         return WINDOW_S  # never fits in one minute; the caller says so
@@ -55,11 +56,11 @@ def check(
     if rpm is not None:
         est = prev_r * (1 - frac) + cur_r
         if est + 1 > rpm:
-            return RateDecision(False, "rpm", math.ceil(_retry_after(cur_r, prev_r, frac, 1, rpm)))
+            return RateDecision(False, "rpm", math.ceil(retry_after(cur_r, prev_r, frac, 1, rpm)))
     if tpm is not None:
         est = prev_t * (1 - frac) + cur_t
         if est + tokens > tpm:
-            return RateDecision(False, "tpm", math.ceil(_retry_after(cur_t, prev_t, frac, tokens, tpm)))
+            return RateDecision(False, "tpm", math.ceil(retry_after(cur_t, prev_t, frac, tokens, tpm)))
     return RateDecision(True)
 
 
@@ -77,7 +78,7 @@ class MemoryRateLimiter:
         self._counts: dict[tuple[str, str, int], float] = {}
 
     async def hit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
-        w, frac = _window(self._clock())
+        w, frac = minute_window(self._clock())
         c = self._counts
         d = check(
             c.get((key_id, "r", w), 0),
@@ -98,7 +99,7 @@ class MemoryRateLimiter:
         return d
 
     async def adjust_tokens(self, key_id: str, delta: int, window: int) -> None:
-        w, _ = _window(self._clock())
+        w, _ = minute_window(self._clock())
         if delta and window >= w - 1:
             self._counts[(key_id, "t", window)] = self._counts.get((key_id, "t", window), 0) + delta
 
@@ -124,14 +125,19 @@ class RedisRateLimiter:
         self._clock = clock
         self._hit = redis.register_script(_HIT)
 
-    def _keys(self, key_id: str, w: int) -> list[str]:
+    def window(self) -> tuple[int, float]:
+        """The current minute and how far into it, by this limiter's clock."""
+        return minute_window(self._clock())
+
+    def counter_keys(self, key_id: str, w: int) -> list[str]:
+        """Key layout: requests in minute `w` and `w - 1`, then tokens in `w` and `w - 1`."""
         p = f"{self.prefix}{key_id}:"
         return [f"{p}r:{w}", f"{p}r:{w - 1}", f"{p}t:{w}", f"{p}t:{w - 1}"]
 
     async def hit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
-        w, frac = _window(self._clock())
+        w, frac = minute_window(self._clock())
         res = await self._hit(
-            keys=self._keys(key_id, w),
+            keys=self.counter_keys(key_id, w),
             args=[-1 if rpm is None else rpm, -1 if tpm is None else tpm, tokens, frac],
         )
         if int(res[0]) == 0:
@@ -139,14 +145,14 @@ class RedisRateLimiter:
         which, cur, prev = int(res[0]), float(res[1]), float(res[2])
         limit, need = (rpm, 1) if which == 1 else (tpm, tokens)
         return RateDecision(
-            False, "rpm" if which == 1 else "tpm", math.ceil(_retry_after(cur, prev, frac, need, limit))
+            False, "rpm" if which == 1 else "tpm", math.ceil(retry_after(cur, prev, frac, need, limit))
         )
 
     async def adjust_tokens(self, key_id: str, delta: int, window: int) -> None:
-        w, _ = _window(self._clock())
+        w, _ = minute_window(self._clock())
         if not delta or window < w - 1:  # that minute no longer counts
             return
-        key = self._keys(key_id, window)[2]
+        key = self.counter_keys(key_id, window)[2]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incrby(key, delta)
             pipe.expire(key, 150)

@@ -30,7 +30,8 @@ class RequestRecord:
     cached_tokens: int = 0  # prompt tokens the provider served from its prompt cache
     cost_usd: float = 0.0
     latency_ms: float = 0.0
-    status: str = "ok"  # ok | error | client_closed (the client went away before the end)
+    # ok | error | client_closed (the client went away before the end) | refused (router.refusals)
+    status: str = "ok"
     error: str | None = None
     key: str | None = None  # API key name, when keys are in use
     owner: str = "anonymous"  # who may rate it: the API key's id (`Caller.scope`)

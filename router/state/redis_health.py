@@ -91,13 +91,14 @@ class RedisHealth:
         self._failure = redis.register_script(_FAILURE)
         self._success = redis.register_script(_SUCCESS)
 
-    def _keys(self, model: str) -> list[str]:
+    def keys_of(self, model: str) -> list[str]:
+        """Key layout: the model's health hash, its half-open probe, its latencies."""
         return [f"{self.p}health:{model}", f"{self.p}probe:{model}", f"{self.p}lat:{model}"]
 
     async def snapshot(self, models: Sequence[str]) -> dict[str, ModelStatus]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in models:
-                h, probe, _ = self._keys(m)
+                h, probe, _ = self.keys_of(m)
                 pipe.hmget(h, "ewma", "p95", "n", "opened_at")
                 pipe.exists(probe)
             res = await pipe.execute()
@@ -117,17 +118,17 @@ class RedisHealth:
         return out
 
     async def acquire(self, model: str) -> bool:
-        h, probe, _ = self._keys(model)
+        h, probe, _ = self.keys_of(model)
         return bool(
             await self._acquire(keys=[h, probe], args=[self._clock(), self.reset_after_s, self.probe_ttl_ms])
         )
 
     async def record_success(self, model: str, latency_ms: float) -> None:
-        await self._success(keys=self._keys(model), args=[latency_ms, self.ewma_alpha, self.window])
+        await self._success(keys=self.keys_of(model), args=[latency_ms, self.ewma_alpha, self.window])
 
     async def record_failure(self, model: str) -> None:
-        h, probe, _ = self._keys(model)
+        h, probe, _ = self.keys_of(model)
         await self._failure(keys=[h, probe], args=[self._clock(), self.failure_threshold])
 
     async def release(self, model: str) -> None:
-        await self.redis.delete(self._keys(model)[1])
+        await self.redis.delete(self.keys_of(model)[1])

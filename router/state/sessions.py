@@ -1,8 +1,7 @@
 """Small per-conversation state with a TTL, shared across replicas on Redis.
 
-Two users: conversation affinity (`aff:<conversation>` -> the model it runs on) and the Responses
-API's stored responses (`resp:<id>` -> the conversation so far, for `previous_response_id`).
-Values are JSON objects; each key expires `ttl_s` after it was last written.
+Conversation affinity (`aff:<conversation>` -> the model it runs on); stored Responses-API
+responses have their own store (router.state.responses). Values are JSON objects; each key expires `ttl_s` after it was last written.
 """
 
 from __future__ import annotations

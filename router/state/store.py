@@ -3,7 +3,7 @@
 Both expose the same components, so the engine never knows which it has:
 `keys`, `budgets`, `limits` (rate limits), `log` (ledger, request index, feedback), `cache`
 (exact + semantic), `health` (latency + circuit breakers), `bandits` (online policies' state) and
-`sessions` (conversation affinity, stored Responses-API conversations), `capacity` (models'
+`sessions` (conversation affinity), `responses` (stored Responses-API responses, as chains), `capacity` (models'
 in-flight slots and tokens per minute) and `money` (a request's admission and settlement, each one
 round trip on Redis: router.state.admission).
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from router.health import MemoryHealth, ModelHealth
 from router.metrics import Metrics
-from router.state.admission import ComposedMoney, RedisMoney
+from router.state.admission import REPLAY_S, ComposedMoney, RedisMoney
 from router.state.bandit import BanditState, MemoryBanditState, RedisBanditState
-from router.state.budgets import Budgets, MemoryBudgets, RedisBudgets
+from router.state.budgets import APPLIED_TTL_S, Budgets, MemoryBudgets, RedisBudgets
 from router.state.cache import MemoryCache, RedisCache, ResponseCache
 from router.state.capacity import CapacityState, MemoryCapacity, RedisCapacity
 from router.state.degrade import (
@@ -34,6 +34,7 @@ from router.state.degrade import (
 from router.state.keys import KeyStore, MemoryKeys, RedisKeys
 from router.state.log import MemoryLog, RedisLog, RequestLog
 from router.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from router.state.responses import MemoryResponses, RedisResponses, ResilientResponses, StoredResponses
 from router.state.sessions import MemorySessions, RedisSessions, Sessions
 
 
@@ -57,6 +58,7 @@ class Store:
     health: ModelHealth
     bandits: BanditState
     sessions: Sessions
+    responses: StoredResponses
     capacity: CapacityState
     money: ComposedMoney | ResilientMoney
     kind = "memory"
@@ -82,6 +84,7 @@ class MemoryStore(Store):
         self.health = (health or HealthOptions()).memory()
         self.bandits = MemoryBanditState()
         self.sessions = MemorySessions()
+        self.responses = MemoryResponses()
         self.capacity = MemoryCapacity()
         self.money = ComposedMoney(self.keys, self.limits, self.budgets, self.log, self.health)
 
@@ -104,6 +107,8 @@ class RedisStore(Store):
         max_entries: int = 1_000_000,
         request_ttl_s: int = 7 * 86400,
         capacity_outage_share: int = 1,  # replicas each model's capacity is divided among in an outage
+        replay_s: float = REPLAY_S,  # a money script whose answer timed out is asked again this long
+        applied_ttl_s: int = APPLIED_TTL_S,  # how long an admission's / settlement's id is remembered
     ):
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -124,7 +129,8 @@ class RedisStore(Store):
         self.outage = Outage(metrics, retry_every_s)
         r, o = self.redis, self.outage
         keys, limits = RedisKeys(r, prefix), RedisRateLimiter(r, prefix + "rate:")
-        budgets_, log_ = RedisBudgets(r, prefix + "budget:"), RedisLog(r, prefix, max_entries, request_ttl_s)
+        budgets_ = RedisBudgets(r, prefix + "budget:", applied_ttl_s)
+        log_ = RedisLog(r, prefix, max_entries, request_ttl_s)
         self.keys = ResilientKeys(keys, o)
         self.budgets = ResilientBudgets(budgets_, o, budgets, allowance)
         self.limits = ResilientLimiter(limits, o)
@@ -137,7 +143,7 @@ class RedisStore(Store):
         )
         self.health = ResilientHealth(shared, health.memory(), o)
         self.money = ResilientMoney(
-            RedisMoney(r, keys, limits, budgets_, log_, shared),
+            RedisMoney(r, keys, limits, budgets_, log_, shared, replay_s, metrics),
             ComposedMoney(self.keys, self.limits, self.budgets, self.log, self.health),
             o,
             self.keys,
@@ -146,6 +152,7 @@ class RedisStore(Store):
         )
         self.bandits = RedisBanditState(r, o, prefix + "bandit:")
         self.sessions = ResilientSessions(RedisSessions(r, prefix + "sess:"), o)
+        self.responses = ResilientResponses(RedisResponses(r, prefix), o)
         self.capacity = ResilientCapacity(RedisCapacity(r, prefix + "cap:"), o, capacity_outage_share)
 
     @property

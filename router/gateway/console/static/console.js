@@ -75,6 +75,40 @@ function chart(id, config) {
 
 const PALETTE = ["#2f5bd3", "#e07b39", "#1b9e77", "#b3261e", "#7b5ea7", "#8c6d1f", "#d45087", "#5b6478"];
 
+// One colour per model, the same on every chart, and distinct however many models there are:
+// the palette first, then hues a golden angle apart.
+const MODEL_COLOURS = new Map();
+function modelColour(name) {
+  if (!MODEL_COLOURS.has(name)) {
+    const i = MODEL_COLOURS.size;
+    MODEL_COLOURS.set(name, i < PALETTE.length ? PALETTE[i] : `hsl(${Math.round((i * 137.508) % 360)}, 62%, 42%)`);
+  }
+  return MODEL_COLOURS.get(name);
+}
+
+// A table cell's bar (0..1 of its width); widths go through the CSSOM after rendering, since
+// the page's CSP allows no inline style attributes.
+function bar(share) {
+  return el("span", { class: "bar" }, el("span", { dataset: { share: Math.max(0, Math.min(1, share || 0)) } }));
+}
+function sizeBars(root) {
+  for (const s of root.querySelectorAll(".bar > span[data-share]")) s.style.width = 100 * Number(s.dataset.share) + "%";
+}
+
+// Log axes label 1, 2 and 5 of each decade only (Chart.js labels every tick: they overlap).
+function logTicks(unit = "") {
+  return {
+    callback: (v) => {
+      const m = v / 10 ** Math.floor(Math.log10(v));
+      return [1, 2, 5].some((k) => Math.abs(m - k) < 1e-6) ? unit + Number(v.toPrecision(1)) : "";
+    },
+    autoSkip: false,
+  };
+}
+
+// What a rating means, as the Playground's buttons say it.
+const RATINGS = { 1: "good", 0.5: "ok", 0: "bad" };
+
 // ---- login ----------------------------------------------------------------------------------
 async function boot() {
   try {
@@ -95,6 +129,12 @@ function showLogin() {
 function enter() {
   $("#login").hidden = true;
   $("#app").hidden = false;
+  // whose traffic this is: several gateways may run on one machine
+  const config = session.config || "";
+  const ledger = session.ledger_at ? "ledger " + session.ledger_at : "ledger off";
+  $("#whose").textContent = `${config.split("/").pop()} · ${ledger}`;
+  $("#whose").title = `config: ${config}\n${ledger}`;
+  for (const m of [...(session.models || [])].sort()) modelColour(m);
   const sel = $("#pg-policy");
   sel.replaceChildren(...session.policies.map((p) => el("option", { value: p, selected: p === session.default_policy }, p)));
   route();
@@ -147,14 +187,21 @@ for (const a of document.querySelectorAll("nav a")) {
 async function loadOverview() {
   const [span, bucket] = $("#ov-window").value.split(",").map(Number);
   const since = Date.now() / 1000 - span;
-  const [ov, models] = await Promise.all([
-    api(`/admin/overview?since=${since.toFixed(0)}&bucket_s=${bucket}`).then((r) => r.data),
-    api("/admin/models").then((r) => r.data.data),
+  // the models' health and expert load need no ledger: shown first, whatever the ledger says
+  const models = (await api("/admin/models")).data.data;
+  modelTable(models);
+  expertTable(models);
+  const window_ = `since=${since.toFixed(0)}`;
+  const [ov, byModel, byKey] = await Promise.all([
+    api(`/admin/overview?${window_}&bucket_s=${bucket}`).then((r) => r.data),
+    api(`/admin/spend?group_by=model&${window_}`).then((r) => r.data.data),
+    api(`/admin/spend?group_by=key&${window_}`).then((r) => r.data.data),
   ]);
   const t = ov.totals;
   $("#ov-requests").textContent = t.requests;
   $("#ov-rps").textContent = (t.requests / span).toFixed(3);
   $("#ov-errors").textContent = t.requests ? fmt.pct(t.errors / t.requests) : "-";
+  $("#ov-refused").textContent = t.refused ?? 0;
   $("#ov-p50").textContent = fmt.ms(t.p50_ms);
   $("#ov-p95").textContent = fmt.ms(t.p95_ms);
   $("#ov-spend").textContent = fmt.usd(t.cost_usd);
@@ -168,8 +215,8 @@ async function loadOverview() {
     type: "bar",
     data: {
       labels,
-      datasets: names.map((m, i) => ({
-        label: m, data: ov.buckets.map((b) => (b.by_model || {})[m] || 0), backgroundColor: PALETTE[i % PALETTE.length],
+      datasets: names.map((m) => ({
+        label: m, data: ov.buckets.map((b) => (b.by_model || {})[m] || 0), backgroundColor: modelColour(m),
       })),
     },
     options: { animation: false, maintainAspectRatio: false, scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: "requests" } } } },
@@ -182,10 +229,28 @@ async function loadOverview() {
         { label: "p50 ms", data: ov.buckets.map((b) => b.p50_ms), borderColor: PALETTE[0], spanGaps: true },
         { label: "p95 ms", data: ov.buckets.map((b) => b.p95_ms), borderColor: PALETTE[1], spanGaps: true },
         { label: "errors", data: ov.buckets.map((b) => b.errors), borderColor: PALETTE[3], yAxisID: "e", type: "bar", backgroundColor: "#b3261e55" },
+        { label: "refused", data: ov.buckets.map((b) => b.refused || 0), borderColor: PALETTE[5], yAxisID: "e", type: "bar", backgroundColor: "#8c6d1f55" },
       ],
     },
-    options: { animation: false, maintainAspectRatio: false, scales: { y: { beginAtZero: true }, e: { position: "right", beginAtZero: true, grid: { display: false } } } },
+    // log scale: a 300 ms model and a 30 s one both stay readable
+    options: { animation: false, maintainAspectRatio: false, scales: { y: { type: "logarithmic", ticks: logTicks(), title: { display: true, text: "ms (log)" } }, e: { position: "right", beginAtZero: true, grid: { display: false } } } },
   });
+  const spenders = [...new Set(ov.buckets.flatMap((b) => Object.keys(b.cost_by_model || {})))].sort();
+  chart("ov-spend-time", {
+    type: "bar",
+    data: {
+      labels,
+      datasets: spenders.map((m) => ({
+        label: m, data: ov.buckets.map((b) => (b.cost_by_model || {})[m] || 0), backgroundColor: modelColour(m),
+      })),
+    },
+    options: { animation: false, maintainAspectRatio: false, scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: "USD" } } } },
+  });
+  spendTable("#ov-spend-model", byModel);
+  spendTable("#ov-spend-key", byKey);
+}
+
+function modelTable(models) {
   $("#ov-models tbody").replaceChildren(
     ...models.map((m) =>
       el("tr", { dataset: { model: m.name } },
@@ -199,6 +264,35 @@ async function loadOverview() {
         el("td", { title: "where the irt policy takes this model's quality from" }, m.quality_source || "-"),
       )),
   );
+}
+function spendTable(sel, rows) {
+  const total = rows.reduce((s, r) => s + r.cost_usd, 0);
+  $(sel + " tbody").replaceChildren(
+    ...rows.map((r) => el("tr", { dataset: { group: r.group } },
+      el("td", {}, r.group), el("td", { class: "num" }, fmt.usd(r.cost_usd)),
+      el("td", {}, total > 0 ? fmt.pct(r.cost_usd / total) : "-", bar(total > 0 ? r.cost_usd / total : 0)),
+      el("td", { class: "num" }, r.requests))),
+  );
+  if (!rows.length) $(sel + " tbody").append(el("tr", {}, el("td", { colspan: 4 }, "No spend in this window.")));
+  sizeBars($(sel));
+}
+
+// Local MoE models: each layer's selections per expert (this replica, since it started).
+function expertTable(models) {
+  const rows = [];
+  for (const m of models.filter((x) => x.experts)) {
+    for (const [layer, load] of Object.entries(m.experts)) {
+      const total = load.selections.reduce((s, n) => s + n, 0);
+      const most = Math.max(...load.selections, 1);
+      rows.push(el("tr", { dataset: { model: m.name, layer } },
+        el("td", {}, m.name), el("td", {}, layer), el("td", { class: "num" }, fmt.num(load.imbalance, 2)),
+        el("td", { class: "experts" }, load.selections.map((n, i) =>
+          el("span", { class: "expert", title: `expert ${i}: ${n} selections` }, `${i}: ${total ? fmt.pct(n / total) : "-"}`, bar(n / most))))));
+    }
+  }
+  $("#ov-experts-box").hidden = !rows.length;
+  $("#ov-experts tbody").replaceChildren(...rows);
+  sizeBars($("#ov-experts"));
 }
 $("#ov-window").addEventListener("change", () => loadOverview().catch(banner));
 $("#ov-refresh").addEventListener("click", () => loadOverview().catch(banner));
@@ -220,7 +314,8 @@ async function loadRequests() {
         el("td", {}, r.model || "-"),
         el("td", { class: "num" }, `${fmt.usd(p.cost_usd)} / ${fmt.usd(r.cost_usd)}`),
         el("td", { class: "num" }, `${fmt.ms(p.latency_ms)} / ${fmt.ms(r.latency_ms)}`),
-        el("td", { class: "status-" + r.status }, r.status),
+        el("td", { class: "status-" + r.status, title: r.error || "" },
+          r.status === "refused" ? `refused: ${String(r.error || "").split(":")[0]}` : r.status),
         el("td", { class: "num" }, r.rating === null || r.rating === undefined ? "-" : fmt.num(r.rating, 2)),
       );
       tr.addEventListener("click", () => toggleDetail(tr, r.id));
@@ -253,7 +348,9 @@ function detailView(r) {
       r.fallbacks && r.fallbacks.length ? ` · fell back from ${r.fallbacks.join(", ")}` : "",
       r.error ? ` · error: ${r.error}` : "", r.cache ? ` · cache: ${r.cache}` : ""),
   ];
-  if (!d) {
+  if (r.status === "refused") {
+    parts.push(el("p", { class: "refusal" }, "Refused before any model was asked: ", r.error || "(no reason kept)"));
+  } else if (!d) {
     parts.push(el("p", {}, "No routing decision: the caller named the model."));
   } else {
     parts.push(el("h3", {}, "Ranked candidates"), el("table", { class: "grid decision-ranked" },
@@ -291,8 +388,7 @@ async function loadKeys() {
         el("td", { class: k.revoked ? "status-error" : "status-ok" }, k.revoked ? "revoked" : "active"), el("td", {}, revoke));
     }),
   );
-  // widths through the CSSOM: the page's CSP allows no inline style attributes
-  for (const s of document.querySelectorAll("#keys-table .bar > span")) s.style.width = 100 * Number(s.dataset.share) + "%";
+  sizeBars($("#keys-table"));
   const active = keys.filter((k) => !k.revoked).map((k) => k.name);
   $("#key-update select[name=name]").replaceChildren(...active.map((n) => el("option", { value: n }, n)));
 }
@@ -358,16 +454,21 @@ async function loadPolicies() {
     const id = "frontier-" + p.name.replace(/[^A-Za-z0-9_-]/g, "_");
     box.append(el("figure", { dataset: { policy: p.name } }, el("figcaption", {}, `${p.name}: quality vs. cost per prompt (AIQ ${fmt.num(p.eval.aiq, 4)})`), el("canvas", { id })));
     const singles = Object.entries(p.eval.single_models || {});
+    // log cost axis: models a hundred times apart in price; a free model sits at its left edge
+    const costs = [...p.eval.frontier.map((f) => f.cost_usd), ...singles.map(([, s]) => s.cost_usd), p.eval.oracle ? p.eval.oracle.cost_usd : 0];
+    const floor = Math.min(...costs.filter((c) => c > 0), 1) / 2;
+    const x = (c) => Math.max(c, floor);
+    const ink = "#000";
     chart(id, {
       type: "scatter",
       data: {
         datasets: [
-          { label: p.name, data: p.eval.frontier.map((f) => ({ x: f.cost_usd, y: f.quality })), showLine: true, borderColor: PALETTE[0], backgroundColor: PALETTE[0], pointRadius: 2 },
-          ...singles.map(([m, s], i) => ({ label: m, data: [{ x: s.cost_usd, y: s.quality }], pointRadius: 6, pointStyle: "rectRot", backgroundColor: PALETTE[(i + 1) % PALETTE.length] })),
-          ...(p.eval.oracle ? [{ label: "oracle", data: [{ x: p.eval.oracle.cost_usd, y: p.eval.oracle.quality }], pointRadius: 6, pointStyle: "star", borderColor: "#000" }] : []),
+          { label: p.name, data: p.eval.frontier.map((f) => ({ x: x(f.cost_usd), y: f.quality })), showLine: true, borderColor: ink, backgroundColor: ink, pointRadius: 2 },
+          ...singles.map(([m, s]) => ({ label: s.cost_usd > 0 ? m : `${m} (free)`, data: [{ x: x(s.cost_usd), y: s.quality }], pointRadius: 7, pointStyle: "rectRot", backgroundColor: modelColour(m), borderColor: modelColour(m) })),
+          ...(p.eval.oracle ? [{ label: "oracle", data: [{ x: x(p.eval.oracle.cost_usd), y: p.eval.oracle.quality }], pointRadius: 7, pointStyle: "star", borderColor: ink }] : []),
         ],
       },
-      options: { animation: false, maintainAspectRatio: false, scales: { x: { title: { display: true, text: "cost per prompt (USD)" } }, y: { title: { display: true, text: "quality" } } } },
+      options: { animation: false, maintainAspectRatio: false, scales: { x: { type: "logarithmic", ticks: logTicks("$"), title: { display: true, text: "cost per prompt (USD, log)" } }, y: { title: { display: true, text: "quality" } } } },
     });
   }
 }
@@ -424,7 +525,7 @@ async function sendOne(card, target, maxTokens) {
     card.dataset.id = data.id;
     card.append(
       el("div", { class: "meta" }, `${h("model")} · ${fmt.usd(Number(h("cost-usd")))} · ${fmt.ms(Number(h("latency-ms")))} · ${data.usage ? data.usage.total_tokens : "?"} tokens`),
-      el("div", { class: "rate" }, "Rate: ", [1, 0.5, 0].map((v) => el("button", { type: "button", class: "secondary", dataset: { rating: v }, onclick: () => rate(card, data.id, v) }, { 1: "good", 0.5: "ok", 0: "bad" }[v]))),
+      el("div", { class: "rate" }, "Rate: ", [1, 0.5, 0].map((v) => el("button", { type: "button", class: "secondary", dataset: { rating: v }, onclick: () => rate(card, data.id, v) }, RATINGS[v]))),
     );
   } catch (e) {
     text.textContent = e.message;
@@ -437,7 +538,7 @@ async function rate(card, id, rating) {
   if (old) old.remove();
   try {
     await api("/v1/feedback", { method: "POST", body: { id, rating } });
-    card.append(el("div", { class: "rated" }, `rated ${rating}`));
+    card.append(el("div", { class: "rated" }, `Rated ${RATINGS[rating]} (${rating} on a 0–1 scale): saved to the ledger`));
   } catch (e) {
     card.append(el("div", { class: "rated error" }, e.message));
   }
