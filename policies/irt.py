@@ -335,6 +335,32 @@ class IRTPolicy(LearnedPolicy):
         return q
 
 
+def planned_sources(
+    catalog: Sequence[ModelInfo], artifact: str | Path | None = None, abilities_file: str | Path | None = None
+) -> dict[str, str]:
+    """Where an irt policy serving `catalog` would take each model's quality from, read from the
+    artifact's metadata and the abilities file only (no encoder: for `moe-router models`)."""
+    from policies.artifacts import read_metadata
+
+    meta = read_metadata(artifact or shipped_artifact())
+    srcs = meta["state"].get("source_") or ["trained"] * len(meta["models"])
+    have = {m: s for m, s in zip(meta["models"], srcs, strict=False) if s != "prior"}
+    dim = int(meta["params"].get("dim", 0))
+    probed = meta["state"].get("probe_tasks_", [])
+    stored = read_abilities(abilities_file)
+    out = {}
+    for info in catalog:
+        if info.name in have:
+            out[info.name] = have[info.name]
+        elif info.name in stored and len(stored[info.name]["ability"]) == dim:
+            out[info.name] = "calibrated"
+        elif any(_task(k) in probed for k in info.benchmarks):
+            out[info.name] = "benchmarks"
+        else:
+            out[info.name] = "prior"
+    return out
+
+
 # ---- the abilities file ---------------------------------------------------------------------------
 def read_abilities(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """{model: {"ability": [...], "bias": b, ...}} from the abilities file; {} when absent/unreadable."""

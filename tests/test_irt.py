@@ -196,6 +196,8 @@ def test_route_cli_shows_the_quality_source(upstream, tmp_path):
     assert out["policy"] == "irt"
     src = {c["model"]: c["quality_source"] for c in out["candidates"]}
     assert src["bench"] == "benchmarks" and src["plain"] == "prior" and src["gpt-4-1106-preview"] == "trained"
+    rows = json.loads(invoke("models", "--config", str(cfg), "--no-check", "--json"))
+    assert {r["name"]: r["quality_source"] for r in rows} == src
 
 
 # ---- online: K calls through the gateway's dispatch, graded, fitted, served -----------------------
