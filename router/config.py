@@ -175,7 +175,8 @@ class AffinitySettings(_Strict):
 
 
 class RoutingSettings(_Strict):
-    default_policy: str = "category"
+    # irt: pretrained, scores a model by its calibrated ability, else benchmarks, else its category priors
+    default_policy: str = "irt"
     cost_weight: float = Field(0.2, ge=0, le=1)
     policies: dict[str, PolicySpec] = Field(default_factory=dict)
     # override the category policy's descriptions: {category: [example prompts]}

@@ -353,7 +353,7 @@ def test_policies_list_with_the_eval_frontier(upstream, start_gateway, tmp_path,
     pols = {p["name"]: p for p in gw.get("/admin/policies", headers=ADMIN).json()["data"]}
     assert {"cheapest", "thompson", "learned", "noeval"} <= set(pols)
     assert pols["thompson"]["online"] is True and pols["thompson"]["trained"] is False
-    assert pols["category"]["default"] is True
+    assert pols["irt"]["default"] is True
     ev = pols["learned"]["eval"]
     assert pols["learned"]["trained"] and pols["learned"]["models"] == ["cheap", "coder", "big"]
     assert len(ev["frontier"]) == 21 and 0 <= ev["aiq"] <= 1
