@@ -10,9 +10,10 @@ starts the settlement as a task of its own, later calls return that same task.
 
 `RequestHealth` is model health as one request sees it. A model's success in a request is held by
 the dispatcher and comes back with the request's outcome (`Charge.successes`), so its settlement
-records it in the same round trip. And the breaker's go-ahead for a model the request's own plan saw closed less than
-`CLOSED_FRESH_S` ago is that observation (a closed breaker lets every request through: asking
-again would only add a round trip); a retry, a half-open probe or an older plan asks the store.
+records it in the same round trip. And the breaker's go-ahead for a model the request's own plan
+saw closed less than `CLOSED_FRESH_S` ago (`Plan.breakers`, a `Seen`) is that observation (a
+closed breaker lets every request through: asking again would only add a round trip); a retry, a
+half-open probe or an older plan asks the store.
 Plans read the breakers and latencies through a per-replica snapshot kept `SNAPSHOT_TTL_S`
 (0.25 s): a breaker another replica opens is seen here within that long (the requests sent
 meanwhile fail over as before), one this replica opens is seen at once (a failure or a refused
@@ -27,7 +28,6 @@ waits for the settlements still running before the state store closes.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import logging
 import time
@@ -240,10 +240,13 @@ class Account:
                 return
 
 
-# models this request saw with a closed breaker, and when
-_closed: contextvars.ContextVar[tuple[float, set[str]] | None] = contextvars.ContextVar(
-    "moe_router_closed", default=None
-)
+@dataclass
+class Seen:
+    """The models a plan saw with a closed breaker, and when (monotonic): each one's first
+    go-ahead in the request that plan is for (router.dispatch takes it with the plan)."""
+
+    at: float
+    closed: set[str]
 
 
 class RequestHealth:
@@ -255,23 +258,30 @@ class RequestHealth:
         self.ttl_s = ttl_s
         self._snapshots: dict[tuple[str, ...], tuple[float, dict[str, ModelStatus]]] = {}
 
-    async def snapshot(self, models: Sequence[str]) -> dict[str, ModelStatus]:
+    async def _snapshot(self, models: Sequence[str]) -> tuple[float, dict[str, ModelStatus]]:
         key, now = tuple(models), time.monotonic()
         hit = self._snapshots.get(key)
         if hit is not None and now - hit[0] < self.ttl_s:
-            at, got = hit
-        else:
-            at, got = now, await self.inner.snapshot(models)
-            if len(self._snapshots) >= 256:  # model sets are few (policies x pools); stay bounded
-                self._snapshots.clear()
-            self._snapshots[key] = (at, got)
-        _closed.set((at, {m for m, st in got.items() if st.breaker == CLOSED}))
-        return dict(got)
+            return hit
+        got = await self.inner.snapshot(models)
+        if len(self._snapshots) >= 256:  # model sets are few (policies x pools); stay bounded
+            self._snapshots.clear()
+        self._snapshots[key] = (now, got)
+        return now, got
 
-    async def acquire(self, model: str) -> bool:
-        seen = _closed.get()
-        if seen is not None and model in seen[1] and time.monotonic() - seen[0] < CLOSED_FRESH_S:
-            seen[1].discard(model)  # once: a retry of the same model asks the store
+    async def snapshot(self, models: Sequence[str]) -> dict[str, ModelStatus]:
+        return dict((await self._snapshot(models))[1])
+
+    async def view(self, models: Sequence[str]) -> tuple[dict[str, ModelStatus], Seen]:
+        """What a plan reads: the models' status, and which breakers it saw closed."""
+        at, got = await self._snapshot(models)
+        return dict(got), Seen(at, {m for m, st in got.items() if st.breaker == CLOSED})
+
+    async def acquire(self, model: str, seen: Seen | None = None) -> bool:
+        """May `model` be tried now? `seen`: the request's plan's view, which answers for a model
+        it saw closed less than `CLOSED_FRESH_S` ago, once (a retry of it asks the store)."""
+        if seen is not None and model in seen.closed and time.monotonic() - seen.at < CLOSED_FRESH_S:
+            seen.closed.discard(model)
             return True
         ok = await self.inner.acquire(model)
         if not ok:

@@ -39,10 +39,10 @@ from adapters.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from router.account import RequestHealth, Seen
 from router.capacity import Capacity
 from router.config import DispatchSettings
 from router.errors import RateLimited, RouterError, ServiceUnavailable, UpstreamFailed
-from router.health import ModelHealth
 from router.metrics import Metrics
 from router.state.capacity import Full, Lease
 
@@ -130,7 +130,7 @@ class Dispatcher:
     def __init__(
         self,
         adapters: Mapping[str, Adapter],
-        health: ModelHealth,
+        health: RequestHealth,
         metrics: Metrics,
         settings: DispatchSettings,
         sleep: Callable[[float], object] = asyncio.sleep,
@@ -211,8 +211,10 @@ class Dispatcher:
         deadline: float,
         request_id: str,
         tokens: Callable[[str], int] | None = None,
+        seen: Seen | None = None,
     ) -> tuple[str, T, Attempts, float]:
         """Run `attempt(model)` down the candidates until one succeeds: (model, value, attempts, t0).
+        `seen`: the breakers the request's plan saw closed (its first go-ahead per model).
 
         The answering model's capacity lease is `attempts.lease`: the caller releases it when the
         request is over; every other lease taken here is released here, on every path."""
@@ -227,7 +229,7 @@ class Dispatcher:
             try:
                 err: BackendError | None = None
                 n = 0
-                while await self.health.acquire(model):
+                while await self.health.acquire(model, seen):
                     t0 = time.perf_counter()
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -278,6 +280,7 @@ class Dispatcher:
         request_id: str = "-",
         tokens: Callable[[str], int] | None = None,
         held: bool = False,
+        seen: Seen | None = None,
     ) -> tuple[str, ChatResult, Attempts, float]:
         """(model, result, attempts, latency_ms) from the first candidate that answers.
 
@@ -290,6 +293,7 @@ class Dispatcher:
             deadline if deadline is not None else self.deadline(),
             request_id,
             tokens,
+            seen,
         )
         latency_ms = (time.perf_counter() - t0) * 1000
         self.release(attempts, result.usage.total_tokens if result.usage else None)
@@ -306,6 +310,7 @@ class Dispatcher:
         request_id: str = "-",
         tokens: int = 0,
         held: bool = False,
+        seen: Seen | None = None,
     ) -> tuple[str, EmbedResult, Attempts, float]:
         """(model, result, attempts, latency_ms) from the first embedding model that answers."""
 
@@ -321,6 +326,7 @@ class Dispatcher:
             deadline if deadline is not None else self.deadline(),
             request_id,
             lambda _: tokens,
+            seen,
         )
         latency_ms = (time.perf_counter() - t0) * 1000
         self.release(attempts, result.usage.total_tokens or None)
@@ -335,6 +341,7 @@ class Dispatcher:
         deadline: float | None = None,
         request_id: str = "-",
         tokens: Callable[[str], int] | None = None,
+        seen: Seen | None = None,
     ) -> OpenStream:
         """Start streaming from the first candidate that yields content; fall back before that.
 
@@ -355,7 +362,12 @@ class Dispatcher:
             return head, it
 
         model, (head, rest), attempts, t0 = await self._first_success(
-            ranked, first_content, deadline if deadline is not None else self.deadline(), request_id, tokens
+            ranked,
+            first_content,
+            deadline if deadline is not None else self.deadline(),
+            request_id,
+            tokens,
+            seen,
         )
         return OpenStream(model, attempts, head, rest, t0)
 

@@ -199,6 +199,7 @@ class Executor:
             request_id=plan.request_id,
             tokens=self.tokens_for(plan),
             held=True,
+            seen=plan.breakers,
         )
         return result, self.outcome(
             plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
@@ -224,6 +225,7 @@ class Executor:
             request_id=plan.request_id,
             tokens=self.tokens_for(plan),
             held=True,
+            seen=plan.breakers,
         )
         first = self.outcome(
             plan, model, result.usage, result.text, latency_ms, attempts, result.expert_usage
@@ -244,6 +246,7 @@ class Executor:
                 request_id=plan.request_id,
                 tokens=self.tokens_for(plan),
                 held=True,
+                seen=plan.breakers,
             )
         except RouterError:
             first.cascade = f"escalation_failed:{cp.first}"
@@ -268,6 +271,7 @@ class Executor:
             request_id=plan.request_id,
             tokens=plan.prompt_tokens,
             held=True,
+            seen=plan.breakers,
         )
         usage = result.usage if result.usage.prompt_tokens else Usage(plan.prompt_tokens, 0)
         cost = self.specs[model].info().cost_usd(usage.prompt_tokens, 0)
@@ -290,6 +294,7 @@ class Executor:
             self.request_for(req, plan),
             request_id=plan.request_id,
             tokens=self.tokens_for(plan),
+            seen=plan.breakers,
         )
         handle = StreamHandle(
             plan, opened.model, list(opened.attempts.fallbacks), spilled=opened.attempts.spills()

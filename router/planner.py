@@ -24,6 +24,7 @@ from policies.decision import BUDGET, REQUEST, SERVICE, Decision, Exclusion, dec
 from router import constraints as C
 from router import tracing
 from router.access import Access, Caller
+from router.account import RequestHealth, Seen
 from router.config import ModelSpec, RouterConfig
 from router.embed_batcher import EmbedBatcher
 from router.errors import (
@@ -38,7 +39,6 @@ from router.errors import (
     ServiceUnavailable,
     UnknownParameter,
 )
-from router.health import ModelHealth
 from router.metrics import Metrics
 from router.params import ParamError, models_allowing
 from router.policy_set import PolicySet
@@ -86,6 +86,7 @@ class Plan:
     max_fallbacks: int = 2
     conversation: str | None = None  # affinity key: the conversation this request continues
     affinity: str | None = None  # kept | switched | new (routed requests with affinity on)
+    breakers: Seen | None = None  # the breakers this plan saw closed (its dispatch's first go-aheads)
 
     @property
     def policy(self) -> str | None:
@@ -117,7 +118,7 @@ class Planner:
         config: RouterConfig,
         policies: PolicySet,
         embedder: EmbedBatcher,
-        health: ModelHealth,
+        health: RequestHealth,
         access: Access,
         bandits: BanditState,
         sessions: Sessions,
@@ -187,7 +188,7 @@ class Planner:
                     code="wrong_model_kind",
                 )
             raise NotFound(f"the embedding model {model!r} does not exist", param="model")
-        status = await self.health.snapshot([model])
+        status, seen = await self.health.view([model])
         longest = max(C.estimate_tokens(t) for t in texts)
         blocked = C.exclusions(
             [spec],
@@ -209,6 +210,7 @@ class Planner:
             new_request_id(), Decision("", 0.0, [], []), "", tokens, routed=False, max_costs=max_costs
         )
         plan.output_caps = {model: 0}
+        plan.breakers = seen
         plan.decision = decide([model], [None], cost, latency, blocked=blocked, policy="")
         if not plan.decision.ranked:
             raise _named_model_error(plan.decision)
@@ -257,7 +259,7 @@ class Planner:
         bound, images = C.prompt_bytes(req), C.image_count(req.messages)
         out_tokens = req.output_limit()
         names = [name] if policy is None else list(self.specs)
-        status = await self.health.snapshot(names)
+        status, seen = await self.health.view(names)
         blocked = C.exclusions(
             [self.specs[n] for n in names],
             unavailable=self.unavailable,
@@ -286,6 +288,7 @@ class Planner:
             output_caps=caps,
             max_costs=max_costs,
             max_fallbacks=self.config.dispatch.max_fallbacks,
+            breakers=seen,
         )
         if policy is None:
             plan.decision = decide(names, [None], cost, latency, blocked=blocked, policy="")

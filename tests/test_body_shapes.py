@@ -138,3 +138,31 @@ def test_the_linear_strip_matches_the_regex_it_replaces():
     doc = "[ctx]a[/ctx] " + "w " * 50_000 + "[ctx]b[/ctx] the ask"
     assert routing_text([Message(role="user", content=doc)], strip=custom).endswith("the ask")
     assert "[ctx]" not in routing_text([Message(role="user", content=doc)], strip=custom)
+
+
+@pytest.mark.parametrize(
+    "path,make",
+    [
+        (
+            "/v1/messages",
+            lambda text: {
+                "model": "router",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": text}],
+            },
+        ),
+        ("/v1/responses", lambda text: {"model": "router", "input": text, "store": False}),
+        ("/v1/route", lambda text: {"messages": [{"role": "user", "content": text}]}),
+    ],
+)
+def test_repeated_open_tags_on_every_format(big_gateway, path, make):
+    import json
+
+    text = "<system-reminder>" * 58_000 + ASK
+    body = json.dumps(make(text)).encode()
+    answers, at = asyncio.run(_while_processing(big_gateway.url, path, body, 4))
+    assert at < 4
+    for r in answers:
+        assert r.status_code == 200, r.text[:300]
+    if path == "/v1/route":
+        assert answers[0].json()["routing_text"].endswith(ASK)

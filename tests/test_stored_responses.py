@@ -244,3 +244,27 @@ def test_an_outage_makes_reads_a_503_and_skips_writes():
         asyncio.run(run())
     finally:
         srv.stop()
+
+
+def test_input_items_list_function_calls_and_their_outputs(upstream, start_gateway):
+    upstream.behave("oa", use_tools=True)
+    gw = start_gateway(make_config(upstream.base_url, models=pool(upstream)))
+    o = oai(gw, "unused")
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+    r1 = o.responses.create(model="oa", input="find x", tools=tools)
+    (call,) = [i for i in r1.output if i.type == "function_call"]
+    r2 = o.responses.create(
+        model="oa",
+        previous_response_id=r1.id,
+        tools=tools,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "the Seine"}],
+    )
+    items = o.responses.input_items.list(r2.id, order="asc").data
+    assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
+    assert items[1].call_id == call.call_id and items[1].name == "lookup"
+    assert items[2].call_id == call.call_id and items[2].output == "the Seine"
+    assert len({i.id for i in items}) == 3  # every item has its own id (pagination cursors)
+    # the replayed conversation carries the call and its output to the model
+    sent = upstream.calls("oa")[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["id"] == call.call_id

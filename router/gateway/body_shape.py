@@ -30,15 +30,19 @@ _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _TURNS = {"messages": None, "input": "/v1/responses"}
 
 
-def check_size(raw: bytes, *, max_containers: int) -> None:
+def check_size(raw: bytes, *, max_containers: int) -> int:
     """Refuse, before parsing, a body with more objects and arrays than allowed: parsing alone
     costs about half a microsecond per container (a 1 MB body can hold 300k). Brackets are counted
-    outside strings; the cheap count with them is tried first."""
-    if raw.count(b"{") + raw.count(b"[") <= max_containers:
-        return
+    outside strings; the cheap count with them is tried first. Returns an upper bound on the
+    body's containers."""
+    bound = raw.count(b"{") + raw.count(b"[")
+    if bound <= max_containers:
+        return bound
     bare = _STRING.sub(b"", raw)
-    if bare.count(b"{") + bare.count(b"[") > max_containers:
+    bound = bare.count(b"{") + bare.count(b"[")
+    if bound > max_containers:
         raise _too_many(max_containers)
+    return bound
 
 
 def _too_many(max_containers: int) -> PayloadTooLarge:
@@ -48,11 +52,22 @@ def _too_many(max_containers: int) -> PayloadTooLarge:
 
 
 def check_shape(
-    body: Any, path: str, *, max_depth: int, max_containers: int, max_messages: int, max_tools: int
+    body: Any,
+    path: str,
+    *,
+    max_depth: int,
+    max_containers: int,
+    max_messages: int,
+    max_tools: int,
+    bound: int | None = None,
 ) -> None:
-    """Raise a RouterError when `body` (parsed JSON) is deeper or larger in shape than allowed."""
+    """Raise a RouterError when `body` (parsed JSON) is deeper or larger in shape than allowed.
+    `bound`: at most this many containers (`check_size`): when that is within the depth bound too,
+    nothing needs walking (a body cannot nest deeper than it has containers)."""
     if isinstance(body, dict):
         _check_lengths(body, path, max_messages, max_tools)
+    if bound is not None and bound <= min(max_depth, max_containers):
+        return
     seen = 0
     stack: list[tuple[Any, int]] = [(body, 1)]
     while stack:

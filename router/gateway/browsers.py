@@ -79,10 +79,11 @@ class BrowserGuard:
                 status=421,
                 code="host_not_allowed",
             )
-        origin = headers.get(b"origin")
-        browser = origin is not None or any(k.startswith(b"sec-fetch-") for k in headers)
-        if not browser or method not in UNSAFE_METHODS:
+        if method not in UNSAFE_METHODS:
             return None
+        origin = headers.get(b"origin")
+        if origin is None and not any(k.startswith(b"sec-fetch-") for k in headers):
+            return None  # not a browser
         if not self._allowed(origin) and self._cross_site(origin, headers):
             return Forbidden(
                 "cross-site requests cannot use this gateway: a web page may call it only from its own "

@@ -153,10 +153,10 @@ class Edge:
             chunks = [data]
             try:
                 if self.shape_limits is not None:
-                    check_size(data, max_containers=self.shape_limits["max_containers"])
+                    bound = check_size(data, max_containers=self.shape_limits["max_containers"])
                 parsed = orjson.loads(data)
                 if self.shape_limits is not None:
-                    check_shape(parsed, path, **self.shape_limits)
+                    check_shape(parsed, path, **self.shape_limits, bound=bound)
             except orjson.JSONDecodeError:
                 pass  # the route answers 400 invalid_json, naming the fault
             except RouterError as e:
