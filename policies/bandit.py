@@ -17,7 +17,8 @@ the bandit learns only the unknown part, quality, and leaves cost, constraints a
 
 Warm start: the bandit learns the *residual* of a prior quality: the catalogue's prior per model
 (config `quality.default`) or, with `warm_start: <artifact dir>`, a trained policy's calibrated
-predictions. An untrained bandit therefore routes like its prior and explores around it.
+predictions; `warm_start: irt` (or an irt artifact) starts from the pool-agnostic `irt` policy,
+i.e. each model's calibrated ability (docs/learned-policies.md, "Zero-shot routing"). An untrained bandit therefore routes like its prior and explores around it.
 
 Exploration and propensity: `action_probabilities` gives the exact probability of each arm, which
 the engine samples from and logs (`RequestRecord.propensity`) for off-policy evaluation:
@@ -53,6 +54,7 @@ class LinearBandit(PriorPolicy):
         warm_start: str | None = None,
         seed: int = 0,
         encoder: Any = None,
+        abilities_file: str | None = None,
     ):
         if dim < 1 or ridge <= 0 or alpha < 0 or not 0 <= epsilon <= 1 or samples < 1:
             raise ValueError("bandit needs dim >= 1, ridge > 0, alpha >= 0, 0 <= epsilon <= 1, samples >= 1")
@@ -64,6 +66,7 @@ class LinearBandit(PriorPolicy):
         self.warm_start = warm_start
         self.seed = int(seed)
         self.encoder = encoder
+        self.abilities_file = abilities_file
 
     # ---- set-up ----------------------------------------------------------------------------------
     def fit(self, catalog: Sequence[ModelInfo]) -> LinearBandit:
@@ -72,8 +75,14 @@ class LinearBandit(PriorPolicy):
         self.warm_ = None
         if self.warm_start:
             from policies.artifacts import load_policy
+            from policies.irt import shipped_artifact
 
-            warm = load_policy(self.warm_start, encoder=self.encoder)
+            # "irt": the pretrained pool-agnostic policy, so the prior is each model's calibrated
+            # ability (or benchmarks, or category priors), as the gateway's `irt` serves it
+            src = shipped_artifact() if self.warm_start == "irt" else self.warm_start
+            warm = load_policy(src, encoder=self.encoder)
+            if hasattr(warm, "attach_pool"):
+                warm.attach_pool(self.catalog_, self.abilities_file)
             self.warm_ = (warm, [warm.models_.index(m) if m in warm.models_ else -1 for m in self.models_])
         self.reset()
         return self

@@ -28,6 +28,9 @@ class ModelInfo:
     description: str = ""
     # USD per 1M prompt tokens read from the provider's prompt cache (None: the input price)
     cached_input_price_per_1m: float | None = None
+    # public benchmark scores (mmlu, gsm8k, arc_challenge, humaneval; 0..1 or percent): the `irt`
+    # policy's ability for a model it has no calibration for
+    benchmarks: dict[str, float] = field(default_factory=dict)
 
     def prior(self, category: str = "default") -> float:
         return self.quality.get(category, self.quality.get("default", 0.5))

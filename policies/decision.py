@@ -119,6 +119,9 @@ class Decision:
     excluded: list[Candidate]
     # what the gateway adds to the record: the vendor name an alias routed, a switch's lost cache
     notes: dict = field(default_factory=dict)
+    # model -> where its predicted quality comes from (the irt policy: trained, calibrated,
+    # benchmarks, feedback, or prior = its category priors); empty for other policies
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -149,9 +152,14 @@ class Decision:
             "policy": self.policy,
             "cost_weight": _finite(self.cost_weight),
             "model": chosen.model if chosen else None,
-            "candidates": [c.as_dict() for c in self.ranked],
-            "excluded": [c.as_dict() for c in self.excluded],
+            "candidates": [self._with_source(c.as_dict()) for c in self.ranked],
+            "excluded": [self._with_source(c.as_dict()) for c in self.excluded],
         }
+
+    def _with_source(self, d: dict) -> dict:
+        if d["model"] in self.sources:
+            d["quality_source"] = self.sources[d["model"]]
+        return d
 
     def compact(self) -> dict:
         """What the ledger keeps of a decision: the ranking and why the others were left out,

@@ -16,6 +16,7 @@ POLICIES: dict[str, str] = {
     "logistic": "policies.logistic:LogisticPolicy",
     "mlp": "policies.mlp:MLPPolicy",
     "mf": "policies.mf:MFPolicy",
+    "irt": "policies.irt:IRTPolicy",
     "bt": "policies.bradley_terry:BradleyTerryPolicy",
     "cluster": "policies.cluster:ClusterPolicy",
     "routerdc": "policies.routerdc:RouterDCPolicy",

@@ -100,6 +100,9 @@ class ModelSpec(_Strict):
     quality: dict[str, float] = Field(default_factory=lambda: {"default": 0.5})  # prior per category, 0..1
     latency_ms: float | None = Field(None, gt=0)  # prior typical latency until measured
     description: str = ""
+    # public benchmark scores (mmlu, gsm8k, arc_challenge, humaneval: 0..1 or percent): the `irt`
+    # policy maps them to an ability when the model has no calibration (docs/learned-policies.md)
+    benchmarks: dict[str, float] = Field(default_factory=dict)
     # request parameters beyond the OpenAI set that clients may send to this model (they reach
     # its backend only); names that choose a destination, credentials or headers are refused
     allow_params: list[str] = Field(default_factory=list)
@@ -206,7 +209,8 @@ class AffinitySettings(_Strict):
 
 
 class RoutingSettings(_Strict):
-    default_policy: str = "category"
+    # irt: pretrained, scores a model by its calibrated ability, else benchmarks, else its category priors
+    default_policy: str = "irt"
     cost_weight: float = Field(0.2, ge=0, le=1)
     policies: dict[str, PolicySpec] = Field(default_factory=dict)
     # override the category policy's descriptions: {category: [example prompts]}
@@ -215,6 +219,15 @@ class RoutingSettings(_Strict):
     # agents inject into the user's turn that are not the person's ask
     strip_patterns: list[str] = Field(default_factory=lambda: [r"<system-reminder>.*?</system-reminder>"])
     affinity: AffinitySettings = Field(default_factory=AffinitySettings)
+    # the `irt` policy's per-model abilities written by `moe-router calibrate` (read while serving;
+    # default: $XDG_DATA_HOME/moe-router/abilities.json, i.e. ~/.local/share/moe-router/)
+    abilities_file: str | None = None
+
+    def abilities_path(self) -> Path:
+        if self.abilities_file:
+            return Path(self.abilities_file).expanduser()
+        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(data) / "moe-router" / "abilities.json"
 
     @field_validator("strip_patterns")
     @classmethod

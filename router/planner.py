@@ -366,6 +366,8 @@ class Planner:
                 blocked=blocked,
                 policy=name,
             )
+            if hasattr(policy, "sources"):  # irt: where each model's predicted quality comes from
+                decision.sources = policy.sources()
         if not decision.ranked:
             kind, message, param = decision.failure()
             if kind == REQUEST:

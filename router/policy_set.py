@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 
 from policies.base import ModelInfo, Policy, PriorPolicy
 from policies.encoders import DEFAULT, PromptEncoder
@@ -18,7 +19,7 @@ STATIC_CATEGORY = (
     "minilm-static (none of HumanEval's code prompts went to 'code', 71% with MiniLM); make the "
     "default a policy fitted with it: moe-router train ... --encoder minilm-static"
 )
-BUILTIN = ("category", "cheapest", "strongest", "random", "rules", "linucb", "thompson")
+BUILTIN = ("category", "irt", "cheapest", "strongest", "random", "rules", "linucb", "thompson")
 
 
 class PolicyError(ValueError):
@@ -35,6 +36,7 @@ def model_info(spec: ModelSpec) -> ModelInfo:
         latency_ms=spec.latency_ms,
         description=spec.description,
         cached_input_price_per_1m=spec.cached_input_price(),
+        benchmarks=dict(spec.benchmarks),
     )
 
 
@@ -62,9 +64,23 @@ def build_policy(
     catalog: Sequence[ModelInfo],
     encoder: PromptEncoder,
     warnings: list[str] | None = None,
+    abilities_file: Path | None = None,
+    categories: dict | None = None,
 ) -> Policy:
     """The policy `spec` describes. An artifact model with no pool model (after `model_map`) is
-    appended to `warnings` and not routed to; an artifact with none in the pool is refused."""
+    appended to `warnings` and not routed to; an artifact with none in the pool is refused.
+    A pool-agnostic policy (`irt`: `attach_pool`) serves every pool model instead, from the
+    wheel's pretrained artifact when `spec` names none."""
+    if _pool_agnostic(spec):
+        from policies.artifacts import load_policy
+        from policies.irt import shipped_artifact
+
+        artifact = spec.artifact or str(shipped_artifact())
+        try:
+            policy = mapped(load_policy(artifact, encoder=encoder, **spec.params), spec.model_map)
+            return policy.attach_pool(catalog, abilities_file, categories)
+        except (OSError, ValueError) as e:
+            raise PolicyError(f"policy {name!r}: cannot load artifact {artifact}: {e}") from None
     if spec.artifact:
         from policies.artifacts import load_policy  # learned policies: the artifact holds the fitted state
 
@@ -88,8 +104,11 @@ def build_policy(
     try:
         cls = policy_class(spec.type)
         params = dict(spec.params)
-        if "encoder" in inspect.signature(cls.__init__).parameters:
+        accepts = inspect.signature(cls.__init__).parameters
+        if "encoder" in accepts:
             params["encoder"] = encoder
+        if "abilities_file" in accepts and abilities_file is not None:
+            params.setdefault("abilities_file", str(abilities_file))
         policy = cls(**params)
     except (TypeError, ValueError) as e:
         raise PolicyError(f"policy {name!r}: {e}") from None
@@ -105,6 +124,18 @@ def build_policy(
     return policy
 
 
+def _pool_agnostic(spec: PolicySpec) -> bool:
+    """An `irt` policy (by type: the wheel's artifact; or an irt artifact): it serves any pool."""
+    if spec.type:
+        return spec.type == "irt"
+    from policies.artifacts import read_metadata
+
+    try:
+        return read_metadata(spec.artifact)["type"] == "irt"
+    except (OSError, ValueError):
+        return False  # load_policy below says what is wrong with it
+
+
 class PolicySet:
     def __init__(self, config: RouterConfig, encoder: PromptEncoder):
         catalog = [model_info(m) for m in config.chat_models()]
@@ -114,12 +145,27 @@ class PolicySet:
         specs.update(config.routing.policies)
         # what start-up and `config validate` report: artifact models this pool does not serve
         self.warnings: list[str] = []
-        self._policies = {n: build_policy(n, s, catalog, encoder, self.warnings) for n, s in specs.items()}
-        if config.routing.default_policy not in self._policies:
+        abilities = config.routing.abilities_path()
+        cats = config.routing.categories
+        self._policies = {}
+        for n, s in specs.items():
+            try:
+                self._policies[n] = build_policy(n, s, catalog, encoder, self.warnings, abilities, cats)
+            except PolicyError as e:
+                # the built-in irt needs the encoder its pretrained artifact was fitted with: with
+                # another one it is left out (a default irt falls back to category, said at start)
+                if n in config.routing.policies or n != "irt":
+                    raise
+                if config.routing.default_policy == "irt":
+                    self.warnings.append(f"{e}; routing.default_policy irt falls back to category")
+        default = config.routing.default_policy
+        if default == "irt" and "irt" not in self._policies:
+            default = "category"
+        if default not in self._policies:
             raise PolicyError(
                 f"routing.default_policy {config.routing.default_policy!r} is not a known policy: {self.names}"
             )
-        self.default = config.routing.default_policy
+        self.default = default
         if self.default == "category" and encoder.build == "static":
             self.warnings.append(STATIC_CATEGORY)
 

@@ -303,6 +303,8 @@ def test_models_show_health_and_breakers(gw, upstream):
         and "MOE_TEST_NEVER_SET_KEY" in models["keyless"]["unavailable_reason"]
     )
     assert models["big"]["input_price_per_1m"] == 10.0
+    # the built-in irt policy has no ability for the test pool's models: their category priors
+    assert models["big"]["quality_source"] == "prior"
 
 
 def test_policies_list_with_the_eval_frontier(upstream, start_gateway, tmp_path, encoder, monkeypatch):
@@ -322,7 +324,7 @@ def test_policies_list_with_the_eval_frontier(upstream, start_gateway, tmp_path,
     pols = {p["name"]: p for p in gw.get("/admin/policies", headers=ADMIN).json()["data"]}
     assert {"cheapest", "thompson", "learned", "noeval"} <= set(pols)
     assert pols["thompson"]["online"] is True and pols["thompson"]["trained"] is False
-    assert pols["category"]["default"] is True
+    assert pols["irt"]["default"] is True
     ev = pols["learned"]["eval"]
     assert pols["learned"]["trained"] and pols["learned"]["models"] == ["cheap", "coder", "big"]
     assert len(ev["frontier"]) == 21 and 0 <= ev["aiq"] <= 1

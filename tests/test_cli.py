@@ -19,7 +19,7 @@ def test_route_prints_the_decision(tmp_path, upstream):
     r = run("route", "Write a Python quicksort function.", "--config", str(cfg), "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["model"] == "coder" and d["policy"] == "category"
+    assert d["model"] == "coder" and d["policy"] == "irt"
     assert {c["model"] for c in d["excluded"]} == {"keyless"}
     r = run("route", "hello", "--config", str(cfg), "--policy", "cheapest")
     assert r.returncode == 0 and "-> cheap" in r.stdout.splitlines()[0]

@@ -20,7 +20,7 @@ def test_embedded_default_works_without_keys(monkeypatch):
     local = cfg.model("smollm2-135m")
     assert local is not None and local.backend == "transformers" and local.missing_env() == []
     assert cfg.model("gpt-4o").missing_env() == ["OPENAI_API_KEY"]
-    assert cfg.routing.default_policy == "category"
+    assert cfg.routing.default_policy == "irt"
     assert cfg.state == "memory" and cfg.auth.require_keys is False
 
 

@@ -205,7 +205,7 @@ def test_policies_show_the_frontier(gw, page):
     login(page, gw.url)
     page.click("nav a[data-page=policies]")
     page.wait_for_selector("#pol-table tr[data-policy=learned]")
-    assert "default" in page.text_content("#pol-table tr[data-policy=category]")
+    assert "default" in page.text_content("#pol-table tr[data-policy=irt]")
     page.wait_for_selector("#pol-frontiers figure[data-policy=learned] canvas")
     drawn = page.evaluate(
         "Chart.getChart(document.querySelector('#pol-frontiers canvas')).data.datasets[0].data.length"

@@ -359,7 +359,7 @@ def test_serve_says_what_it_started_and_keeps_secrets_and_chatter_out(tmp_path, 
     assert f"config {cfg}" in text
     assert re.search(r"keyless +openai +unavailable: set MOE_TEST_NEVER_SET_KEY", text)
     assert re.search(r"cheap +openai +available", text)
-    assert "default policy: category" in text and "state: memory" in text and "ledger:" in text
+    assert "default policy: irt" in text and "state: memory" in text and "ledger:" in text
     assert f"listening on http://localhost:{port}" in text
     assert f"request id={request_id} " in text  # the per-request line
     for secret in ("sk-literal-h3-secret", "mk-h3-master-secret", "zebra"):

@@ -22,7 +22,7 @@ def test_routed_answer_has_routing_headers(gateway, upstream):
     )
     resp = raw.parse()
     h = headers_of(raw)
-    assert h["x-moe-router-policy"] == "category"
+    assert h["x-moe-router-policy"] == "irt"  # the default: category priors until calibrated
     assert h["x-moe-router-routed"] == "true"
     chosen = h["x-moe-router-model"]
     assert resp.model == chosen
@@ -156,7 +156,7 @@ def test_route_endpoint_ranks_without_calling(gateway, upstream):
     )
     assert r.status_code == 200
     d = r.json()
-    assert d["policy"] == "category"
+    assert d["policy"] == "irt"
     assert d["model"] == d["candidates"][0]["model"]
     ranked = [c["model"] for c in d["candidates"]]
     assert set(ranked) == {"coder", "big"}

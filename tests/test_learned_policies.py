@@ -272,7 +272,14 @@ def test_the_zero_shot_default_on_the_static_encoder_is_warned_about():
     fast._st = StaticModel(tok, np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 8)))
     upstream = "http://127.0.0.1:9/v1"
     static = make_config(upstream, encoder={"model": "minilm-static"})
-    assert PolicySet(static, fast).warnings == [STATIC_CATEGORY]
+    # the default irt needs the encoder its artifact was fitted with: it falls back to category
+    irt, category = PolicySet(static, fast).warnings
+    assert "falls back to category" in irt and category == STATIC_CATEGORY
+    assert PolicySet(static, fast).default == "category"
+    explicit = make_config(
+        upstream, encoder={"model": "minilm-static"}, routing={"default_policy": "category"}
+    )
+    assert PolicySet(explicit, fast).warnings == [STATIC_CATEGORY]
     fitted_default = make_config(
         upstream, encoder={"model": "minilm-static"}, routing={"default_policy": "cheapest"}
     )

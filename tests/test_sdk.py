@@ -28,7 +28,7 @@ def sdk(upstream, encoder):
 
 def test_route_without_calling(sdk, upstream):
     d = sdk.route(CODE)
-    assert d.chosen.model == "coder" and d.policy == "category"
+    assert d.chosen.model == "coder" and d.policy == "irt"
     assert sdk.route(CODE, policy="cheapest").chosen.model == "cheap"
     assert sdk.route(CODE, policy="strongest", excluded_models=["big"]).chosen.model == "coder"
     assert upstream.calls() == []
@@ -37,7 +37,7 @@ def test_route_without_calling(sdk, upstream):
 def test_chat_and_feedback(sdk, upstream):
     r = sdk.chat(CODE, max_tokens=50)
     assert r.model == "coder" and r.content == f"coder: {CODE}"
-    assert r.cost_usd > 0 and r.usage.completion_tokens > 0 and r.policy == "category"
+    assert r.cost_usd > 0 and r.usage.completion_tokens > 0 and r.policy == "irt"
     assert r.decision.chosen.model == "coder"
     sdk.feedback(r.id, 1.0)
     direct = sdk.chat([{"role": "user", "content": "hi"}], model="big")

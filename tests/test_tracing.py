@@ -52,7 +52,7 @@ def test_a_routed_request_is_one_span_with_its_stages_as_children(start_gateway,
     assert all(s.context.trace_id == root.context.trace_id for s in children.values())
     a = root.attributes
     assert a["moe_router.model"] == resp.model == "coder"
-    assert a["moe_router.policy"] == "category" and a["moe_router.kind"] == "chat"
+    assert a["moe_router.policy"] == "irt" and a["moe_router.kind"] == "chat"
     assert a["moe_router.request_id"] == resp.id and a["moe_router.status"] == "ok"
     decision = gw.post(
         "/v1/route", json={"messages": [{"role": "user", "content": "Write a Python quicksort function."}]}

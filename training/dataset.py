@@ -129,11 +129,11 @@ class RoutingDataset:
             "models": list(self.models),
             "observed_cells": int(self.mask.sum()),
             "masked_cells": int((~self.mask).sum()),
-            "mean_quality": {m: _r(np.nanmean(q[:, j])) for j, m in enumerate(self.models)},
+            "mean_quality": {m: _r(_nanmean(q[:, j])) for j, m in enumerate(self.models)},
             "load": self.report.as_dict(),
         }
         if self.cost is not None:
-            d["mean_cost_usd"] = {m: _r(np.nanmean(self.cost[:, j]), 9) for j, m in enumerate(self.models)}
+            d["mean_cost_usd"] = {m: _r(_nanmean(self.cost[:, j]), 9) for j, m in enumerate(self.models)}
         return d
 
     # ---- selection -----------------------------------------------------------------------------
@@ -227,6 +227,12 @@ class RoutingDataset:
                         b.append(obs[v])
                         y.append(1.0 if qa > qb else 0.0)
         return np.array(pi, dtype=int), np.array(a, dtype=int), np.array(b, dtype=int), np.array(y)
+
+
+def _nanmean(a: np.ndarray) -> float:
+    """The mean of the finite values; NaN (no warning) when there are none (a masked column)."""
+    ok = np.isfinite(a)
+    return float(a[ok].mean()) if ok.any() else float("nan")
 
 
 def _r(x: float, nd: int = 4) -> float | None:

@@ -40,6 +40,7 @@ def _root(
 
 # command modules register themselves on `app` when imported
 from router.cli import (  # noqa: E402,F401
+    calibrate,
     config_cmd,
     export,
     keys,

@@ -62,6 +62,7 @@ def route(
         lat = "-" if c["predicted_latency_ms"] is None else f"{c['predicted_latency_ms']:.0f}"
         typer.echo(
             f"{c['model']:<28} {c['predicted_quality']:>8.3f} {c['predicted_cost_usd']:>11.3g} {lat:>10}  {c['score']:.4f}"
+            + (f"  (quality: {c['quality_source']})" if "quality_source" in c else "")
         )
     for c in d["excluded"]:
         why = "; ".join(e["message"] for e in c["excluded"])

@@ -84,6 +84,18 @@ def _renamed(ds, mapping: dict[str, str]):
     return replace(ds, models=models, responses=responses)
 
 
+def _without_labels(ds, models: list[str]):
+    """The data with `models`' quality cells masked (a leave-one-model-out training set)."""
+    from dataclasses import replace
+
+    unknown = [m for m in models if m not in ds.models]
+    if unknown:
+        raise UserError(f"--exclude-model: {unknown} not in the data; it has {ds.models}")
+    mask = ds.mask.copy()
+    mask[:, [ds.models.index(m) for m in models]] = False
+    return replace(ds, mask=mask)
+
+
 @app.command("train")
 def train_cmd(
     policy: str = typer.Option(
@@ -107,6 +119,12 @@ def train_cmd(
         help="YAML/JSON {data model name: pool model name}: the artifact scores the pool's names "
         "(models it leaves out keep theirs)",
     ),
+    exclude_model: list[str] | None = typer.Option(
+        None,
+        "--exclude-model",
+        help="train without this model's quality labels (repeatable; its costs stay): irt keeps it at "
+        "the mean ability until `moe-router calibrate` fits it",
+    ),
 ) -> None:
     """Fit a learned policy on routing data and write its artifact directory."""
     from policies.artifacts import save_policy
@@ -120,6 +138,8 @@ def train_cmd(
     ds = _data(data, fmt, allow_pickle, keep_contaminated, prices)
     if mapping:
         ds = _renamed(ds, mapping)
+    if exclude_model:
+        ds = _without_labels(ds, exclude_model)
     p = train(policy, ds, enc, params, cache=not no_cache, progress=True)
     save_policy(p, out, encoder=enc, metrics=p.metrics_, data={**ds.describe(), "model_map": mapping})
     cal = p.metrics_.get("calibration", {})

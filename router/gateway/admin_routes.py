@@ -291,6 +291,8 @@ def admin_routes(engine: Engine) -> APIRouter:
     async def models():
         names = [m.name for m in config.models]
         health = await store.health.snapshot(names)
+        irt = engine.policies.get("irt")  # where its quality comes from: trained, calibrated, ...
+        sources = irt.sources() if irt is not None and hasattr(irt, "sources") else {}
         experts = engine.metrics.expert_load()  # this replica's, since it started
         out = []
         for spec in config.models:
@@ -305,6 +307,7 @@ def admin_routes(engine: Engine) -> APIRouter:
                     "input_price_per_1m": spec.input_price_per_1m,
                     "output_price_per_1m": spec.output_price_per_1m,
                     "quality": spec.quality.get("default") if spec.quality else None,
+                    "quality_source": sources.get(spec.name),
                     "context_window": spec.context_window,
                     "breaker": h.breaker if h else None,
                     "latency_ewma_ms": h.ewma_ms if h else None,

@@ -261,6 +261,7 @@ function modelTable(models) {
         el("td", { class: "num" }, fmt.ms(m.latency_p95_ms)),
         el("td", { class: "num" }, m.samples),
         el("td", { class: "num" }, `${m.input_price_per_1m} / ${m.output_price_per_1m}`),
+        el("td", { title: "where the irt policy takes this model's quality from" }, m.quality_source || "-"),
       )),
   );
 }

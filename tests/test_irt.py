@@ -1,0 +1,255 @@
+"""The pool-agnostic `irt` policy: fitting, abilities of new models (offline and online
+calibration, public benchmark numbers), and the order in which a pool model's quality is found."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from policies.base import PromptBatch
+from policies.calibration import grade, load_items, pick
+from policies.irt import IRTPolicy, read_abilities, write_ability
+from router.cli import app
+from tests.conftest import make_config, priced_model
+from tests.training_fixtures import HELD_OUT, planted, write_routerbench
+from training.dataset import RoutingDataset
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+
+
+# ---- fitting on synthetic IRT data ----------------------------------------------------------------
+def synthetic(n=800, d=12, k=2, m=6, seed=0):
+    """Prompts (unit vectors) and models drawn from the model itself; the truth P is returned."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    S, w = rng.normal(size=(d, k)) * 2, rng.normal(size=d) * 2
+    A, b = rng.normal(size=(m, k)), rng.normal(size=m)
+    P = 1 / (1 + np.exp(-(X @ S @ A.T + b - (X @ w)[:, None])))
+    Y = (rng.random((n, m)) < P).astype(float)
+    return X, Y, P
+
+
+@pytest.fixture(scope="module")
+def fitted_synthetic():
+    X, Y, P = synthetic()
+    mask = np.ones_like(Y, bool)
+    mask[:, -1] = False  # the last model's labels are withheld: it is the "new" model
+    ds = RoutingDataset(
+        texts=[f"p{i}" for i in range(len(X))],
+        models=[f"m{j}" for j in range(Y.shape[1])],
+        quality=Y,
+        mask=mask,
+        meta={"task": list(np.where(X[:, 0] > 0, "mmlu", "gsm8k"))},
+    )
+    policy = IRTPolicy(dim=3, hidden=16, epochs=60, lr=1e-2).fit(ds, embeddings=X)
+    return policy, X, Y, P
+
+
+def test_fit_learns_the_trained_models_and_holds_out_the_unlabelled_one(fitted_synthetic):
+    policy, X, _, P = fitted_synthetic
+    S = policy._scores(X)
+    for j in range(P.shape[1] - 1):
+        assert np.corrcoef(S[:, j], P[:, j])[0, 1] > 0.85
+    assert policy.source_ == ["trained"] * 5 + ["prior"]
+    # the unlabelled model sits at the trained models' mean ability
+    assert np.allclose(policy.ability_[-1], policy.ability_mean_[:-1], atol=1e-5)
+    assert policy.probe_tasks_ == ["mmlu", "gsm8k"]
+
+
+def test_fit_ability_with_the_prompt_side_frozen_improves_with_k(fitted_synthetic):
+    policy, X, Y, P = fitted_synthetic
+    prompt_side = policy.prompt_side(X)
+    rng = np.random.default_rng(1)
+    corr = {}
+    for k in (10, 300):
+        idx = rng.choice(len(X), k, replace=False)
+        a, b = policy.fit_ability(X[idx], Y[idx, -1])
+        s, d = prompt_side
+        corr[k] = np.corrcoef(s @ a + b - d, P[:, -1])[0, 1]
+    assert corr[300] > 0.85 and corr[300] > corr[10]
+    assert all(np.array_equal(u, v) for u, v in zip(prompt_side, policy.prompt_side(X), strict=True))
+
+
+def test_ability_from_benchmarks_matches_the_scores_it_is_given(fitted_synthetic):
+    policy, X, _, P = fitted_synthetic
+    # the withheld model's true accuracy per task, as a public leaderboard would report it
+    mmlu, gsm8k = P[X[:, 0] > 0, -1].mean(), P[X[:, 0] <= 0, -1].mean()
+    a, b = policy.ability_from_benchmarks({"MMLU": 100 * mmlu, "GSM8K": gsm8k, "arena_elo": 1200})
+    acc = policy.predicted_accuracy(a, b)
+    assert acc["mmlu"] == pytest.approx(mmlu, abs=0.04) and acc["gsm8k"] == pytest.approx(gsm8k, abs=0.04)
+    assert policy.ability_from_benchmarks({"arena_elo": 1200}) is None  # no task it probes
+
+
+# ---- calibration items ----------------------------------------------------------------------------
+def test_shipped_calibration_items_are_checkable_and_balanced():
+    items = load_items()
+    assert 0 < len(items) <= 500 and all(it.license and it.answer for it in items)
+    k = pick(items, 10)
+    assert len(k) == 10 and {it.task for it in k} == {"arc_challenge", "gsm8k"}
+    assert pick(items, 10) == k  # every model gets the same K
+    arc = next(it for it in items if it.task == "arc_challenge")
+    gsm = next(it for it in items if it.task == "gsm8k")
+    assert grade(arc, f"The answer is {arc.answer}.") == 1.0
+    assert grade(arc, "The answer is " + ("B" if arc.answer != "B" else "C")) == 0.0
+    assert grade(gsm, f"so she makes {gsm.answer}.\n#### {gsm.answer}") == 1.0
+    assert grade(gsm, "#### 123456789") == 0.0 and grade(gsm, None) == 0.0
+
+
+# ---- offline: train without a model, calibrate it from K labelled prompts ------------------------
+def invoke(*args: str):
+    r = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r.stdout
+
+
+def test_cli_train_exclude_model_then_offline_calibrate_then_eval(tmp_path, encoder):
+    texts, _, Q, C = planted()
+    trn = write_routerbench(tmp_path / "train.csv", texts[::2], Q[::2], C[::2])
+    tst = write_routerbench(tmp_path / "test.csv", texts[1::2], Q[1::2], C[1::2])
+    common = ["--data", str(trn), "--format", "routerbench"]
+    out = invoke("train", "--policy", "irt", *common, "--exclude-model", "big", "--out", str(tmp_path / "a"),
+                 "--param", "epochs=80", "--param", "hidden=32", "--param", "dim=4")  # fmt: skip
+    assert "trained irt on 60 prompts x 3 models" in out
+    meta = json.loads((tmp_path / "a" / "policy.json").read_text())
+    assert meta["state"]["source_"] == ["trained", "trained", "prior"]
+    out = invoke("calibrate", "--artifact", str(tmp_path / "a"), "--model", "big", *common,
+                 "--limit", "40", "--out", str(tmp_path / "b"))  # fmt: skip
+    assert "calibrated big from 40 prompts" in out
+    from policies.artifacts import load_policy
+
+    before, after = load_policy(tmp_path / "a"), load_policy(tmp_path / "b")
+    assert after.source_ == ["trained", "trained", "calibrated"]
+    history = [t for t, m in HELD_OUT if m == "big"]
+    other = [t for t, m in HELD_OUT if m != "big"]
+
+    def big(p, ts):
+        return p.predict_quality(PromptBatch(ts, embeddings=encoder.encode(ts)))[:, 2].mean()
+
+    # calibrated: big is the model for history and not for the rest; uncalibrated it knew neither
+    assert big(after, history) > big(after, other) + 0.2
+    assert abs(big(before, history) - big(before, other)) < big(after, history) - big(after, other)
+    out = invoke("eval", "--artifact", str(tmp_path / "b"), "--data", str(tst), "--format", "routerbench")
+    assert "AIQ" in out
+
+
+# ---- serving: the fallback order -----------------------------------------------------------------
+def pool_config(base_url: str, abilities: Path, **routing):
+    models = [
+        # a model the pretrained artifact was trained on, under its own name
+        priced_model(base_url, "gpt-4-1106-preview", 10, 30, quality={"default": 0.2}),
+        priced_model(base_url, "cal", 0.5, 1.5, quality={"default": 0.2}),
+        priced_model(
+            base_url, "bench", 0.5, 1.5, quality={"default": 0.2}, benchmarks={"mmlu": 70, "gsm8k": 60}
+        ),
+        priced_model(base_url, "plain", 0.1, 0.2, quality={"default": 0.3, "math": 0.7}),
+    ]
+    return make_config(
+        base_url,
+        models=models,
+        routing={"abilities_file": str(abilities), "default_policy": "irt", **routing},
+    )
+
+
+def test_fallback_order_and_route_says_which_applies(upstream, encoder, tmp_path):
+    from router.policy_set import PolicySet
+
+    abilities = tmp_path / "abilities.json"
+    policy = PolicySet(pool_config(upstream.base_url, abilities), encoder).get("irt")
+    assert policy.sources() == {
+        "gpt-4-1106-preview": "trained",
+        "cal": "prior",
+        "bench": "benchmarks",
+        "plain": "prior",
+    }
+    prompt = ["What is 17 times 23? Answer with a number."]
+    batch = PromptBatch(prompt, embeddings=encoder.encode(prompt))
+    q = policy.predict_quality(batch)[0]
+    # a model with no ability is scored by its category priors (0.2 / 0.7 per category)
+    assert 0.2 <= q[1] <= 0.7 and 0.3 <= q[3] <= 0.7
+    assert policy.predicted_accuracy(policy.ability_[2], policy.bias_[2])["mmlu"] == pytest.approx(
+        0.7, abs=0.03
+    )
+    # a calibration written while serving is picked up (the file is re-read within a second)
+    write_ability(abilities, "cal", {"ability": policy.ability_[0].tolist(), "bias": float(policy.bias_[0])})
+    policy._checked = 0.0
+    assert policy.sources()["cal"] == "calibrated"
+    assert policy.predict_quality(batch)[0][1] == pytest.approx(policy.predict_quality(batch)[0][0], abs=1e-5)
+    # an ability of the wrong size (another artifact's) is not used
+    write_ability(abilities, "plain", {"ability": [1.0], "bias": 0.0})
+    policy._checked = 0.0
+    assert policy.sources()["plain"] == "prior"
+
+
+def test_route_cli_shows_the_quality_source(upstream, tmp_path):
+    cfg = tmp_path / "config.yaml"
+    conf = pool_config(upstream.base_url, tmp_path / "ab.json")
+    cfg.write_text(json.dumps(conf.model_dump(mode="json", exclude_none=True)))
+    out = json.loads(invoke("route", "What is 2+2?", "--config", str(cfg), "--json"))
+    assert out["policy"] == "irt"
+    src = {c["model"]: c["quality_source"] for c in out["candidates"]}
+    assert src["bench"] == "benchmarks" and src["plain"] == "prior" and src["gpt-4-1106-preview"] == "trained"
+    rows = json.loads(invoke("models", "--config", str(cfg), "--no-check", "--json"))
+    assert {r["name"]: r["quality_source"] for r in rows} == src
+
+
+# ---- online: K calls through the gateway's dispatch, graded, fitted, served -----------------------
+def test_online_calibration_grades_real_calls_and_stores_the_ability(upstream, tmp_path):
+    abilities = tmp_path / "abilities.json"
+    cfg = tmp_path / "config.yaml"
+    conf = pool_config(upstream.base_url, abilities)
+    cfg.write_text(json.dumps(conf.model_dump(mode="json", exclude_none=True)))
+    items = pick(load_items(), 12)
+    # the scripted upstream answers "A" to everything: right on the ARC items whose answer is A
+    upstream.behave("cal", reply="The answer is A")
+    expected = np.mean([it.answer == "A" for it in items])
+    assert 0 < expected < 1
+    out = invoke("calibrate", "--config", str(cfg), "--model", "cal", "--limit", "12", "--dry-run")
+    assert "at most $" in out and "dry run: nothing sent" in out
+    assert not upstream.calls("cal") and not abilities.exists()
+    out = invoke("calibrate", "--config", str(cfg), "--model", "cal", "--limit", "12", "--yes")
+    assert len(upstream.calls("cal")) == 12
+    entry = read_abilities(abilities)["cal"]
+    assert entry["items"] == 12 and entry["accuracy"] == pytest.approx(expected, abs=1e-4)
+    assert f"cal: {expected:.3f} right on 12 items" in out
+    # the next gateway (or the running one, within a second) serves it
+    route = json.loads(invoke("route", "Which gas do plants take in?", "--config", str(cfg), "--json"))
+    assert {c["model"]: c["quality_source"] for c in route["candidates"]}["cal"] == "calibrated"
+
+
+def test_online_calibration_counts_a_failed_call_as_ungraded(upstream, tmp_path):
+    abilities = tmp_path / "abilities.json"
+    cfg = tmp_path / "config.yaml"
+    conf = pool_config(upstream.base_url, abilities)
+    cfg.write_text(json.dumps(conf.model_dump(mode="json", exclude_none=True)))
+    upstream.behave("plain", fail_status=400)
+    out = invoke("calibrate", "--config", str(cfg), "--model", "plain", "--limit", "3", "--yes")
+    assert "plain: no answer graded" in out and "not calibrated" in out
+    assert "plain" not in read_abilities(abilities)
+
+
+def test_bandit_prior_is_the_calibrated_ability(upstream, encoder, tmp_path):
+    """Online refinement: a bandit warm-started from irt learns residuals over each model's
+    calibrated ability (the file's), its benchmarks, or its category priors."""
+    from policies.artifacts import load_policy
+    from policies.irt import shipped_artifact
+    from router.policy_set import PolicySet
+
+    pretrained = load_policy(shipped_artifact(), encoder=encoder)
+    a, b, _ = pretrained.ability_of("zero-one-ai/Yi-34B-Chat")
+    abilities = tmp_path / "abilities.json"
+    write_ability(abilities, "cal", {"ability": a.tolist(), "bias": b})
+    spec = {"ts": {"type": "thompson", "params": {"warm_start": "irt"}}}
+    policies = PolicySet(pool_config(upstream.base_url, abilities, policies=spec), encoder)
+    ts, irt = policies.get("ts"), policies.get("irt")
+    assert irt.sources()["cal"] == "calibrated"
+    texts = ["Which gas do plants take in?", "What is 12 * 13?"]
+    batch = PromptBatch(texts, embeddings=encoder.encode(texts))
+    assert np.allclose(ts.prior_quality(batch), irt.predict_quality(batch))
