@@ -7,7 +7,9 @@ models and tasks at once, the prompt side is what transfers: a new model needs o
 numbers, which `fit_ability` estimates from a few graded answers (prompt side frozen, a Gaussian
 prior from the training models' abilities keeps K = 25 answers from over-fitting), and
 `ability_from_benchmarks` from a few public scores (the ability whose predicted accuracy on each
-benchmark's prompts matches them).
+benchmark's prompts matches them). The fit averages the logits of `ensemble` independently fitted
+prompt sides (one wider model of the same form) and refits each model's ability to convergence
+with the prompt side frozen (`refit`): a single early-stopped fit varied with its training seed.
 
 Serving a pool (`attach_pool`): each pool model's ability comes from, best first, an ability the
 artifact holds under its name (trained or calibrated), one in the abilities file (`moe-router
@@ -59,8 +61,8 @@ class IRTPolicy(LearnedPolicy):
         calib_folds: int = 5,
         text_chars: int = 400,
         seed: int = 0,
-        ensemble: int = 1,
-        refit: float = 0.0,
+        ensemble: int = 3,
+        refit: float = 1e-3,
         encoder=None,
     ):
         self.dim = dim
