@@ -107,7 +107,7 @@ def build_policy(
         accepts = inspect.signature(cls.__init__).parameters
         if "encoder" in accepts:
             params["encoder"] = encoder
-        if "abilities_file" in accepts and abilities_file is not None:
+        if "abilities_file" in accepts and abilities_file is not None and params.get("warm_start"):
             params.setdefault("abilities_file", str(abilities_file))
         policy = cls(**params)
     except (TypeError, ValueError) as e:

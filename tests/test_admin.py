@@ -256,7 +256,7 @@ def test_requests_search_their_prompts(gw):
     rows = gw.get("/admin/requests", params={"q": "rhine", "limit": 1}, headers=ADMIN).json()["data"]
     assert [r["prompt"] for r in rows] == ["the RHINE again"]  # newest first, with the other filters
     too_long = gw.get("/admin/requests", params={"q": "x" * 201}, headers=ADMIN)
-    assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "query.q"
+    assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "q"
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,9 @@ log = logging.getLogger("moe_router.state")
 
 
 def fingerprint(policy: Any) -> str:
-    params = {k: v for k, v in policy.get_params().items() if k != "encoder"}
+    # the encoder object and the abilities file's path are this host's: replicas that serve the
+    # same configuration share statistics wherever their files live
+    params = {k: v for k, v in policy.get_params().items() if k not in ("encoder", "abilities_file")}
     ident = {
         "type": policy.name,
         "params": params,
