@@ -2,8 +2,8 @@
 
 P(model m answers prompt x well) = sigmoid(a_m . s(x) + b_m - d(x)): the prompt side (a skill
 vector s(x) and a difficulty d(x), from one small network over the prompt's embedding) is shared by
-every model; a model is only its ability vector a_m and bias b_m (dim + 1 numbers). Fitted on many
-models and tasks at once, the prompt side is what transfers: a new model needs only its dim + 1
+every model; a model is only its ability vector a_m and bias b_m (ensemble * dim + 1 numbers). Fitted on many
+models and tasks at once, the prompt side is what transfers: a new model needs only its ensemble * dim + 1
 numbers, which `fit_ability` estimates from a few graded answers (prompt side frozen, a Gaussian
 prior from the training models' abilities keeps K = 25 answers from over-fitting), and
 `ability_from_benchmarks` from a few public scores (the ability whose predicted accuracy on each
