@@ -2,12 +2,14 @@
 
 P(model m answers prompt x well) = sigmoid(a_m . s(x) + b_m - d(x)): the prompt side (a skill
 vector s(x) and a difficulty d(x), from one small network over the prompt's embedding) is shared by
-every model; a model is only its ability vector a_m and bias b_m (dim + 1 numbers). Fitted on many
-models and tasks at once, the prompt side is what transfers: a new model needs only its dim + 1
+every model; a model is only its ability vector a_m and bias b_m (ensemble * dim + 1 numbers). Fitted on many
+models and tasks at once, the prompt side is what transfers: a new model needs only its ensemble * dim + 1
 numbers, which `fit_ability` estimates from a few graded answers (prompt side frozen, a Gaussian
 prior from the training models' abilities keeps K = 25 answers from over-fitting), and
 `ability_from_benchmarks` from a few public scores (the ability whose predicted accuracy on each
-benchmark's prompts matches them).
+benchmark's prompts matches them). The fit averages the logits of `ensemble` independently fitted
+prompt sides (one wider model of the same form) and refits each model's ability to convergence
+with the prompt side frozen (`refit`): a single early-stopped fit varied with its training seed.
 
 Serving a pool (`attach_pool`): each pool model's ability comes from, best first, an ability the
 artifact holds under its name (trained or calibrated), one in the abilities file (`moe-router
@@ -59,9 +61,13 @@ class IRTPolicy(LearnedPolicy):
         calib_folds: int = 5,
         text_chars: int = 400,
         seed: int = 0,
+        ensemble: int = 3,
+        refit: float = 1e-3,
         encoder=None,
     ):
         self.dim = dim
+        self.ensemble = ensemble
+        self.refit = refit
         self.hidden = hidden
         self.weight_decay = weight_decay
         self.lr = lr
@@ -87,12 +93,43 @@ class IRTPolicy(LearnedPolicy):
         return self
 
     def _fit_scores(self, X, Y, M):
+        """Fit `ensemble` prompt sides and abilities (seeds seed, seed+1, ...) and fold them into
+        one: the mean of their logits is itself an IRT model, with the members' hidden units,
+        skills and abilities side by side (skill dim = ensemble * dim) and the mean difficulty
+        and bias, so prediction and `fit_ability` do not change."""
+        members = [self._fit_member(X, Y, M, self.seed + i) for i in range(max(1, self.ensemble))]
+        k = len(members)
+        if k == 1:
+            for name, v in members[0].items():
+                setattr(self, name, v)
+            return
+        from scipy.linalg import block_diag
+
+        if self.hidden:
+            self.body_w_ = np.concatenate([m["body_w_"] for m in members], axis=1)
+            self.body_b_ = np.concatenate([m["body_b_"] for m in members])
+        # without a hidden layer every member reads the same embedding: skills side by side
+        self.skill_w_ = (
+            block_diag(*[m["skill_w_"] for m in members])
+            if self.hidden
+            else np.concatenate([m["skill_w_"] for m in members], axis=1)
+        ).astype(np.float32) / k
+        self.diff_w_ = (
+            np.concatenate([m["diff_w_"] for m in members])
+            if self.hidden
+            else np.sum([m["diff_w_"] for m in members], axis=0)
+        ).astype(np.float32) / k
+        self.diff_b_ = np.mean([m["diff_b_"] for m in members], axis=0).astype(np.float32)
+        self.ability_ = np.concatenate([m["ability_"] for m in members], axis=1)
+        self.bias_ = np.mean([m["bias_"] for m in members], axis=0).astype(np.float32)
+
+    def _fit_member(self, X, Y, M, seed: int) -> dict[str, np.ndarray]:
         import torch
 
         from policies.torch_fit import fit_module, masked_bce, tensors
 
         Xt, Yt, Mt = tensors(X, Y, M)
-        torch.manual_seed(self.seed)
+        torch.manual_seed(seed)
         m, dim, hidden = Y.shape[1], self.dim, self.hidden
 
         class IRT(torch.nn.Module):
@@ -126,16 +163,38 @@ class IRTPolicy(LearnedPolicy):
             weight_decay=self.weight_decay,
             batch_size=512,
             patience=self.patience,
-            seed=self.seed,
+            seed=seed,
         )
+        out = {}
         if hidden:
-            self.body_w_ = net.body[0].weight.detach().numpy().T.copy()  # (d_in, hidden)
-            self.body_b_ = net.body[0].bias.detach().numpy().copy()
-        self.skill_w_ = net.skill.weight.detach().numpy().T.copy()  # (width, dim)
-        self.diff_w_ = net.difficulty.weight.detach().numpy()[0].copy()  # (width,)
-        self.diff_b_ = net.difficulty.bias.detach().numpy().copy()  # (1,)
-        self.ability_ = net.ability.detach().numpy().copy()  # (m, dim)
-        self.bias_ = net.bias.detach().numpy().copy()  # (m,)
+            out["body_w_"] = net.body[0].weight.detach().numpy().T.copy()  # (d_in, hidden)
+            out["body_b_"] = net.body[0].bias.detach().numpy().copy()
+        out["skill_w_"] = net.skill.weight.detach().numpy().T.copy()  # (width, dim)
+        out["diff_w_"] = net.difficulty.weight.detach().numpy()[0].copy()  # (width,)
+        out["diff_b_"] = net.difficulty.bias.detach().numpy().copy()  # (1,)
+        out["ability_"] = net.ability.detach().numpy().copy()  # (m, dim)
+        out["bias_"] = net.bias.detach().numpy().copy()  # (m,)
+        if self.refit:
+            self._refit_abilities(out, X, Y, M)
+        return out
+
+    def _refit_abilities(self, out: dict[str, np.ndarray], X, Y, M) -> None:
+        """Each model's (ability, bias) refitted to convergence on all its labels, the prompt side
+        frozen (a convex problem, L2 `refit` per label): early stopping ends the joint fit after a
+        few epochs, set by the prompt side, long before the abilities have converged."""
+        h = np.asarray(X, np.float32)
+        if "body_w_" in out:
+            z = h @ out["body_w_"] + out["body_b_"]
+            h = 0.5 * z * (1.0 + _erf(z / np.sqrt(2.0)))
+        s, d = h @ out["skill_w_"], h @ out["diff_w_"] + out["diff_b_"][0]
+        for j in range(Y.shape[1]):
+            rows = np.flatnonzero(M[:, j])
+            if len(rows) == 0:
+                continue
+            z0 = np.append(out["ability_"][j], out["bias_"][j]).astype(float)
+            cov = np.eye(len(z0)) / (self.refit * len(rows))
+            a, b = _map_logistic(s[rows], d[rows], np.asarray(Y[rows, j], float), z0 * 0, cov, 1.0)
+            out["ability_"][j], out["bias_"][j] = a, b
 
     def _fit_prior(self, seen: np.ndarray) -> None:
         """A Gaussian over [ability, bias] from the trained models: a new model's prior."""
@@ -345,7 +404,7 @@ def planned_sources(
     meta = read_metadata(artifact or shipped_artifact())
     srcs = meta["state"].get("source_") or ["trained"] * len(meta["models"])
     have = {m: s for m, s in zip(meta["models"], srcs, strict=False) if s != "prior"}
-    dim = int(meta["params"].get("dim", 0))
+    dim = int(meta["params"].get("dim", 0)) * int(meta["params"].get("ensemble", 1))
     probed = meta["state"].get("probe_tasks_", [])
     stored = read_abilities(abilities_file)
     out = {}

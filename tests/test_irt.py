@@ -64,6 +64,44 @@ def test_fit_learns_the_trained_models_and_holds_out_the_unlabelled_one(fitted_s
     assert policy.probe_tasks_ == ["mmlu", "gsm8k"]
 
 
+def test_an_ensemble_is_one_irt_model_whose_logit_is_the_members_mean(fitted_synthetic):
+    _, X, Y, _ = fitted_synthetic
+    ds = RoutingDataset(
+        texts=[f"p{i}" for i in range(len(X))],
+        models=[f"m{j}" for j in range(Y.shape[1])],
+        quality=Y,
+        mask=np.ones_like(Y, bool),
+    )
+    kw = dict(dim=3, hidden=16, epochs=5, lr=1e-2)
+    members = [IRTPolicy(seed=s, ensemble=1, **kw).fit(ds, embeddings=X) for s in (4, 5, 6)]
+    ens = IRTPolicy(seed=4, ensemble=3, **kw).fit(ds, embeddings=X)
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    want = np.mean([logit(m._scores(X)) for m in members], axis=0)
+    assert np.allclose(logit(ens._scores(X)), want, atol=1e-3)
+    s, d = ens.prompt_side(X)
+    assert s.shape == (len(X), 9) and ens.ability_.shape == (Y.shape[1], 9)
+    a, b = ens.fit_ability(X[:50], Y[:50, 0])  # a new model: abilities for every member at once
+    assert a.shape == (9,) and np.isfinite(b)
+
+
+def test_refit_brings_each_models_level_to_its_labels_after_an_early_stop(fitted_synthetic):
+    _, X, Y, _ = fitted_synthetic
+    Y = Y.copy()
+    Y[:, 0] = Y[:, 0] * (np.random.default_rng(3).random(len(Y)) < 0.5)  # model 0 far below its init
+    ds = RoutingDataset(
+        texts=[f"p{i}" for i in range(len(X))],
+        models=[f"m{j}" for j in range(Y.shape[1])],
+        quality=Y,
+        mask=np.ones_like(Y, bool),
+    )
+    kw = dict(dim=3, hidden=16, epochs=1, lr=1e-3, ensemble=1)  # one epoch: abilities far from converged
+    plain = IRTPolicy(refit=0, **kw).fit(ds, embeddings=X)._scores(X).mean(0)
+    refit = IRTPolicy(refit=1e-6, **kw).fit(ds, embeddings=X)._scores(X).mean(0)
+    # at the likelihood's optimum with an intercept, mean prediction = mean label, per model
+    assert np.abs(refit - Y.mean(0)).max() < 0.01
+    assert np.abs(plain - Y.mean(0)).max() > 0.03
+
+
 def test_fit_ability_with_the_prompt_side_frozen_improves_with_k(fitted_synthetic):
     policy, X, Y, P = fitted_synthetic
     prompt_side = policy.prompt_side(X)
@@ -115,8 +153,11 @@ def test_cli_train_exclude_model_then_offline_calibrate_then_eval(tmp_path, enco
     trn = write_routerbench(tmp_path / "train.csv", texts[::2], Q[::2], C[::2])
     tst = write_routerbench(tmp_path / "test.csv", texts[1::2], Q[1::2], C[1::2])
     common = ["--data", str(trn), "--format", "routerbench"]
+    # one member, no refit: with two training models on 60 near-separable prompts the refitted
+    # abilities are large, and their mean (big's, uncalibrated) is not the "knows nothing" this checks
     out = invoke("train", "--policy", "irt", *common, "--exclude-model", "big", "--out", str(tmp_path / "a"),
-                 "--param", "epochs=80", "--param", "hidden=32", "--param", "dim=4")  # fmt: skip
+                 "--param", "epochs=80", "--param", "hidden=32", "--param", "dim=4",
+                 "--param", "ensemble=1", "--param", "refit=0")  # fmt: skip
     assert "trained irt on 60 prompts x 3 models" in out
     meta = json.loads((tmp_path / "a" / "policy.json").read_text())
     assert meta["state"]["source_"] == ["trained", "trained", "prior"]
