@@ -126,7 +126,7 @@ class IRTPolicy(LearnedPolicy):
     def _fit_member(self, X, Y, M, seed: int) -> dict[str, np.ndarray]:
         import torch
 
-        from policies.torch_fit import fit_module, masked_bce, tensors
+        from policies.torch_fit import fit_module, masked_bce, start_at_base_rates, tensors
 
         Xt, Yt, Mt = tensors(X, Y, M)
         torch.manual_seed(seed)
@@ -151,9 +151,7 @@ class IRTPolicy(LearnedPolicy):
                 return self.skill(h) @ self.ability.T + self.bias - self.difficulty(h)
 
         net = IRT(X.shape[1])
-        with torch.no_grad():  # start each model at its base rate
-            p = (Yt * Mt).sum(0) / Mt.sum(0).clamp(min=1)
-            net.bias.copy_(torch.logit(p.clamp(1e-3, 1 - 1e-3)))
+        start_at_base_rates(net.bias, Yt, Mt)
         fit_module(
             net,
             lambda mod, i: masked_bce(mod(Xt[i]), Yt[i], Mt[i]),

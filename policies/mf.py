@@ -34,7 +34,7 @@ class MFPolicy(LearnedPolicy):
     def _fit_scores(self, X, Y, M):
         import torch
 
-        from policies.torch_fit import fit_module, masked_bce, tensors
+        from policies.torch_fit import fit_module, masked_bce, start_at_base_rates, tensors
 
         Xt, Yt, Mt = tensors(X, Y, M)
         torch.manual_seed(self.seed)
@@ -53,9 +53,7 @@ class MFPolicy(LearnedPolicy):
                 return (z[:, None, :] * self.models[None] * self.w).sum(-1) + self.bias
 
         net = MF(X.shape[1], self.dim)
-        with torch.no_grad():  # start each model at its base rate
-            p = (Yt * Mt).sum(0) / Mt.sum(0).clamp(min=1)
-            net.bias.copy_(torch.logit(p.clamp(1e-3, 1 - 1e-3)))
+        start_at_base_rates(net.bias, Yt, Mt)
         fit_module(
             net,
             lambda mod, i: masked_bce(mod(Xt[i]), Yt[i], Mt[i]),

@@ -62,6 +62,16 @@ def fit_module(
     return module
 
 
+def start_at_base_rates(bias, Y, M) -> None:
+    """Set each model's `bias` (a parameter of m logits) to the logit of its observed rate of good
+    answers, so a fit starts from the base rates rather than from 0.5."""
+    import torch
+
+    with torch.no_grad():
+        p = (Y * M).sum(0) / M.sum(0).clamp(min=1)
+        bias.copy_(torch.logit(p.clamp(1e-3, 1 - 1e-3)))
+
+
 def masked_bce(logits, Y, M):
     """Soft-label binary cross-entropy over observed cells only."""
     import torch
