@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.encoder_files import INT8_RECIPE, INT8_RECIPES, cache_root, onnx_file
+from policies.encoder_files import INT8_RECIPE, INT8_RECIPES, cache_root, int8_saturates, onnx_file
 from policies.onnx_encoder import INPUTS, batch_inputs, session, tokenizer
 
 
@@ -103,7 +103,8 @@ def quantize(src: Path, dest: Path, recipe: str = INT8_RECIPE) -> None:
     - `r2` (the default): int8 except the six feed-forward down-projections (`layer.N/output/dense`),
       which stay fp32: 0.9973 / 0.9946 (their fp32 MatMuls are ~40% of a one-prompt pass).
     Every MatMul in int8 with no row scaling (the first recipe) gave 0.9934 / 0.9891
-    (bench/encoder_recipes.py, docs/benchmarks.md)."""
+    (bench/encoder_recipes.py, docs/benchmarks.md). These figures are from a CPU with VNNI; on
+    AVX2 without it the weights are 7-bit (`encoder_files.int8_saturates`)."""
     import logging
 
     import onnx
@@ -126,6 +127,7 @@ def quantize(src: Path, dest: Path, recipe: str = INT8_RECIPE) -> None:
                 str(tmp),
                 weight_type=QuantType.QInt8,
                 per_channel=True,
+                reduce_range=int8_saturates(),
                 op_types_to_quantize=["MatMul"],
                 nodes_to_exclude=keep,
                 extra_options={"MatMulConstBOnly": True},

@@ -118,21 +118,36 @@ def test_long_prompts_are_truncated_like_torch(torch_enc):
     assert cos(onnx[:1], onnx[3:4])[0] < 0.999  # a shorter text is not truncated to the same
 
 
+def test_int8_saturating_cpus_get_7_bit_weights_in_a_file_of_their_own(monkeypatch):
+    monkeypatch.setattr(files, "int8_saturates", lambda: True)
+    assert files.onnx_file("1", True).name == f"model-int8-r{files.INT8_RECIPE}-rr.onnx"
+    monkeypatch.setattr(files, "int8_saturates", lambda: False)
+    assert files.onnx_file("1", True).name == f"model-int8-r{files.INT8_RECIPE}.onnx"
+    assert files.onnx_file("1", False).name == "model.onnx"
+
+
 def test_int8_runs_and_is_close(int8_enc, torch_enc, real_prompts):
     q = int8_enc.encode(real_prompts)
     ref = torch_enc.encode(real_prompts)
     assert q.shape == (200, 384) and np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
     c = cos(q, ref)
-    # the default recipe r2 measured 0.9971 / 0.9910 here (CMMLU is the lowest); every MatMul in
-    # int8 without r3's row scaling: ~0.993 mean
-    assert c.mean() > 0.996 and c.min() > 0.99, (c.mean(), c.min())
+    # the default recipe r2 measured 0.9971 / 0.9910 on a CPU with VNNI (CMMLU is the lowest);
+    # every MatMul in int8 without r3's row scaling: ~0.993 mean. On AVX2 without VNNI the int8
+    # kernel saturates: 8-bit weights gave 0.9945 / 0.9799 there, the 7-bit ones built for it
+    # (int8_saturates) 0.9961 / 0.9888
+    saturates = files.int8_saturates()
+    assert c.mean() > 0.996 and c.min() > (0.985 if saturates else 0.99), (c.mean(), c.min())
     assert c.mean() < 0.99999  # quantized: close, not the same vectors
     assert int8_enc.build == "onnx-int8" and int8_enc.version == f"{WHEEL}+int8r{files.INT8_RECIPE}"
     assert files.INT8_RECIPE == "2"
-    # r3 (row-scaled inputs, every MatMul in int8): closer still, 0.9977 / 0.9926 measured
+    # r3 (row-scaled inputs, every MatMul in int8): closer still with VNNI, 0.9977 / 0.9926
+    # measured; on AVX2 with 7-bit weights the same as r2, 0.9961 / 0.9879
     r3 = PromptEncoder("minilm-onnx-int8-r3", cache_size=0)
     c3 = cos(r3.encode(real_prompts), ref)
-    assert c3.mean() > max(0.997, c.mean()) and c3.min() > 0.992, (c3.mean(), c3.min())
+    if saturates:
+        assert c3.mean() > 0.9955 and c3.min() > 0.985, (c3.mean(), c3.min())
+    else:
+        assert c3.mean() > max(0.997, c.mean()) and c3.min() > 0.992, (c3.mean(), c3.min())
     assert r3.build == "onnx-int8" and r3.version == f"{WHEEL}+int8r3"
 
 
@@ -170,10 +185,10 @@ def test_row_scaling_keeps_the_product_and_one_prompt_passes_run_on_one_thread(f
     assert cos(m.encode(texts[:1]), m.encode(texts)[:1])[0] > 0.99999
     # int8 quantizes activations with one scale per pass, so a prompt's vector moves a little with
     # its pass-mates: r2 0.990 for this pair (0.994 mean over bench prompts alone vs in passes of 8),
-    # r3's per-row scaling 0.996 (0.998)
+    # r3's per-row scaling 0.996 (0.998); on AVX2 with 7-bit weights r2 0.9936, r3 0.9956
     assert cos(q.encode(texts[:1]), q.encode(texts)[:1])[0] > 0.985
     r3 = PromptEncoder("minilm-onnx-int8-r3", cache_size=0).load()
-    assert cos(r3.encode(texts[:1]), r3.encode(texts)[:1])[0] > 0.995
+    assert cos(r3.encode(texts[:1]), r3.encode(texts)[:1])[0] > (0.994 if files.int8_saturates() else 0.995)
 
 
 def test_an_artifact_fitted_with_another_int8_recipe_serves_with_it(
@@ -208,7 +223,7 @@ def test_export_is_cached_and_reused(tmp_path, monkeypatch):
     f = ox.ensure(path, WHEEL)
     assert f == files.onnx_file(WHEEL, int8=False) and f.is_relative_to(tmp_path) and f.stat().st_size > 80e6
     q = ox.ensure(path, WHEEL, int8=True)
-    assert q.name == f"model-int8-r{files.INT8_RECIPE}.onnx" and q.stat().st_size < f.stat().st_size * 0.8
+    assert q == files.onnx_file(WHEEL, int8=True) and q.stat().st_size < f.stat().st_size * 0.8
     before = (f.stat().st_mtime_ns, q.stat().st_mtime_ns)
 
     def boom(*a, **k):
@@ -221,7 +236,7 @@ def test_export_is_cached_and_reused(tmp_path, monkeypatch):
     assert PromptEncoder("minilm-onnx", cache_size=0).encode(["hello"]).shape == (1, 384)
     assert (f.stat().st_mtime_ns, q.stat().st_mtime_ns) == before
     assert sorted(p.name for p in f.parent.iterdir()) == [
-        f"model-int8-r{files.INT8_RECIPE}.onnx",
+        q.name,
         "model.onnx",
     ]  # no temp files
 
