@@ -65,7 +65,8 @@ def test_aider_edits_a_file_through_the_gateway(upstream, start_gateway, tmp_pat
         "AIDER_ANALYTICS": "false",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # litellm's bundled prices: no download
     }
-    cmd = [aider, "--model", "openai/router", "--model-metadata-file", str(meta), *FLAGS, "--message", "Make it print the marker.", "hello.py"]
+    model = ["--model", "openai/router", "--model-metadata-file", str(meta)]
+    cmd = [aider, *model, *FLAGS, "--message", "Make it print the marker.", "hello.py"]
     done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "githubusercontent" not in done.stdout + done.stderr  # it stayed offline
