@@ -72,6 +72,13 @@ def script(upstream) -> None:
         upstream.behave(name, tool="weather", tool_args={"city": "Paris"})
 
 
+def answered_by(upstream) -> str:
+    """The upstream model that served the loop (routed: either format; both turns on one model)."""
+    served = [name for name in ("oa", CLAUDE) if upstream.calls(name)]
+    assert len(served) == 1 and len(upstream.calls(served[0])) == 2
+    return served[0]
+
+
 # ---- LangChain -----------------------------------------------------------------------------------
 def langchain_loop(chat, ran: list[str]) -> str:
     """The tool loop as LangChain's docs write it: bind the tool, invoke, run the calls, invoke again."""
@@ -95,21 +102,18 @@ def test_langchain_runs_a_tool_loop(gw, upstream, api):
     if api == "ChatOpenAI":
         from langchain_openai import ChatOpenAI
 
-        chat = ChatOpenAI(model="oa", base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=30)
-        answered_by = "oa"
+        chat = ChatOpenAI(model="router", base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=30)
     else:
         from langchain_anthropic import ChatAnthropic
 
         chat = ChatAnthropic(
-            model="cl", base_url=gw.url, api_key=key, max_retries=0, timeout=30, max_tokens=1024
+            model="router", base_url=gw.url, api_key=key, max_retries=0, timeout=30, max_tokens=1024
         )
-        answered_by = CLAUDE
     ran: list[str] = []
     final = langchain_loop(chat, ran)
     assert ran == ["Paris"]  # the tool ran once, with the model's arguments
     assert any(MARKER in t for t in tool_outputs(upstream))  # its result went upstream
-    assert final == f"{answered_by}: the tool said sunny in Paris {MARKER}"
-    assert len(upstream.calls(answered_by)) == 2
+    assert final == f"{answered_by(upstream)}: the tool said sunny in Paris {MARKER}"
 
 
 # ---- OpenAI Agents SDK ---------------------------------------------------------------------------
@@ -132,14 +136,13 @@ def test_openai_agents_sdk_runs_a_tool_loop(gw, upstream, api):
     agent = Agent(
         name="forecaster",
         instructions="Answer with the tool's result.",
-        model=kind(model="oa", openai_client=client),
+        model=kind(model="router", openai_client=client),
         tools=[function_tool(weather_tool(ran))],
     )
     result = asyncio.run(Runner.run(agent, ASK, run_config=RunConfig(tracing_disabled=True)))
     assert ran == ["Paris"]
     assert any(MARKER in t for t in tool_outputs(upstream))
-    assert result.final_output == f"oa: the tool said sunny in Paris {MARKER}"
-    assert len(upstream.calls("oa")) == 2
+    assert result.final_output == f"{answered_by(upstream)}: the tool said sunny in Paris {MARKER}"
 
 
 # ---- the llm CLI ---------------------------------------------------------------------------------
