@@ -174,3 +174,15 @@ def test_llm_cli_answers_through_an_extra_openai_model(gw, upstream, tmp_path):
     assert done.stdout.strip() == "Paris is on the Seine."
     sent = upstream.calls()  # routed to either model: one call, the prompt in its last turn
     assert len(sent) == 1 and "Which river runs through Paris?" in str(sent[0]["messages"][-1]["content"])
+
+
+def test_the_readme_names_the_setups_these_tests_use():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for setup in (
+        "OPENAI_API_BASE=http://127.0.0.1:8082/v1 OPENAI_API_KEY=<moe-router key> aider --model openai/router",
+        '{model_id: router, model_name: router, api_base: "http://127.0.0.1:8082/v1", api_key_name: moe}',
+        'ChatOpenAI(model="router", base_url="http://127.0.0.1:8082/v1"',
+        'ChatAnthropic(model="router", base_url="http://127.0.0.1:8082"',
+        'OpenAIResponsesModel(model="router", openai_client=AsyncOpenAI(base_url="http://127.0.0.1:8082/v1"',
+    ):
+        assert setup in readme, setup
