@@ -45,6 +45,8 @@ class Aliases:
 
 
 def label(name: str, alias: ModelAlias) -> str:
-    """What headers and the record show: `claude-opus-4-8=router(quality)`, printable ASCII only."""
+    """What headers and the record show, printable ASCII only: `claude-opus-4-8=router(quality)`
+    when routed (the tier hint applies), `my-team-default=big` for a pool model."""
     safe = "".join(c if " " < c <= "~" and c != "," else "?" for c in name[:128])
-    return f"{safe}={alias.model}({alias.tier})"
+    routed = alias.model == "router" or alias.model.startswith("router:")
+    return f"{safe}={alias.model}({alias.tier})" if routed else f"{safe}={alias.model}"

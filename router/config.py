@@ -275,7 +275,9 @@ class ResponsesSettings(_Strict):
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = 8080
-    max_body_bytes: int = Field(1_048_576, gt=0)  # larger bodies get 413
+    # larger bodies get 413; 16 MiB lets a long agent session through (the whole conversation,
+    # its tools and images every turn; Anthropic's own limit is 32 MB)
+    max_body_bytes: int = Field(16 * 2**20, gt=0)
     max_messages: int = Field(1024, gt=0)  # turns in `messages` (or a responses `input`): more get 400
     max_tools: int = Field(128, gt=0)  # entries in `tools`: more get 400
     # a JSON body nested deeper gets 400, one with more objects and arrays 413 (router/gateway/body_shape.py)

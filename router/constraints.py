@@ -12,6 +12,8 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+import orjson
+
 from policies.decision import SERVICE, Constraints, Exclusion
 from router.config import ModelSpec, RoutingSettings
 from router.health import ModelStatus
@@ -72,9 +74,17 @@ def prompt_bytes(req: ChatCompletionRequest) -> int:
 
 
 def _json_bytes(obj) -> int:
+    """The size of `obj` as compact UTF-8 JSON: orjson's (in C: an agent's 15 MB session costs a
+    few ms, where the stdlib took ~70 ms on the event loop); the stdlib's for what orjson refuses
+    (a lone surrogate from a Python caller: HTTP bodies with one never get here)."""
     if isinstance(obj, list):
         obj = [x.model_dump(exclude_none=True) if hasattr(x, "model_dump") else x for x in obj]
-    return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    try:
+        return len(orjson.dumps(obj))
+    except TypeError:  # orjson.JSONEncodeError
+        return len(
+            json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        )
 
 
 def image_count(messages: Sequence[Message]) -> int:

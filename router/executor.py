@@ -147,15 +147,25 @@ def thinking_within(thinking: dict, cap: int) -> dict | None:
     return {"type": "enabled", "budget_tokens": budget}
 
 
+def _marked(m: dict) -> bool:
+    return "cache_control" in m or (
+        isinstance(m.get("content"), list) and any("cache_control" in p for p in m["content"])
+    )
+
+
+def _unmarked(m: dict) -> dict:
+    """`m` (a message or a tool) without prompt-cache marks, on it or on its content parts."""
+    m = {k: v for k, v in m.items() if k != "cache_control"}
+    if isinstance(m.get("content"), list):
+        m["content"] = [{k: v for k, v in p.items() if k != "cache_control"} for p in m["content"]]
+    return m
+
+
 def _for_capabilities(messages: list[dict], cache_marks: bool, thinking: bool) -> list[dict]:
-    """`messages` as a model is sent them: without prompt-cache marks (`cache_control` on text
-    parts) unless it has the `cache_control` capability, without an assistant's `thinking_blocks`
-    unless it has `thinking`. The same list when there is nothing to take out."""
-
-    def marked(m: dict) -> bool:
-        return isinstance(m.get("content"), list) and any("cache_control" in p for p in m["content"])
-
-    strip_marks = not cache_marks and any(marked(m) for m in messages)
+    """`messages` as a model is sent them: without prompt-cache marks (`cache_control` on a tool
+    result or text parts) unless it has the `cache_control` capability, without an assistant's
+    `thinking_blocks` unless it has `thinking`. The same list when there is nothing to take out."""
+    strip_marks = not cache_marks and any(_marked(m) for m in messages)
     strip_thinking = not thinking and any("thinking_blocks" in m for m in messages)
     if not (strip_marks or strip_thinking):
         return messages
@@ -163,8 +173,8 @@ def _for_capabilities(messages: list[dict], cache_marks: bool, thinking: bool) -
     for m in messages:
         if strip_thinking and "thinking_blocks" in m:
             m = {k: v for k, v in m.items() if k != "thinking_blocks"}
-        if strip_marks and marked(m):
-            m = {**m, "content": [{k: v for k, v in p.items() if k != "cache_control"} for p in m["content"]]}
+        if strip_marks and _marked(m):
+            m = _unmarked(m)
         out.append(m)
     return out
 
@@ -193,6 +203,8 @@ class Executor:
             sent = {
                 k: v for k, v in extra.items() if k not in CAPABILITY_PARAMS or CAPABILITY_PARAMS[k] in caps
             }
+            if "tools" in sent and "cache_control" not in caps and any(_marked(t) for t in sent["tools"]):
+                sent["tools"] = [_unmarked(t) for t in sent["tools"]]
             if "thinking" in sent:
                 sent.pop("reasoning_effort", None)  # a thinking model is told by `thinking`
                 thinking = thinking_within(sent["thinking"], plan.output_caps[model])

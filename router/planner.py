@@ -324,6 +324,8 @@ class Planner:
             plan.decision = decide(names, [None], cost, latency, blocked=blocked, policy="")
             if not plan.decision.ranked:
                 raise _named_model_error(plan.decision)
+            if plan.alias is not None:  # the ledger keeps this decision for it (records.py)
+                plan.decision.notes["alias"] = plan.alias
             return plan
 
         online = implements(policy, OnlineRouter)

@@ -44,7 +44,7 @@ def answered(o: Outcome, ticket: Ticket, status: str = "ok", error: str | None =
         else None,
         reserved_usd=ticket.reservation.usd if ticket.reservation else None,
         cache=o.cache.kind if o.cache else None,
-        decision=plan.decision.compact() if plan.routed else None,
+        decision=_decision(plan),
         learn=plan.learn,
     )
 
@@ -69,8 +69,14 @@ def failed(plan: Plan, ticket: Ticket, err: BaseException) -> RequestRecord:
         owner=ticket.caller.scope,
         fallbacks=plan.candidates(),
         reserved_usd=ticket.reservation.usd if ticket.reservation else None,
-        decision=plan.decision.compact() if plan.routed else None,
+        decision=_decision(plan),
     )
+
+
+def _decision(plan: Plan) -> dict | None:
+    """What the ledger keeps of the decision: a routed request's ranking; for a named model, only
+    when a vendor name was aliased to it (`notes.alias` says which name was asked for)."""
+    return plan.decision.compact() if plan.routed or plan.alias is not None else None
 
 
 def judged(request_id: str, model: str, usage: Usage, cost_usd: float, latency_ms: float) -> RequestRecord:

@@ -99,6 +99,9 @@ class Message(_Known):
     # assistant: an Anthropic model's thinking (with signatures), sent back to models with the
     # `thinking` capability (Anthropic's API wants it back beside tool calls), left out for others
     thinking_blocks: list[dict[str, Any]] | None = None
+    # tool: a prompt-cache mark on the tool result (Anthropic's, where litellm reads it); sent
+    # only to models with the `cache_control` capability
+    cache_control: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> Message:
@@ -147,6 +150,9 @@ class FunctionDef(_Known):
 class Tool(_Known):
     type: Literal["function"]
     function: FunctionDef
+    # a prompt-cache mark on the tool definition (Anthropic's): sent only to models with the
+    # `cache_control` capability
+    cache_control: dict[str, Any] | None = None
 
 
 class NamedFunction(_Known):

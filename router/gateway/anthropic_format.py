@@ -18,9 +18,9 @@ included. What is translated, accepted and dropped (docs/gateway.md, "Anthropic 
   sent to models with the `reasoning` capability; `thinking` itself goes to models with the
   `thinking` capability (an Anthropic model through litellm), and their thinking blocks round-trip:
   answered as `thinking` blocks, sent back from the history with their signatures.
-- `cache_control` marks on system and user text blocks reach models with the `cache_control`
-  capability as they were sent (an Anthropic model through litellm turns them back into Anthropic's
-  blocks); other models get the plain text.
+- `cache_control` marks on system and user text blocks, tool definitions and `tool_result` blocks
+  reach models with the `cache_control` capability as they were sent (an Anthropic model through
+  litellm turns them back into Anthropic's blocks); other models get none.
 - Accepted, not forwarded: `context_management`, `service_tier`, `top_k`, `container`, citations. Any other field is dropped and reported (`router.params`).
 - Answers: text -> a `text` block, tool calls -> `tool_use` blocks; finish reasons stop / length /
   tool_calls / content_filter -> end_turn / max_tokens / tool_use / refusal.
@@ -276,7 +276,10 @@ def _user_turn(content: str | list[Any]) -> list[dict[str, Any]]:
                 text = inner or ""
             if block.is_error:
                 text = f"[tool error] {text}"
-            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+            tool = {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+            if (mark := _result_mark(block)) is not None:
+                tool["cache_control"] = mark
+            out.append(tool)
         elif isinstance(block, TextBlock):
             parts.append(_text_part(block))
         elif isinstance(block, ImageBlock):
@@ -288,6 +291,19 @@ def _user_turn(content: str | list[Any]) -> list[dict[str, Any]]:
     if parts:
         out.append({"role": "user", "content": parts})
     return out
+
+
+def _result_mark(block: ToolResultBlock) -> dict[str, Any] | None:
+    """A tool result's cache mark: its own, else the last one inside it (its content is sent as one
+    text, so a mark inside moves to the result's end: the same prefix when it was on the last
+    block, a longer one otherwise)."""
+    marks = (
+        [b.cache_control for b in block.content if b.cache_control is not None]
+        if isinstance(block.content, list)
+        else []
+    )
+    mark = block.cache_control or (marks[-1] if marks else None)
+    return None if mark is None else mark.model_dump(exclude_none=True)
 
 
 def _assistant_turn(content: str | list[Any]) -> dict[str, Any]:
@@ -335,6 +351,14 @@ def _system_turn(content: str | list[Any]) -> list[dict[str, Any]]:
     return [{"role": "system", "content": text}] if text else []
 
 
+def _tool(t: AnthropicTool) -> dict[str, Any]:
+    """A custom tool as a function tool; its cache mark beside it, where litellm reads it."""
+    tool = function_tool(t.name, t.description, t.input_schema or {"type": "object"})
+    if t.cache_control is not None:
+        tool["cache_control"] = t.cache_control.model_dump(exclude_none=True)
+    return tool
+
+
 # Anthropic's output_config.effort and thinking budgets on OpenAI's reasoning_effort scale
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
 
@@ -368,11 +392,7 @@ def to_chat(req: MessagesRequest) -> ChatCompletionRequest:
             messages.append(_assistant_turn(m.content))
         else:
             messages += _system_turn(m.content)
-    tools = [
-        function_tool(t.name, t.description, t.input_schema or {"type": "object"})
-        for t in req.tools or []
-        if t.custom
-    ]
+    tools = [_tool(t) for t in req.tools or [] if t.custom]
     body: dict[str, Any] = {
         "model": req.model,
         "messages": messages,

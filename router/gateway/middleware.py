@@ -13,8 +13,8 @@
   refuses what a browser must not do (`browsers`: other sites' pages, rebound hostnames);
   reads any POST, PUT or PATCH body as JSON whatever its Content-Type says (`curl -d` sends a
   form type), parses it once and refuses shapes that would cost far more than their size
-  (`body_shape`); the parsed body is handed on in `scope["state"]["json"]` so the route does not
-  parse it again.
+  (`body_shape`), in a worker thread for bodies over `OFF_LOOP_BYTES`; the parsed body is handed
+  on in `scope["state"]["json"]` so the route does not parse it again.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection
 
+import anyio.to_thread
 import orjson
 
 from router.errors import Forbidden, PayloadTooLarge, RequestTimeout, RouterError, ServiceUnavailable
@@ -38,6 +39,11 @@ from router.state.degrade import StateFault
 
 log = logging.getLogger("moe_router.gateway")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # their bodies are JSON, whatever the Content-Type
+# Bodies larger than this are joined, parsed and shape-checked in a worker thread (a few ms per MB
+# that the event loop, serving every other request, does not wait through); smaller ones inline,
+# where a thread hand-off would cost more than it saves.
+OFF_LOOP_BYTES = 1 << 20
+_INVALID = object()  # a body that is not JSON
 
 Authenticate = Callable[[str | None, bool], Awaitable[object]]
 
@@ -149,19 +155,15 @@ class Edge:
             return await send_error(send, err, self.metrics, path)
         if scope["method"] in BODY_METHODS and seen:
             _as_json(scope, headers)
-            data = b"".join(chunks)
-            chunks = [data]
             try:
-                if self.shape_limits is not None:
-                    bound = check_size(data, max_containers=self.shape_limits["max_containers"])
-                parsed = orjson.loads(data)
-                if self.shape_limits is not None:
-                    check_shape(parsed, path, **self.shape_limits, bound=bound)
-            except orjson.JSONDecodeError:
-                pass  # the route answers 400 invalid_json, naming the fault
+                if seen > OFF_LOOP_BYTES:  # an agent's long session: parsed where no request waits on it
+                    data, parsed = await anyio.to_thread.run_sync(self._parse, chunks, path)
+                else:
+                    data, parsed = self._parse(chunks, path)
             except RouterError as e:
                 return await self._refuse(send, e, path, scope)
-            else:
+            chunks = [data]
+            if parsed is not _INVALID:
                 scope.setdefault("state", {})["json"] = parsed
         replayed = False
 
@@ -173,6 +175,20 @@ class Edge:
             return await receive()  # after the body: wait for the disconnect, as servers do
 
         await self.app(scope, replay, send)
+
+    def _parse(self, chunks: list[bytes], path: str) -> tuple[bytes, object]:
+        """The body and its JSON, shape-checked (RouterError when refused); `_INVALID` when it is
+        not JSON (the route answers 400 invalid_json, naming the fault)."""
+        data = b"".join(chunks)
+        try:
+            if self.shape_limits is not None:
+                bound = check_size(data, max_containers=self.shape_limits["max_containers"])
+            parsed = orjson.loads(data)
+            if self.shape_limits is not None:
+                check_shape(parsed, path, **self.shape_limits, bound=bound)
+        except orjson.JSONDecodeError:
+            return data, _INVALID
+        return data, parsed
 
     async def _refuse(self, send, err: RouterError, path: str, scope=None) -> None:
         """Answer `err`, and report it as a refusal (router.refusals) with the caller if known."""

@@ -41,7 +41,8 @@ class RequestRecord:
     propensity: float | None = None  # probability the policy gave the chosen model (bandits)
     reserved_usd: float | None = None  # budget reserved before dispatch (settled to cost_usd)
     cache: str | None = None  # exact | semantic when answered from a cache
-    # routed requests: the ranking the policy gave, compact (`decision_summary`); None for named models
+    # routed requests: the ranking the policy gave, compact (`decision_summary`); None for named
+    # models, unless reached by a vendor name's alias (its `notes.alias` names it)
     decision: dict[str, Any] | None = None
     # online policies: what feedback on this request teaches them (the context vector and the
     # prior quality of each model), so a rating is learned without keeping or re-reading the prompt

@@ -39,3 +39,17 @@ def agent_bin(name: str) -> str:
         if done.returncode != 0 or not path.exists():
             pytest.skip(f"npm install of the agent CLIs failed: {done.stderr.strip()[-300:]}")
     return str(path)
+
+
+# aider pins many packages, so it lives in a virtual environment of its own (`.ci/run` makes it)
+AIDER = "aider-chat==0.86.2"
+
+
+def aider_bin() -> str:
+    """The `aider` executable of that environment (`MOE_ROUTER_AIDER`, default
+    ~/.cache/moe-router/aider); the test skips, saying so, where it is not installed."""
+    default = Path.home() / ".cache" / "moe-router" / "aider"
+    path = Path(os.environ.get("MOE_ROUTER_AIDER", default)) / "bin" / "aider"
+    if not path.exists():
+        pytest.skip(f"{AIDER} is not installed at {path.parent.parent} (.ci/run installs it)")
+    return str(path)

@@ -70,6 +70,16 @@ def test_model_aliases_are_configurable_and_other_names_stay_404(upstream, start
     gw = start_gateway(make_config(upstream.base_url, models=models(upstream), model_aliases=aliases))
     r = post(gw, "/v1/chat/completions", {"model": "my-team-default", "messages": MSG})
     assert r.headers["x-moe-router-model"] == "pricey" and r.headers["x-moe-router-routed"] == "false"
+    # a pool model reached by an alias: the answer and the ledger say which name was asked for
+    assert r.headers["x-moe-router-alias"] == "my-team-default=pricey"
+    record = gw.engine.store.log._requests[r.headers["x-moe-router-request-id"]]
+    assert record.model == "pricey" and record.policy is None
+    assert record.decision["notes"]["alias"] == "my-team-default=pricey"
+    assert [c["model"] for c in record.decision["ranked"]] == ["pricey"]
+    # a pool model asked for by its own name keeps no decision
+    r = post(gw, "/v1/chat/completions", {"model": "pricey", "messages": MSG})
+    assert "x-moe-router-alias" not in r.headers
+    assert gw.engine.store.log._requests[r.headers["x-moe-router-request-id"]].decision is None
     # the defaults are replaced: a claude name is not a pool model any more
     assert (
         gw.post("/v1/chat/completions", json={"model": "claude-opus-4-8", "messages": MSG}).status_code == 404

@@ -158,6 +158,39 @@ def test_cache_control_reaches_an_anthropic_format_upstream_and_not_an_openai_on
     assert first["role"] == "system" and "cache_control" not in str(first)
 
 
+def test_cache_control_on_tools_and_tool_results_reaches_an_anthropic_format_upstream(gw, upstream):
+    mark = {"type": "ephemeral"}
+    tools = [
+        {"name": "lookup", "description": "look up", "input_schema": {"type": "object"}},
+        {"name": "read", "description": "read", "input_schema": {"type": "object"}, "cache_control": mark},
+    ]
+    history = [
+        *MSG,
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Nile", "cache_control": mark}
+            ],
+        },
+    ]
+    c = claude(gw)
+    c.messages.create(model="cl", max_tokens=32, messages=history, tools=tools)
+    sent = upstream.calls(CLAUDE)[-1]
+    assert [t.get("cache_control") for t in sent["tools"]] == [None, mark]
+    result = sent["messages"][-1]["content"][0]
+    assert result["type"] == "tool_result" and result["cache_control"] == mark
+    # a model without the capability gets neither mark (the tools and the tool message as plain)
+    c.messages.create(model="plain", max_tokens=32, messages=history, tools=tools)
+    call = upstream.calls("plain")[-1]
+    assert [t["function"]["name"] for t in call["tools"]] == ["lookup", "read"]
+    assert call["messages"][-1] == {"role": "tool", "tool_call_id": "toolu_1", "content": "Nile"}
+    assert "cache_control" not in str(call)
+
+
 # ---- unknown fields: dropped and reported; forbidden fields: 400, nothing sent ------------------
 def test_unknown_fields_are_dropped_and_reported_on_every_api(gw, upstream):
     raw = oai(gw).chat.completions.with_raw_response.create(
