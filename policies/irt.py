@@ -7,8 +7,12 @@ models and tasks at once, the prompt side is what transfers: a new model needs o
 numbers, which `fit_ability` estimates from a few graded answers (prompt side frozen, a Gaussian
 prior from the training models' abilities keeps K = 25 answers from over-fitting), and
 `ability_from_benchmarks` from a few public scores (the ability whose predicted accuracy on each
-benchmark's prompts matches them). The fit averages the logits of `ensemble` independently fitted
-prompt sides (one wider model of the same form) and refits each model's ability to convergence
+benchmark's prompts matches them). Calibration also keeps the K items' residuals (graded outcome
+minus prediction): a calibrated model's prediction for a prompt adds the mean residual of its
+`residual_k` nearest calibration items, times a weight fitted leave-one-out on the items (0 when
+their residuals have no local structure), so a new pool's own tasks, which the frozen prompt side
+may not separate, still shape its routing. The fit averages the logits of `ensemble` independently
+fitted prompt sides (one wider model of the same form) and refits each model's ability to convergence
 with the prompt side frozen (`refit`): a single early-stopped fit varied with its training seed.
 
 Serving a pool (`attach_pool`): each pool model's ability comes from, best first, an ability the
@@ -289,10 +293,12 @@ class IRTPolicy(LearnedPolicy):
         coefficient of each calibration item's residual on the mean residual of its
         `residual_k` nearest other items (leave-one-out). Residuals without local structure
         (one task the prompt side already covers) give ~0, so the correction adds no noise;
-        a task the prompt side misjudges for this model gives up to 1."""
+        a task the prompt side misjudges for this model gives up to 1. Below 5 * `residual_k`
+        items the weight is 0: the neighbourhoods span a fifth of the items or more, and the
+        leave-one-out weight was noise (docs/benchmarks.md: at K = 25-50 it cost AIQ)."""
         r = np.asarray(r, float)
-        k = min(int(self.residual_k), len(r) - 1)
-        if k < 1:
+        k = int(self.residual_k)
+        if k < 1 or len(r) < 5 * k:  # fewer: the k nearest are no longer local, the weight noise
             return 0.0
         U = _unit(X)
         sim = U @ U.T

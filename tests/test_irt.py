@@ -177,6 +177,10 @@ def test_calibration_residual_has_no_weight_without_local_structure(fitted_synth
     cal, r = _calibrated_copy(policy, X[idx], y[idx])
     assert not np.any(r) and cal.residual_of("new") is None
     assert IRTPolicy(residual_k=0).residual_weight(X[idx], np.ones(300)) == 0.0
+    # too few items for local neighbourhoods (< 5 * residual_k): no weight, whatever the residuals
+    blind = (X[idx, 1] > 0.3).astype(float)
+    assert policy.residual_weight(X[idx], -blind) > 0.5
+    assert policy.residual_weight(X[idx][:99], -blind[:99]) == 0.0
 
 
 def test_calibration_residual_survives_the_artifact_and_the_abilities_file(
