@@ -59,11 +59,11 @@ def _calibrate(policy, model, pool, Xpool, k, seed):
     j = pool.models.index(model)
     rows = np.flatnonzero(pool.mask[:, j])
     rows = np.random.default_rng(seed).permutation(rows)[:k]
-    a, b = policy.fit_ability(Xpool[rows], pool.quality[rows, j])
+    a, b, r = policy.fit_model(Xpool[rows], pool.quality[rows, j])
     cost = None
     if pool.cost is not None and np.isfinite(pool.cost[rows, j]).all():
         cost = np.array(fit_linear_nonneg(pool.tokens()[rows], pool.cost[rows, j]))
-    policy.set_ability(model, a, b, "calibrated", cost_coef=cost)
+    policy.set_ability(model, a, b, "calibrated", cost_coef=cost, residual=(Xpool[rows], r))
 
 
 def _masked(ds, models):

@@ -7,8 +7,12 @@ models and tasks at once, the prompt side is what transfers: a new model needs o
 numbers, which `fit_ability` estimates from a few graded answers (prompt side frozen, a Gaussian
 prior from the training models' abilities keeps K = 25 answers from over-fitting), and
 `ability_from_benchmarks` from a few public scores (the ability whose predicted accuracy on each
-benchmark's prompts matches them). The fit averages the logits of `ensemble` independently fitted
-prompt sides (one wider model of the same form) and refits each model's ability to convergence
+benchmark's prompts matches them). Calibration also keeps the K items' residuals (graded outcome
+minus prediction): a calibrated model's prediction for a prompt adds the mean residual of its
+`residual_k` nearest calibration items, times a weight fitted leave-one-out on the items (0 when
+their residuals have no local structure), so a new pool's own tasks, which the frozen prompt side
+may not separate, still shape its routing. The fit averages the logits of `ensemble` independently
+fitted prompt sides (one wider model of the same form) and refits each model's ability to convergence
 with the prompt side frozen (`refit`): a single early-stopped fit varied with its training seed.
 
 Serving a pool (`attach_pool`): each pool model's ability comes from, best first, an ability the
@@ -63,9 +67,13 @@ class IRTPolicy(LearnedPolicy):
         seed: int = 0,
         ensemble: int = 3,
         refit: float = 1e-3,
+        residual_k: int = 20,
+        residual_z: float = 1.0,
         encoder=None,
     ):
         self.dim = dim
+        self.residual_k = residual_k
+        self.residual_z = residual_z
         self.ensemble = ensemble
         self.refit = refit
         self.hidden = hidden
@@ -233,7 +241,27 @@ class IRTPolicy(LearnedPolicy):
 
     def _scores(self, X):
         s, d = self.prompt_side(X)
-        return sigmoid(s @ self.ability_.T + self.bias_ - d[:, None])
+        return self._add_residuals(X, sigmoid(s @ self.ability_.T + self.bias_ - d[:, None]))
+
+    def _add_residuals(self, X: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Each calibrated model's local correction: the mean stored residual (graded outcome
+        minus the IRT prediction, times the model's weight from `fit_model`) of its `residual_k`
+        calibration items nearest to the prompt (cosine of the embeddings). The K items come
+        from the new pool's own tasks, which the frozen prompt side may not separate."""
+        of = getattr(self, "resid_of_", None)
+        if not of or not self.residual_k:
+            return q
+        of = np.asarray(of)
+        sim = _unit(X) @ np.asarray(self.resid_x_, np.float32).T
+        res = np.asarray(self.resid_y_, np.float32)
+        for j, m in enumerate(self.models_):
+            rows = np.flatnonzero(of == m)
+            if not len(rows):
+                continue
+            k = min(int(self.residual_k), len(rows))
+            near = np.argpartition(-sim[:, rows], k - 1, axis=1)[:, :k]
+            q[:, j] = np.clip(q[:, j] + res[rows][near].mean(1), 0.0, 1.0)
+        return q
 
     # ---- abilities of new models ---------------------------------------------------------------
     def fit_ability(
@@ -243,6 +271,45 @@ class IRTPolicy(LearnedPolicy):
         frozen. `prior`: (mean, covariance) over [ability, bias]; default the training models'."""
         s, d = self.prompt_side(X)
         return _map_logistic(s, d, np.asarray(y, float), *(prior or self._prior()), self.prior_strength)
+
+    def residuals(self, X: np.ndarray, y: np.ndarray, ability: np.ndarray, bias: float) -> np.ndarray:
+        """Graded outcome minus the predicted P(right) of a model with this ability, per prompt."""
+        s, d = self.prompt_side(X)
+        return np.asarray(y, float) - sigmoid(s @ np.asarray(ability, float) + bias - d)
+
+    def fit_model(
+        self, X: np.ndarray, y: np.ndarray, prior: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """What calibration stores for one model from its graded answers y to prompts X (offline
+        and online alike): the MAP (ability, bias) and each item's residual under it times the
+        model's residual weight (`residual_weight`), which `set_ability(..., residual=(X, r))`
+        serves as a local correction."""
+        a, b = self.fit_ability(X, y, prior)
+        r = self.residuals(X, y, a, b)
+        return a, b, r * self.residual_weight(X, r)
+
+    def residual_weight(self, X: np.ndarray, r: np.ndarray) -> float:
+        """How much of the nearest items' mean residual to add, in [0, 1]: the least-squares
+        coefficient of each calibration item's residual on the mean residual of its
+        `residual_k` nearest other items (leave-one-out). Residuals without local structure
+        (one task the prompt side already covers) give ~0, so the correction adds no noise;
+        a task the prompt side misjudges for this model gives up to 1. Below 5 * `residual_k`
+        items the weight is 0: the neighbourhoods span a fifth of the items or more, and the
+        leave-one-out weight was noise (docs/benchmarks.md: at K = 25-50 it cost AIQ)."""
+        r = np.asarray(r, float)
+        k = int(self.residual_k)
+        if k < 1 or len(r) < 5 * k:  # fewer: the k nearest are no longer local, the weight noise
+            return 0.0
+        U = _unit(X)
+        sim = U @ U.T
+        np.fill_diagonal(sim, -np.inf)
+        m = r[np.argpartition(-sim, k - 1, axis=1)[:, :k]].mean(1)
+        den = float(m @ m)
+        if den <= 0:
+            return 0.0
+        w = float(r @ m) / den
+        se = np.sqrt(float(np.sum((r - w * m) ** 2)) / max(len(r) - 1, 1) / den)
+        return float(np.clip(w - self.residual_z * se, 0.0, 1.0))
 
     def _prior(self) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.ability_mean_, float), np.asarray(self.ability_cov_, float)
@@ -282,9 +349,17 @@ class IRTPolicy(LearnedPolicy):
         return out
 
     def set_ability(
-        self, model: str, ability: np.ndarray, bias: float, source: str, cost_coef: np.ndarray | None = None
+        self,
+        model: str,
+        ability: np.ndarray,
+        bias: float,
+        source: str,
+        cost_coef: np.ndarray | None = None,
+        residual: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Add or replace one model's ability (and its cost model, when known)."""
+        """Add or replace one model's ability (and its cost model, when known); `residual`:
+        (embeddings, residuals) of its calibration items (`fit_model`), else it has none."""
+        self._set_residual(model, *(residual or (None, None)))
         ability = np.asarray(ability, np.float32).reshape(1, -1)
         if model in self.models_:
             j = self.models_.index(model)
@@ -303,6 +378,33 @@ class IRTPolicy(LearnedPolicy):
         if cost_coef is not None and getattr(self, "cost_coef_", None) is not None:
             self.cost_coef_[self.models_.index(model)] = cost_coef
 
+    def _set_residual(self, model: str, X: np.ndarray | None, r: np.ndarray | None) -> None:
+        """Replace `model`'s calibration items (new arrays: copies of the policy share the old)."""
+        of = list(getattr(self, "resid_of_", None) or [])
+        keep = [i for i, m in enumerate(of) if m != model]
+        xs = [np.asarray(self.resid_x_, np.float16)[keep]] if keep else []
+        ys = [np.asarray(self.resid_y_, np.float32)[keep]] if keep else []
+        of = [of[i] for i in keep]
+        if X is not None and len(X) and np.any(r):  # all zero (weight 0): nothing to add
+            xs.append(_unit(X).astype(np.float16))
+            ys.append(np.asarray(r, np.float32))
+            of += [model] * len(X)
+        if of:
+            self.resid_x_, self.resid_y_, self.resid_of_ = np.concatenate(xs), np.concatenate(ys), of
+        else:
+            self._clear_residuals()
+
+    def _clear_residuals(self) -> None:
+        for k in ("resid_x_", "resid_y_", "resid_of_"):
+            if hasattr(self, k):
+                delattr(self, k)
+
+    def residual_of(self, model: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(unit embeddings, residuals) of `model`'s calibration items, or None."""
+        of = np.asarray(getattr(self, "resid_of_", None) or [])
+        rows = np.flatnonzero(of == model)
+        return (np.asarray(self.resid_x_)[rows], np.asarray(self.resid_y_)[rows]) if len(rows) else None
+
     def ability_of(self, model: str) -> tuple[np.ndarray, float, str] | None:
         if model not in self.models_:
             return None
@@ -319,6 +421,7 @@ class IRTPolicy(LearnedPolicy):
         from policies.category import CategoryPolicy
 
         self._artifact = {m: self.ability_of(m) for m in self.models_}
+        self._artifact_resid = {m: self.residual_of(m) for m in self.models_}
         self._catalog = list(catalog)
         self._abilities_file = Path(abilities_file) if abilities_file else None
         self._file_mtime: float | None = None
@@ -336,11 +439,19 @@ class IRTPolicy(LearnedPolicy):
         A = np.zeros((len(self._catalog), dim), np.float32)
         B = np.zeros(len(self._catalog), np.float32)
         src = []
+        resid: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
         for j, info in enumerate(self._catalog):
             found = self._artifact.get(info.name)
+            resid[info.name] = self._artifact_resid.get(info.name)
             if found is None and info.name in stored and len(stored[info.name]["ability"]) == dim:
                 e = stored[info.name]
                 found = (np.asarray(e["ability"]), float(e["bias"]), "calibrated")
+                resid[info.name] = unpack_residual(e.get("residual"))
+                width = (self.body_w_ if getattr(self, "body_w_", None) is not None else self.skill_w_).shape[
+                    0
+                ]
+                if resid[info.name] is not None and resid[info.name][0].shape[1] != width:
+                    resid[info.name] = None  # items embedded by another encoder
             if found is None and info.benchmarks:
                 z = self.ability_from_benchmarks(info.benchmarks)
                 found = None if z is None else (z[0], z[1], "benchmarks")
@@ -351,6 +462,10 @@ class IRTPolicy(LearnedPolicy):
             src.append(found[2])
         self.models_ = [m.name for m in self._catalog]
         self.ability_, self.bias_, self.source_ = A, B, src
+        self._clear_residuals()
+        for j, m in enumerate(self.models_):
+            if src[j] != "prior" and resid.get(m) is not None:
+                self._set_residual(m, *resid[m])
         self.cal_a_ = np.ones(len(src))
         self.cal_b_ = np.zeros(len(src))
 
@@ -447,7 +562,36 @@ def write_ability(path: str | Path, model: str, entry: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def pack_residual(X: np.ndarray, r: np.ndarray) -> dict[str, Any]:
+    """A model's calibration items for the abilities file: unit embeddings as base64 float16."""
+    import base64
+
+    x = _unit(X).astype("<f2")
+    return {
+        "dim": int(x.shape[1]),
+        "embeddings_f16": base64.b64encode(x.tobytes()).decode(),
+        "residuals": [round(float(v), 5) for v in r],
+    }
+
+
+def unpack_residual(entry: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """`pack_residual`'s inverse; None when absent or malformed."""
+    import base64
+
+    try:
+        r = np.asarray(entry["residuals"], np.float32)
+        x = np.frombuffer(base64.b64decode(entry["embeddings_f16"]), "<f2").reshape(len(r), int(entry["dim"]))
+    except (TypeError, KeyError, ValueError):
+        return None
+    return x.astype(np.float32), r
+
+
 # ---- helpers --------------------------------------------------------------------------------------
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
 def _map_logistic(s, d, y, mean, cov, strength: float) -> tuple[np.ndarray, float]:
     """argmin over z = [a, b] of sum BCE(sigmoid(s a + b - d), y) + strength/2 (z-mean)' cov^-1 (z-mean)."""
     from scipy.optimize import minimize

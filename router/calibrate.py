@@ -105,14 +105,14 @@ async def run(
 def fit_and_store(policy, run: ModelRun, items: Sequence[Item], abilities_file) -> dict | None:
     """Fit `run.model`'s ability from its grades (prompt side frozen) and write it; the entry
     written, or None when no call was graded."""
-    from policies.irt import write_ability
+    from policies.irt import pack_residual, write_ability
 
     graded = run.graded
     if not graded:
         return None
     X = policy.embed([items[i].prompt for i, _ in graded])
     y = np.array([g for _, g in graded])
-    a, b = policy.fit_ability(X, y)
+    a, b, r = policy.fit_model(X, y)
     entry = {
         "ability": [round(float(v), 6) for v in a],
         "bias": round(b, 6),
@@ -123,5 +123,7 @@ def fit_and_store(policy, run: ModelRun, items: Sequence[Item], abilities_file) 
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "encoder": getattr(policy.encoder, "version", None),
     }
+    if np.any(r):  # the graded items' local corrections (policies/irt.py), when they have weight
+        entry["residual"] = pack_residual(X, r)
     write_ability(abilities_file, run.model, entry)
     return entry

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from policies.base import PromptBatch
 from policies.calibration import grade, load_items, pick
-from policies.irt import IRTPolicy, read_abilities, write_ability
+from policies.irt import IRTPolicy, pack_residual, read_abilities, unpack_residual, write_ability
 from router.cli import app
 from tests.conftest import make_config, priced_model
 from tests.training_fixtures import HELD_OUT, planted, write_routerbench
@@ -126,6 +126,80 @@ def test_ability_from_benchmarks_matches_the_scores_it_is_given(fitted_synthetic
     assert policy.ability_from_benchmarks({"arena_elo": 1200}) is None  # no task it probes
 
 
+def _calibrated_copy(policy, X, y, residual=True):
+    import copy
+
+    p = copy.copy(policy)
+    p.models_, p.source_ = list(policy.models_), list(policy.source_)
+    p.ability_, p.bias_ = policy.ability_.copy(), policy.bias_.copy()
+    p.cal_a_, p.cal_b_ = policy.cal_a_.copy(), policy.cal_b_.copy()
+    a, b, r = p.fit_model(X, y)
+    p.set_ability("new", a, b, "calibrated", residual=(X, r) if residual else None)
+    return p, r
+
+
+def test_calibration_residual_corrects_a_blind_spot_the_prompt_side_cannot_see(fitted_synthetic):
+    """The new model fails every prompt of one region that the trained models do not single out:
+    its K graded items there pull its predictions near them down, and only there."""
+    policy, X, Y, P = fitted_synthetic
+    blind = X[:, 1] > 0.3
+    y = Y[:, -1] * ~blind
+    idx = np.random.default_rng(5).choice(len(X), 300, replace=False)
+    rest = np.setdiff1d(np.arange(len(X)), idx)
+    plain, _ = _calibrated_copy(policy, X[idx], y[idx], residual=False)
+    local, r = _calibrated_copy(policy, X[idx], y[idx])
+    assert np.any(r) and local.residual_of("new")[0].shape == (300, X.shape[1])
+    j = local.models_.index("new")
+    before, after = plain._scores(X[rest])[:, j], local._scores(X[rest])[:, j]
+    inside = blind[rest]
+    assert after[inside].mean() < before[inside].mean() - 0.05  # truth there: 0
+    assert abs(after[~inside].mean() - before[~inside].mean()) < 0.03
+    assert np.array_equal(
+        plain._scores(X[rest])[:, :j], local._scores(X[rest])[:, :j]
+    )  # the others untouched
+
+
+def test_calibration_residual_has_no_weight_without_local_structure(fitted_synthetic):
+    """Labels drawn from the fitted model itself: the neighbours' residuals do not predict an
+    item's (leave-one-out), so the correction's weight is ~0 and nothing is stored."""
+    policy, X, _, _ = fitted_synthetic
+    idx = np.random.default_rng(5).choice(len(X), 300, replace=False)
+    s, d = policy.prompt_side(X)
+    a, b = policy.ability_[0], policy.bias_[0]
+    p = 1 / (1 + np.exp(-(s @ a + b - d)))
+    weights = []
+    for seed in range(8):
+        y = (np.random.default_rng(seed).random(len(X)) < p).astype(float)
+        a2, b2 = policy.fit_ability(X[idx], y[idx])
+        weights.append(policy.residual_weight(X[idx], policy.residuals(X[idx], y[idx], a2, b2)))
+    assert np.mean(weights) < 0.15 and sum(w == 0 for w in weights) >= 4
+    y = (np.random.default_rng(int(np.argmin(weights))).random(len(X)) < p).astype(float)
+    cal, r = _calibrated_copy(policy, X[idx], y[idx])
+    assert not np.any(r) and cal.residual_of("new") is None
+    assert IRTPolicy(residual_k=0).residual_weight(X[idx], np.ones(300)) == 0.0
+    # too few items for local neighbourhoods (< 5 * residual_k): no weight, whatever the residuals
+    blind = (X[idx, 1] > 0.3).astype(float)
+    assert policy.residual_weight(X[idx], -blind) > 0.5
+    assert policy.residual_weight(X[idx][:99], -blind[:99]) == 0.0
+
+
+def test_calibration_residual_survives_the_artifact_and_the_abilities_file(
+    fitted_synthetic, tmp_path, encoder
+):
+    from policies.artifacts import load_policy, save_policy
+
+    policy, X, Y, _ = fitted_synthetic
+    idx = np.random.default_rng(5).choice(len(X), 300, replace=False)
+    cal, r = _calibrated_copy(policy, X[idx], Y[idx, -1] * (X[idx, 1] <= 0.3))
+    save_policy(cal, tmp_path / "a", encoder=encoder)
+    back = load_policy(tmp_path / "a", encoder=encoder)
+    assert back.resid_of_ == ["new"] * 300
+    assert np.allclose(back._scores(X), cal._scores(X), atol=1e-6)
+    x, res = unpack_residual(json.loads(json.dumps(pack_residual(X[idx], r))))
+    assert np.allclose(res, r, atol=1e-5) and np.allclose(x, cal.residual_of("new")[0], atol=1e-3)
+    assert unpack_residual({"dim": 5, "embeddings_f16": "", "residuals": [0.1]}) is None
+
+
 # ---- calibration items ----------------------------------------------------------------------------
 def test_shipped_calibration_items_are_checkable_and_balanced():
     items = load_items()
@@ -223,6 +297,14 @@ def test_fallback_order_and_route_says_which_applies(upstream, encoder, tmp_path
     policy._checked = 0.0
     assert policy.sources()["cal"] == "calibrated"
     assert policy.predict_quality(batch)[0][1] == pytest.approx(policy.predict_quality(batch)[0][0], abs=1e-5)
+    # with its calibration items' residuals (online calibration writes them): the mean of the
+    # nearest ones (here: 5 items at this very prompt, -0.25 each) is added near them
+    items = np.repeat(batch.embeddings, 5, axis=0)
+    entry = {"ability": policy.ability_[0].tolist(), "bias": float(policy.bias_[0])}
+    write_ability(abilities, "cal", {**entry, "residual": pack_residual(items, np.full(5, -0.25))})
+    policy._checked = 0.0
+    q = policy.predict_quality(batch)[0]
+    assert q[1] == pytest.approx(q[0] - 0.25, abs=1e-3)
     # an ability of the wrong size (another artifact's) is not used
     write_ability(abilities, "plain", {"ability": [1.0], "bias": 0.0})
     policy._checked = 0.0

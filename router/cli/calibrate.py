@@ -71,12 +71,12 @@ def _offline(artifact, model, data, fmt, limit, seed, out, allow_pickle, cache) 
     sub = ds.subset(rows)
     X = embed_for(policy, sub.texts, policy.encoder, cache=cache)
     y = sub.quality[:, j]
-    a, b = policy.fit_ability(X, y)
+    a, b, r = policy.fit_model(X, y)
     cost = None
     if sub.cost is not None and np.isfinite(sub.cost[:, j]).any():
         ok = np.isfinite(sub.cost[:, j])
         cost = np.array(fit_linear_nonneg(sub.tokens()[ok], sub.cost[ok, j]))
-    policy.set_ability(model, a, b, "calibrated", cost_coef=cost)
+    policy.set_ability(model, a, b, "calibrated", cost_coef=cost, residual=(X, r))
     meta_data = {
         "calibrated": {model: {"prompts": int(len(rows)), "data": str(data), "accuracy": float(y.mean())}}
     }
