@@ -39,6 +39,18 @@ def admin_config(upstream, tmp_path, **sections):
     return make_config(upstream.base_url, **sections)
 
 
+def anthropic_format_model(upstream, name: str, model: str, timeout: float = 10, **fields: Any) -> dict:
+    """A pool model on the mock upstream's Anthropic-format /v1/messages (litellm's anthropic
+    provider, which names it `anthropic/<model>` upstream); `fields`: the rest of its entry."""
+    params = {
+        "model": f"anthropic/{model}",
+        "api_base": f"http://127.0.0.1:{upstream.port}/v1/messages",
+        "api_key": "sk-ant-test",
+        "timeout": timeout,
+    }
+    return {"name": name, "backend": "litellm", "params": params, **fields}
+
+
 def add_key(gw, name: str, **fields) -> tuple[dict, str]:
     """A key made through the admin API: (its record, the raw key)."""
     r = gw.post("/admin/keys", json={"name": name, **fields}, headers=ADMIN)

@@ -20,6 +20,7 @@ import yaml
 from router.config import load_config
 from tests.agents.clis import agent_bin
 from tests.conftest import make_config
+from tests.support import anthropic_format_model
 
 MARKER = "TOOL-RAN-7f3a"
 PROMPT = "Run the tool once, then report what it printed."
@@ -57,23 +58,19 @@ MOCKS = ("mock-small", "mock-coder", "mock-large")
 
 def anthropic_model(upstream) -> dict:
     """An Anthropic-format upstream (litellm's anthropic provider against the mock's /v1/messages)."""
-    return {
-        "name": "claude-upstream",
-        "backend": "litellm",
-        "params": {
-            "model": "anthropic/claude-upstream",
-            "api_base": f"http://127.0.0.1:{upstream.port}/v1/messages",
-            "api_key": "sk-ant-test",
-            "timeout": 20,
-        },
-        "input_price_per_1m": 3.0,
-        "output_price_per_1m": 15.0,
+    return anthropic_format_model(
+        upstream,
+        "claude-upstream",
+        "claude-upstream",
+        timeout=20,
+        input_price_per_1m=3.0,
+        output_price_per_1m=15.0,
         # no `reasoning`: litellm sends reasoning_effort only to Claude models it knows think
-        "capabilities": ["tools", "vision"],
-        "context_window": 200_000,
-        "max_output_tokens": 16384,
-        "quality": {"default": 0.95},
-    }
+        capabilities=["tools", "vision"],
+        context_window=200_000,
+        max_output_tokens=16384,
+        quality={"default": 0.95},
+    )
 
 
 def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ import yaml
 
 from tests.agents.test_agent_clis import MASTER, tool_outputs, user_key
 from tests.conftest import make_config
+from tests.support import anthropic_format_model
 
 MARKER = "TOOL-RAN-51c9"
 CLAUDE = "claude-sonnet-4-5"  # what the upstream sees of model "cl"
@@ -36,19 +37,9 @@ def pool(upstream) -> list[dict]:
             "context_window": 128_000,
             "quality": {"default": 0.6},
         },
-        {
-            "name": "cl",
-            "backend": "litellm",
-            "params": {
-                "model": f"anthropic/{CLAUDE}",
-                "api_base": f"http://127.0.0.1:{upstream.port}/v1/messages",
-                "api_key": "sk-ant-test",
-                "timeout": 10,
-            },
-            "capabilities": ["tools"],
-            "context_window": 200_000,
-            "quality": {"default": 0.9},
-        },
+        anthropic_format_model(
+            upstream, "cl", CLAUDE, capabilities=["tools"], context_window=200_000, quality={"default": 0.9}
+        ),
     ]
 
 

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import make_config
+from tests.support import anthropic_format_model
 
 MSG = [{"role": "user", "content": "name a river"}]
 CLAUDE = "claude-sonnet-4-5"  # what the upstream sees of model "cl"
@@ -35,20 +36,14 @@ def pool(upstream) -> list[dict]:
             "context_window": 128_000,
             "quality": {"default": 0.5},
         },
-        {
-            "name": "cl",
-            "backend": "litellm",
-            "params": {
-                # a name litellm knows thinks (it refuses `thinking` for others)
-                "model": f"anthropic/{CLAUDE}",
-                "api_base": f"http://127.0.0.1:{upstream.port}/v1/messages",
-                "api_key": "sk-ant-test",
-                "timeout": 10,
-            },
-            "capabilities": ["tools", "cache_control", "thinking"],
-            "context_window": 200_000,
-            "quality": {"default": 0.9},
-        },
+        anthropic_format_model(
+            upstream,
+            "cl",
+            CLAUDE,  # a name litellm knows thinks (it refuses `thinking` for others)
+            capabilities=["tools", "cache_control", "thinking"],
+            context_window=200_000,
+            quality={"default": 0.9},
+        ),
     ]
 
 
