@@ -7,6 +7,7 @@ imports none of them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from importlib import metadata
@@ -57,13 +58,14 @@ def max_seq_length(model_path: str) -> int:
     return int(json.loads(f.read_text())["max_seq_length"]) if f.exists() else 512
 
 
+@functools.cache
 def int8_saturates() -> bool:
     """Whether this CPU runs ONNX Runtime's int8 MatMuls on AVX2 without VNNI (x86-64 lacking
     avx512_vnni / avx_vnni / amx_int8), where the u8 x s8 kernel's pairwise sums saturate at 16
     bits: there the weights are quantized to 7 bits (`reduce_range`), as ONNX Runtime advises.
     Measured on an AVX2-only AMD EPYC, 120 MMLU/CMMLU prompts, cosine to fp32 mean / min: r2
     0.9924 / 0.9708, r2 with reduce_range 0.9953 / 0.9896 (on VNNI machines r2 gives 0.9973 /
-    0.9946 and 7-bit weights would only lose precision)."""
+    0.9946 and 7-bit weights would only lose precision). Read once per process."""
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
