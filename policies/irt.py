@@ -26,6 +26,7 @@ with `warm_start: irt`), which learn the residual of this policy's predictions.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -40,8 +41,10 @@ from policies.learned import LearnedPolicy, sigmoid
 
 # where an ability came from, best first; "prior" = no ability: category priors score the model
 SOURCES = ("trained", "calibrated", "benchmarks", "prior")
+MAX_ABILITY = 1e4  # an abilities-file number beyond this is no fit's (and would overflow the logits)
 BENCHMARK_TASKS = ("mmlu", "gsm8k", "arc_challenge", "humaneval", "cmmlu")
 PROBES_PER_TASK = 200
+log = logging.getLogger("moe_router.irt")
 
 
 def shipped_artifact() -> Path:
@@ -535,15 +538,48 @@ def planned_sources(
 
 # ---- the abilities file ---------------------------------------------------------------------------
 def read_abilities(path: str | Path | None) -> dict[str, dict[str, Any]]:
-    """{model: {"ability": [...], "bias": b, ...}} from the abilities file; {} when absent/unreadable."""
+    """{model: {"ability": [...], "bias": b, ...}} from the abilities file; {} when absent. The file
+    can be edited by hand: an unreadable file, or an entry whose ability or bias is not finite
+    numbers (`_entry_error`), is logged and left out, so that model is served as if uncalibrated
+    instead of the policy failing (at start-up or on the request that re-reads the file)."""
     if path is None:
         return {}
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("abilities file %s is unreadable (%s): no model is served as calibrated", path, e)
         return {}
     models = data.get("models") if isinstance(data, dict) else None
-    return {k: v for k, v in (models or {}).items() if isinstance(v, dict) and "ability" in v and "bias" in v}
+    if not isinstance(models, dict):
+        log.warning("abilities file %s has no 'models' object: no model is served as calibrated", path)
+        return {}
+    out = {}
+    for name, entry in models.items():
+        error = _entry_error(entry)
+        if error:
+            log.warning("abilities file %s: %r is left out: %s", path, name, error)
+        else:
+            out[name] = entry
+    return out
+
+
+def _entry_error(entry: Any) -> str | None:
+    """Why an abilities-file entry cannot be served, or None."""
+    if not isinstance(entry, dict) or "ability" not in entry or "bias" not in entry:
+        return "an entry needs 'ability' and 'bias'"
+    ability, bias = entry["ability"], entry["bias"]
+    if not isinstance(ability, list) or not ability or not all(_number(v) for v in ability):
+        return f"'ability' must be a list of numbers of magnitude at most {MAX_ABILITY:g}"
+    if not _number(bias):
+        return f"'bias' must be a number of magnitude at most {MAX_ABILITY:g}"
+    return None
+
+
+def _number(v: Any) -> bool:
+    """A finite JSON number a fit could have produced (not a bool, not NaN, not 1e308)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= MAX_ABILITY
 
 
 def write_ability(path: str | Path, model: str, entry: dict[str, Any]) -> None:
@@ -582,6 +618,8 @@ def unpack_residual(entry: Any) -> tuple[np.ndarray, np.ndarray] | None:
         r = np.asarray(entry["residuals"], np.float32)
         x = np.frombuffer(base64.b64decode(entry["embeddings_f16"]), "<f2").reshape(len(r), int(entry["dim"]))
     except (TypeError, KeyError, ValueError):
+        return None
+    if r.ndim != 1 or not len(r) or not (np.isfinite(r).all() and np.isfinite(x).all()):
         return None
     return x.astype(np.float32), r
 

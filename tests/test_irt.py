@@ -311,6 +311,61 @@ def test_fallback_order_and_route_says_which_applies(upstream, encoder, tmp_path
     assert policy.sources()["plain"] == "prior"
 
 
+def test_a_hand_edited_abilities_file_never_breaks_the_policy(upstream, encoder, tmp_path, caplog):
+    """Bad entries (not numbers, NaN, 1e308, no bias, a broken residual) are logged and served as
+    uncalibrated; good ones beside them still serve, at start-up and when the file is rewritten."""
+    from router.policy_set import PolicySet
+
+    abilities = tmp_path / "abilities.json"
+    good = [0.1] * 24
+    bad = {
+        "cal": {"ability": "x" * 24, "bias": 0.0},
+        "plain": {"ability": [0.0] * 23 + [float("nan")], "bias": 0.0},
+        "bench": {"ability": good, "bias": None},
+    }
+    abilities.write_text(json.dumps({"models": bad}))
+    config = pool_config(upstream.base_url, abilities)
+    policies = PolicySet(config, encoder)
+    assert policies.default == "irt"
+    policy = policies.get("irt")
+    assert policy.sources() == {
+        "gpt-4-1106-preview": "trained",
+        "cal": "prior",
+        "plain": "prior",
+        "bench": "benchmarks",  # its config's benchmark numbers, next in the fallback order
+    }
+    assert "'plain' is left out: 'ability' must be a list of numbers" in caplog.text
+    prompt = ["What is 17 times 23?"]
+    batch = PromptBatch(prompt, embeddings=encoder.encode(prompt))
+    assert np.isfinite(policy.predict_quality(batch)).all()
+    # rewritten while serving: one huge ability, one good entry with a malformed residual, one good
+    broken_residual = {"dim": 384, "embeddings_f16": "AAAA", "residuals": [1.0]}
+    nan_residual = pack_residual(batch.embeddings, np.array([np.nan]))
+    abilities.write_text(
+        json.dumps(
+            {
+                "models": {
+                    "cal": {"ability": [1e308] * 24, "bias": 0.0},
+                    "plain": {"ability": good, "bias": 0.5, "residual": broken_residual},
+                    "bench": {"ability": good, "bias": 0.5, "residual": nan_residual},
+                }
+            }
+        )
+    )
+    policy._checked = 0.0
+    assert policy.sources() == {
+        "gpt-4-1106-preview": "trained",
+        "cal": "prior",
+        "plain": "calibrated",
+        "bench": "calibrated",
+    }
+    q = policy.predict_quality(batch)[0]
+    assert np.isfinite(q).all() and q[2] == pytest.approx(q[3], abs=1e-6)  # no residual served
+    abilities.write_text("{not json")
+    policy._checked = 0.0
+    assert policy.sources()["plain"] == "prior" and "is unreadable" in caplog.text
+
+
 def test_route_cli_shows_the_quality_source(upstream, tmp_path):
     cfg = tmp_path / "config.yaml"
     conf = pool_config(upstream.base_url, tmp_path / "ab.json")
