@@ -583,19 +583,24 @@ def _number(v: Any) -> bool:
 
 
 def write_ability(path: str | Path, model: str, entry: dict[str, Any]) -> None:
-    """Add or replace one model's entry, atomically (a serving gateway reads the file any time)."""
+    """Add or replace one model's entry, atomically (a serving gateway reads the file any time),
+    under a lock file beside it: calibrations running at once (processes, threads) each read,
+    update and replace the whole file, and would otherwise drop each other's models."""
+    from filelock import FileLock
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-        data = {"format": "moe-router-abilities", "models": {}}
-    data["models"][model] = entry
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    with FileLock(path.with_name(path.name + ".lock")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            data = {"format": "moe-router-abilities", "models": {}}
+        data["models"][model] = entry
+        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
 
 
 def pack_residual(X: np.ndarray, r: np.ndarray) -> dict[str, Any]:

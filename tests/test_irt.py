@@ -200,6 +200,29 @@ def test_calibration_residual_survives_the_artifact_and_the_abilities_file(
     assert unpack_residual({"dim": 5, "embeddings_f16": "", "residuals": [0.1]}) is None
 
 
+def test_concurrent_calibrations_of_different_models_all_land_in_the_abilities_file(tmp_path):
+    """Two `moe-router calibrate` runs (processes) write the one file: each write is a
+    read-modify-replace, so without a lock one run's models could vanish."""
+    import multiprocessing
+
+    path = tmp_path / "abilities.json"
+    ctx = multiprocessing.get_context("spawn")
+    runs = [ctx.Process(target=_write_models, args=(str(path), f"run{i}", 25)) for i in range(4)]
+    for r in runs:
+        r.start()
+    for r in runs:
+        r.join(120)
+    assert [r.exitcode for r in runs] == [0] * 4
+    stored = read_abilities(path)
+    assert sorted(stored) == sorted(f"run{i}-m{j}" for i in range(4) for j in range(25))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _write_models(path: str, prefix: str, n: int) -> None:
+    for j in range(n):
+        write_ability(path, f"{prefix}-m{j}", {"ability": [float(j)], "bias": 0.0})
+
+
 # ---- calibration items ----------------------------------------------------------------------------
 def test_shipped_calibration_items_are_checkable_and_balanced():
     items = load_items()
