@@ -206,3 +206,32 @@ class PromptEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(out)
+
+
+class UnloadedEncoder(PromptEncoder):
+    """`PromptEncoder(model)`'s identity (name, version, build: what policy artifacts are checked
+    against) whose model is never loaded: its files are looked for, and every text encodes to one
+    fixed unit vector. It builds policies to check a config (`moe-router config validate`), where no
+    vector is used and loading the model (an ONNX session, or torch) costs seconds."""
+
+    def _build(self):
+        if self.build == "torch" and self.model not in BUNDLED_ALIASES:  # a directory, or a hub name
+            if not os.path.isdir(self.model):
+                return super()._build()  # from the local hub cache (offline): only loading finds it
+        elif not os.path.isfile(os.path.join(bundled_model_path(), "tokenizer.json")):
+            raise OSError(f"encoder {self.model!r}: the bundled model has no tokenizer.json")
+        return _FixedVectors()
+
+
+class _FixedVectors:
+    """What `UnloadedEncoder` loads: the same unit vector for every text."""
+
+    DIM = 384  # all-MiniLM-L6-v2's (only the shape matters: nothing routes with these)
+
+    def get_embedding_dimension(self) -> int:
+        return self.DIM
+
+    def encode(self, texts: Sequence[str], **_: object) -> np.ndarray:
+        out = np.zeros((len(texts), self.DIM), np.float32)
+        out[:, 0] = 1.0
+        return out

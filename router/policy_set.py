@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from policies.base import ModelInfo, Policy, PriorPolicy
-from policies.encoders import DEFAULT, PromptEncoder
+from policies.encoders import DEFAULT, PromptEncoder, UnloadedEncoder
 from policies.registry import policy_class
 from router.config import ModelSpec, PolicySpec, RouterConfig
 from router.mapped_policy import mapped
@@ -52,10 +52,12 @@ def encoder_model(config: RouterConfig) -> str:
     return fitted.pop() if len(fitted) == 1 else DEFAULT
 
 
-def build_encoder(config: RouterConfig) -> PromptEncoder:
-    """The routing encoder `config` asks for (not loaded yet)."""
+def build_encoder(config: RouterConfig, unloaded: bool = False) -> PromptEncoder:
+    """The routing encoder `config` asks for (not loaded yet). `unloaded`: one that never loads its
+    model (`UnloadedEncoder`: policies built with it are checked, not served)."""
     enc = config.encoder
-    return PromptEncoder(encoder_model(config), cache_size=enc.cache_size, threads=enc.threads)
+    cls = UnloadedEncoder if unloaded else PromptEncoder
+    return cls(encoder_model(config), cache_size=enc.cache_size, threads=enc.threads)
 
 
 def build_policy(

@@ -286,6 +286,30 @@ def test_the_zero_shot_default_on_the_static_encoder_is_warned_about():
     assert PolicySet(fitted_default, fast).warnings == []
 
 
+def test_config_validate_builds_policies_without_loading_the_encoder(tmp_path, monkeypatch):
+    """`config validate` checks artifacts against the encoder's identity and looks for its files,
+    but loads no model (an ONNX session cost seconds a call): the same policies, default and
+    warnings as with the real encoder, and a missing model file is still an error."""
+    from policies import encoders
+    from router.policy_set import STATIC_CATEGORY, PolicyError, PolicySet, build_encoder
+
+    for model in ("minilm-onnx-int8", "minilm-onnx-int8-r3", "minilm-onnx", "minilm", "minilm-static"):
+        real, unloaded = encoders.PromptEncoder(model), encoders.UnloadedEncoder(model)
+        assert (unloaded.name, unloaded.version, unloaded.build) == (real.name, real.version, real.build)
+    upstream = "http://127.0.0.1:9/v1"
+    default = make_config(upstream)
+    policies = PolicySet(default, build_encoder(default, unloaded=True))
+    assert policies.default == "irt" and policies.warnings == []
+    assert isinstance(policies.get("irt").encoder.load(), encoders._FixedVectors)
+    static = make_config(upstream, encoder={"model": "minilm-static"})
+    irt, category = PolicySet(static, build_encoder(static, unloaded=True)).warnings
+    assert "falls back to category" in irt and category == STATIC_CATEGORY
+
+    monkeypatch.setattr(encoders, "bundled_model_path", lambda: str(tmp_path))  # a broken install
+    with pytest.raises(PolicyError, match="no tokenizer.json"):
+        PolicySet(default, build_encoder(default, unloaded=True))
+
+
 def test_static_encoder_tokenizes_like_transformers_without_importing_it():
     """The static encoder's vectors were distilled per token id: its fast tokenizer must give the
     ids transformers' tokenizer gives, on every kind of text."""

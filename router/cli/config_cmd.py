@@ -32,14 +32,15 @@ def validate(
     ),
     timeout_s: float = typer.Option(3.0, "--timeout", min=0.1, help="seconds per probe"),
 ) -> None:
-    """Parse the config, build its policies and model adapters (without loading any model), and
-    with --check probe every model; exit 1 if anything is invalid or unreachable."""
+    """Parse the config, build its policies and model adapters (without loading any model, the
+    routing encoder included: its files are looked for), and with --check probe every model; exit 1
+    if anything is invalid or unreachable."""
     from router.policy_set import PolicySet, build_encoder
     from router.probe import UNREACHABLE, check_backends, check_params, probe_models
 
     cfg = load(_path(path, config))
     check_backends(cfg.models)
-    policies = PolicySet(cfg, build_encoder(cfg))
+    policies = PolicySet(cfg, build_encoder(cfg, unloaded=True))
     problems = check_params(cfg.models)
     if problems:
         raise UserError("; ".join(problems))
