@@ -89,6 +89,19 @@ def encoder() -> PromptEncoder:
     return enc
 
 
+@pytest.fixture
+def cli_cache(tmp_path: Path, encoder: PromptEncoder) -> Path:
+    """A `MOE_ROUTER_CACHE_DIR` of the test's own for CLI subprocesses, holding only the ONNX export
+    `encoder` loads (linked, in `policies.encoder_files.onnx_file`'s layout): every subprocess given
+    an empty cache exported it again, ~10 s of torch each."""
+    export = Path(encoder.load().path).parent
+    dest = tmp_path / "cache" / "encoders" / export.name
+    dest.mkdir(parents=True)
+    for f in export.glob("*.onnx"):
+        (dest / f.name).symlink_to(f)
+    return tmp_path / "cache"
+
+
 @dataclass
 class Gateway:
     url: str

@@ -169,11 +169,11 @@ def test_boosted_trees_served_by_numpy_match_scikit_learn():
     )
 
 
-def test_cli_trains_and_evaluates_a_cascade(tmp_path):
+def test_cli_trains_and_evaluates_a_cascade(tmp_path, cli_cache):
     texts, Q, C, responses = letter_data(1)
     trn = write_routerbench(tmp_path / "train.csv", texts[::2], Q[::2], C[::2], responses=responses[::2])
     tst = write_routerbench(tmp_path / "test.csv", texts[1::2], Q[1::2], C[1::2], responses=responses[1::2])
-    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(cli_cache)}
 
     def run(*args):
         return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=300)

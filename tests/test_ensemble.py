@@ -146,12 +146,12 @@ def test_auto_features_are_chosen_on_training_folds_when_they_help(encoder):
     assert noise.features_used_ == [False, False]
 
 
-def test_cli_trains_and_evaluates_an_ensemble(tmp_path):
+def test_cli_trains_and_evaluates_an_ensemble(tmp_path, cli_cache):
     texts, _, Q, C = planted()
     ds = planted_dataset()
     trn = write_jsonl(tmp_path / "train.jsonl", list(observations(ds.subset(np.arange(0, len(ds), 2)))))
     tst = write_routerbench(tmp_path / "test.csv", texts[1::2], Q[1::2], C[1::2])
-    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(cli_cache)}
 
     def run(*args):
         return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=300)

@@ -119,11 +119,11 @@ def test_cascade_escalates_weak_answers(encoder, tmp_path):
     assert load_policy(d, encoder=encoder).should_escalate("Bake?", "I am not sure, sorry.")
 
 
-def test_cli_train_eval_and_errors(tmp_path, data):
+def test_cli_train_eval_and_errors(tmp_path, cli_cache, data):
     texts, _, Q, C = planted()
     trn = write_routerbench(tmp_path / "train.csv", texts[::2], Q[::2], C[::2])
     tst = write_routerbench(tmp_path / "test.csv", texts[1::2], Q[1::2], C[1::2], blank={(0, "big")})
-    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(cli_cache)}
 
     def run(*args):
         return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=300)
