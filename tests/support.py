@@ -1,9 +1,11 @@
 """What several test modules share: the CLI as a user runs it, polling for background work, the
-ledger's row counts, and `moe-router serve` replicas as processes. (Fixtures live in conftest.py.)"""
+ledger's row counts, `moe-router serve` replicas as processes, and what the agent tests give an
+agent (its key) and read back (its tool results). (Fixtures live in conftest.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +59,24 @@ def add_key(gw, name: str, **fields) -> tuple[dict, str]:
     assert r.status_code == 201, r.text
     body = r.json()
     return body, body["key"]
+
+
+def agent_key(gw) -> str:
+    """A moe-router key for an agent: every agent test's gateway requires one, so each client is
+    seen to send its key the way it does (x-api-key, Authorization: Bearer)."""
+    return add_key(gw, "agent")[1]
+
+
+def tool_outputs(upstream) -> list[str]:
+    """Every tool result the agents sent upstream (OpenAI `tool` messages, Anthropic tool_result blocks)."""
+    out = []
+    for call in upstream.calls():
+        for m in call.get("messages") or []:
+            if m.get("role") == "tool":
+                out.append(json.dumps(m.get("content")))
+            elif isinstance(m.get("content"), list):
+                out += [json.dumps(b) for b in m["content"] if b.get("type") == "tool_result"]
+    return out
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

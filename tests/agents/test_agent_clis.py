@@ -9,7 +9,6 @@ answer carrying that output reached the CLI.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -20,7 +19,7 @@ import yaml
 from router.config import load_config
 from tests.agents.clis import agent_bin
 from tests.conftest import make_config
-from tests.support import anthropic_format_model
+from tests.support import MASTER, agent_key, anthropic_format_model, tool_outputs
 
 MARKER = "TOOL-RAN-7f3a"
 PROMPT = "Run the tool once, then report what it printed."
@@ -40,17 +39,6 @@ def agent_config(upstream, **sections):
     raw.pop("server", None)
     auth = {"require_keys": True, "master_key": MASTER}
     return make_config(upstream.base_url, **{**raw, "auth": auth, **sections})
-
-
-MASTER = "sk-master-agents"
-
-
-def user_key(gw) -> str:
-    """A moe-router key for the agent: every test gateway requires one, so each CLI is seen to
-    send its key the way it does (x-api-key, Authorization: Bearer)."""
-    r = gw.post("/admin/keys", json={"name": "agent"}, headers={"authorization": f"Bearer {MASTER}"})
-    assert r.status_code == 201, r.text
-    return r.json()["key"]
 
 
 MOCKS = ("mock-small", "mock-coder", "mock-large")
@@ -85,18 +73,6 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) ->
     return subprocess.run(cmd, env=full, cwd=cwd / "work", capture_output=True, text=True, timeout=timeout)
 
 
-def tool_outputs(upstream) -> list[str]:
-    """Every tool result the agents sent upstream (OpenAI `tool` messages, Anthropic tool_result blocks)."""
-    out = []
-    for call in upstream.calls():
-        for m in call.get("messages") or []:
-            if m.get("role") == "tool":
-                out.append(json.dumps(m.get("content")))
-            elif isinstance(m.get("content"), list):
-                out += [json.dumps(b) for b in m["content"] if b.get("type") == "tool_result"]
-    return out
-
-
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     (tmp_path / "work").mkdir()
@@ -104,7 +80,7 @@ def workdir(tmp_path) -> Path:
 
 
 def claude_env(gw, model: str | None) -> dict[str, str]:
-    env = {"ANTHROPIC_BASE_URL": gw.url, "ANTHROPIC_API_KEY": user_key(gw)}
+    env = {"ANTHROPIC_BASE_URL": gw.url, "ANTHROPIC_API_KEY": agent_key(gw)}
     if model is not None:
         env["ANTHROPIC_MODEL"] = model
     return env
@@ -180,7 +156,7 @@ def test_codex_with_a_config_provider_runs_a_tool_loop(upstream, start_gateway, 
     for name in MOCKS:
         upstream.behave(name, tool="exec_command", tool_args={"cmd": f"echo {MARKER}"})
     codex_config(workdir / "home", gw)
-    env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "MOE_ROUTER_API_KEY": user_key(gw)}
+    env = {"CODEX_HOME": str(workdir / "home" / ".codex"), "MOE_ROUTER_API_KEY": agent_key(gw)}
     done = run([codex, *CODEX, PROMPT], env, workdir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert any(MARKER in t for t in tool_outputs(upstream))
@@ -205,7 +181,7 @@ def test_codex_one_line_base_url_runs_a_tool_loop(upstream, start_gateway, workd
     # the built-in provider sends the key `codex login` saved (not OPENAI_API_KEY)
     login = subprocess.run(
         [codex, "login", "--with-api-key"],
-        input=user_key(gw),
+        input=agent_key(gw),
         env={**os.environ, **env},
         capture_output=True,
         text=True,

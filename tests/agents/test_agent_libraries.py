@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.agents.test_agent_clis import MASTER, tool_outputs, user_key
 from tests.conftest import make_config
-from tests.support import anthropic_format_model
+from tests.support import MASTER, agent_key, anthropic_format_model, tool_outputs
 
 MARKER = "TOOL-RAN-51c9"
 CLAUDE = "claude-sonnet-4-5"  # what the upstream sees of model "cl"
@@ -89,7 +88,7 @@ def langchain_loop(chat, ran: list[str]) -> str:
 @pytest.mark.parametrize("api", ["ChatOpenAI", "ChatAnthropic"])
 def test_langchain_runs_a_tool_loop(gw, upstream, api):
     script(upstream)
-    key = user_key(gw)
+    key = agent_key(gw)
     if api == "ChatOpenAI":
         from langchain_openai import ChatOpenAI
 
@@ -121,7 +120,7 @@ def test_openai_agents_sdk_runs_a_tool_loop(gw, upstream, api):
     from openai import AsyncOpenAI
 
     script(upstream)
-    client = AsyncOpenAI(base_url=gw.url + "/v1", api_key=user_key(gw), max_retries=0, timeout=30)
+    client = AsyncOpenAI(base_url=gw.url + "/v1", api_key=agent_key(gw), max_retries=0, timeout=30)
     kind = OpenAIResponsesModel if api == "responses" else OpenAIChatCompletionsModel
     ran: list[str] = []
     agent = Agent(
@@ -152,7 +151,7 @@ def test_llm_cli_answers_through_an_extra_openai_model(gw, upstream, tmp_path):
         "HOME": str(tmp_path),
         "LLM_USER_PATH": str(tmp_path),
         "LLM_LOAD_PLUGINS": "",  # only llm's own OpenAI plugin, none the environment has installed
-        "OPENAI_API_KEY": user_key(gw),
+        "OPENAI_API_KEY": agent_key(gw),
     }
     done = subprocess.run(
         [LLM, "-m", "router", "Which river runs through Paris?"],

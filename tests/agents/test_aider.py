@@ -13,8 +13,8 @@ import os
 import subprocess
 
 from tests.agents.clis import aider_bin
-from tests.agents.test_agent_clis import MASTER, user_key
 from tests.conftest import make_config
+from tests.support import MASTER, agent_key
 
 MARKER = "EDITED-BY-ROUTER-2b7e"
 FLAGS = [
@@ -61,7 +61,7 @@ def test_aider_edits_a_file_through_the_gateway(upstream, start_gateway, tmp_pat
         "LANG": "C.UTF-8",
         "TERM": "dumb",
         "OPENAI_API_BASE": gw.url + "/v1",
-        "OPENAI_API_KEY": user_key(gw),
+        "OPENAI_API_KEY": agent_key(gw),
         "AIDER_ANALYTICS": "false",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # litellm's bundled prices: no download
     }
