@@ -142,6 +142,14 @@ def _cells(row: np.ndarray) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in row]
 
 
+def check_rounds(ds: RoutingDataset, rounds: int) -> None:
+    """ValueError unless `rounds` is 1, or 2 on data with the models' recorded answers."""
+    if rounds not in (1, 2):
+        raise ValueError("rounds must be 1 or 2")
+    if rounds == 2 and ds.responses is None:
+        raise ValueError("rounds=2 needs the models' recorded answers (RouterBench `M|model_response`)")
+
+
 def build_grpo_dataset(
     ds: RoutingDataset,
     roster: Sequence[ModelInfo],
@@ -162,10 +170,7 @@ def build_grpo_dataset(
     names = [m.name for m in roster]
     if names != list(ds.models):
         raise ValueError(f"the roster {names} does not match the data's models {ds.models}")
-    if rounds not in (1, 2):
-        raise ValueError("rounds must be 1 or 2")
-    if rounds == 2 and ds.responses is None:
-        raise ValueError("rounds=2 needs the models' recorded answers (RouterBench `M|model_response`)")
+    check_rounds(ds, rounds)
     cost = _cost_matrix(ds, roster)
     keep = np.flatnonzero(ds.mask.any(axis=1))
     if not len(keep):
@@ -372,10 +377,6 @@ def train_llm_router(
     `group` (divide by each group's reward std) | `batch` | `none` (Dr. GRPO): with `group`, a
     group whose answers differ only by a small cost gets the same weight as one that differs
     in correctness."""
-    import torch
-    from transformers import PrinterCallback, ProgressCallback
-    from trl import GRPOConfig, GRPOTrainer
-
     if steps < 1 or num_generations < 2 or prompts_per_step < 1 or max_completion_length < 4:
         raise ValueError(
             "need steps >= 1, num_generations >= 2, prompts_per_step >= 1, max_completion_length >= 4"
@@ -383,6 +384,11 @@ def train_llm_router(
     fallback_class(fallback)  # a bad fallback fails before any work
     if warm_start_steps < 0:
         raise ValueError("need warm_start_steps >= 0")
+    check_rounds(data, rounds)  # ... and data without answers for rounds=2 (before torch and trl load)
+    import torch
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import GRPOConfig, GRPOTrainer
+
     out = Path(out)
     t0 = time.perf_counter()
     model, tok = load_base(base, gguf_file)
