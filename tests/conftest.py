@@ -89,17 +89,37 @@ def encoder() -> PromptEncoder:
     return enc
 
 
+def cache_with_encoder(root: Path, encoder: PromptEncoder) -> Path:
+    """`root` as a `MOE_ROUTER_CACHE_DIR` holding the ONNX export `encoder` loads (its files linked,
+    in `policies.encoder_files.onnx_file`'s layout): given an empty cache, a process exports it
+    again, ~10 s of torch."""
+    export = Path(encoder.load().path).parent
+    dest = root / "encoders" / export.name
+    if not dest.is_dir():
+        dest.mkdir(parents=True)
+        for f in export.glob("*.onnx"):
+            (dest / f.name).symlink_to(f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def _training_cache(tmp_path_factory, encoder: PromptEncoder) -> Path:
+    return cache_with_encoder(tmp_path_factory.getbasetemp() / "moe-cache", encoder)
+
+
+@pytest.fixture
+def training_cache(_training_cache: Path, monkeypatch) -> Path:
+    """`MOE_ROUTER_CACHE_DIR` for the training tests, in process and in the CLI processes they
+    start: one directory for the session (each prompt is embedded once) with the encoder export."""
+    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(_training_cache))
+    return _training_cache
+
+
 @pytest.fixture
 def cli_cache(tmp_path: Path, encoder: PromptEncoder) -> Path:
-    """A `MOE_ROUTER_CACHE_DIR` of the test's own for CLI subprocesses, holding only the ONNX export
-    `encoder` loads (linked, in `policies.encoder_files.onnx_file`'s layout): every subprocess given
-    an empty cache exported it again, ~10 s of torch each."""
-    export = Path(encoder.load().path).parent
-    dest = tmp_path / "cache" / "encoders" / export.name
-    dest.mkdir(parents=True)
-    for f in export.glob("*.onnx"):
-        (dest / f.name).symlink_to(f)
-    return tmp_path / "cache"
+    """A `MOE_ROUTER_CACHE_DIR` of the test's own for CLI processes (nothing embedded yet), with
+    the encoder export."""
+    return cache_with_encoder(tmp_path / "cache", encoder)
 
 
 @dataclass

@@ -23,9 +23,7 @@ from training.loaders import load_dataset
 FAST = {"calib_folds": 3}
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,7 @@ from training.loaders import observations
 FAST = {"bases": ["knn", "logistic", "cluster"], "calib_folds": 3}
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 def marker(text: str, name: str, tokens: float = 10.0) -> float:

@@ -18,10 +18,7 @@ from tests.conftest import make_config, priced_model
 from tests.training_fixtures import HELD_OUT, planted, write_routerbench
 from training.dataset import RoutingDataset
 
-
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 # ---- fitting on synthetic IRT data ----------------------------------------------------------------

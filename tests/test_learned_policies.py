@@ -22,9 +22,7 @@ LEARNED = ["knn", "logistic", "mlp", "mf", "bt", "cluster", "pg"]
 FAST = {"calib_folds": 3}  # keep the suite quick; calibration still runs
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 @pytest.fixture(scope="module")

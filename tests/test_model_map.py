@@ -25,9 +25,7 @@ RB = {
 TO_POOL = {rb: ours for ours, rb in RB.items()}
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,7 @@ NAN = np.nan
 CODE = [text for text, model in HELD_OUT if model == "coder"]
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 @pytest.fixture(scope="module")

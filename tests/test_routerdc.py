@@ -32,9 +32,7 @@ HELD_OUT = [
 FIT = {"epochs": 3, "batch_size": 16, "lr": 3e-4, "calib_folds": 4}
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 def two_topics() -> RoutingDataset:

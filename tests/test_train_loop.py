@@ -22,9 +22,7 @@ KINDS = {"code": "large", "cooking": "small"}
 WANT = {"coder": "large", "cheap": "small"}  # HELD_OUT's planted winners, in this pool's names
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "moe-cache"))
+pytestmark = pytest.mark.usefixtures("training_cache")
 
 
 def two_models(base_url: str) -> list[dict]:
