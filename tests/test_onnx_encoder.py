@@ -78,6 +78,12 @@ def real_prompts() -> list[str]:
     return out
 
 
+@pytest.fixture(scope="module")
+def torch_vectors(torch_enc, real_prompts) -> np.ndarray:
+    """The reference: `real_prompts` through torch (the slowest build: encoded once here)."""
+    return torch_enc.encode(real_prompts)
+
+
 def test_int8_is_the_default_and_fp32_is_torch(encoder):
     assert EncoderSettings().model is None and load_config(None).encoder.model is None
     assert encoder_model(load_config(None)) == "minilm-onnx-int8"  # no artifacts: the default build
@@ -88,9 +94,9 @@ def test_int8_is_the_default_and_fp32_is_torch(encoder):
     assert (fp32.build, torch_build.build) == ("onnx", "torch")
 
 
-def test_fp32_matches_torch_on_real_prompts(encoder, torch_enc, real_prompts):
+def test_fp32_matches_torch_on_real_prompts(encoder, torch_vectors, real_prompts):
     onnx = PromptEncoder("minilm-onnx", cache_size=0).encode(real_prompts)
-    ref = torch_enc.encode(real_prompts)
+    ref = torch_vectors
     assert onnx.shape == ref.shape == (100, 384)
     c = cos(onnx, ref)
     assert c.min() >= 0.9999, (c.min(), real_prompts[int(c.argmin())][:200])
@@ -127,9 +133,9 @@ def test_int8_saturating_cpus_get_7_bit_weights_in_a_file_of_their_own(monkeypat
     assert files.onnx_file("1", False).name == "model.onnx"
 
 
-def test_int8_runs_and_is_close(int8_enc, torch_enc, real_prompts):
+def test_int8_runs_and_is_close(int8_enc, torch_vectors, real_prompts):
     q = int8_enc.encode(real_prompts)
-    ref = torch_enc.encode(real_prompts)
+    ref = torch_vectors
     assert q.shape == (100, 384) and np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
     c = cos(q, ref)
     # the default recipe r2 measured 0.9971 / 0.9910 on a CPU with VNNI (CMMLU is the lowest);
@@ -218,8 +224,33 @@ def test_an_artifact_fitted_with_another_int8_recipe_serves_with_it(
     assert PromptEncoder("minilm-onnx-int8-r2").version == PromptEncoder("minilm-onnx-int8").version
 
 
-def test_export_is_cached_and_reused(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def exported_by_two(tmp_path_factory) -> Path:
+    """An empty cache two processes exported the fp32 encoder into at once (its first use)."""
+    cache = tmp_path_factory.mktemp("exported-by-two")
+    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(cache)}
+    code = "from policies.encoders import PromptEncoder; print(PromptEncoder('minilm-onnx').encode(['hi']).sum())"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e.decode()[-2000:] for _, e in outs]
+    return cache
+
+
+def test_export_is_cached_and_reused(exported_by_two, tmp_path, monkeypatch):
+    """What the processes exported is found and used (never exported again); the int8 build is
+    quantized from it once, then found too."""
+    shutil.copytree(exported_by_two / "encoders", tmp_path / "encoders")
     monkeypatch.setenv("MOE_ROUTER_CACHE_DIR", str(tmp_path))
+
+    def boom(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(ox, "export", boom)
     path = bundled_model_path()
     f = ox.ensure(path, WHEEL)
     assert f == files.onnx_file(WHEEL, int8=False) and f.is_relative_to(tmp_path) and f.stat().st_size > 80e6
@@ -227,10 +258,6 @@ def test_export_is_cached_and_reused(tmp_path, monkeypatch):
     assert q == files.onnx_file(WHEEL, int8=True) and q.stat().st_size < f.stat().st_size * 0.8
     before = (f.stat().st_mtime_ns, q.stat().st_mtime_ns)
 
-    def boom(*a, **k):
-        raise AssertionError("exported again")
-
-    monkeypatch.setattr(ox, "export", boom)
     monkeypatch.setattr(ox, "quantize", boom)
     enc = PromptEncoder("minilm-onnx-int8", cache_size=0)
     assert enc.encode(["hello"]).shape == (1, 384)  # loads from the cache: no export, no quantize
@@ -242,22 +269,12 @@ def test_export_is_cached_and_reused(tmp_path, monkeypatch):
     ]  # no temp files
 
 
-def test_concurrent_first_use_leaves_a_whole_file(tmp_path, torch_enc):
+def test_concurrent_first_use_leaves_a_whole_file(exported_by_two, torch_enc):
     """Two processes exporting into an empty cache at once: each writes its own temp file and
     renames it, so the file both end with (and a third process reads) is whole."""
-    env = {**os.environ, "MOE_ROUTER_CACHE_DIR": str(tmp_path)}
-    code = "from policies.encoders import PromptEncoder; print(PromptEncoder('minilm-onnx').encode(['hi']).sum())"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e.decode()[-2000:] for _, e in outs]
-    files = sorted(p.name for p in (tmp_path / "encoders").rglob("*") if p.is_file())
+    files = sorted(p.name for p in (exported_by_two / "encoders").rglob("*") if p.is_file())
     assert files == ["model.onnx"]
-    os.environ["MOE_ROUTER_CACHE_DIR"] = str(tmp_path)
+    os.environ["MOE_ROUTER_CACHE_DIR"] = str(exported_by_two)
     try:
         got = PromptEncoder("minilm-onnx", cache_size=0).encode(["hi", "a second prompt"])
     finally:
