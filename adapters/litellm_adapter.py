@@ -7,6 +7,8 @@ router's dispatcher owns retries, fallbacks and circuit breakers.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,14 +25,19 @@ from adapters.errors import (
 from adapters.openai_compat import retry_after_seconds
 from adapters.redact import redact, secret_values
 
-# litellm fetches its model price map from the internet at import unless told otherwise; the router
-# does its own pricing, so the bundled map is enough (and the gateway must start offline).
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
+@functools.cache
+def _litellm() -> Any:
+    """litellm, imported on first use (start, or the first call): its import takes seconds, which
+    checking a config (`config validate`, `models`) never needs."""
+    # litellm fetches its model price map from the internet at import unless told otherwise; the
+    # router does its own pricing, so the bundled map is enough (and the gateway must start offline)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
 
-litellm.suppress_debug_info = True
-litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
 
 
 class LiteLLMAdapter:
@@ -43,7 +50,7 @@ class LiteLLMAdapter:
         self._secrets = secret_values(params)
 
     async def start(self) -> None:
-        return None
+        await asyncio.to_thread(_litellm)  # off the event loop: the gateway answers meanwhile
 
     async def aclose(self) -> None:
         return None
@@ -86,7 +93,7 @@ class LiteLLMAdapter:
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         try:
-            resp = await litellm.acompletion(**self._kwargs(request, stream=False))
+            resp = await _litellm().acompletion(**self._kwargs(request, stream=False))
         except Exception as e:  # noqa: BLE001 - litellm raises many types; all are classified here
             raise classify(e, self._secrets) from None
         choice = resp.choices[0]
@@ -99,7 +106,7 @@ class LiteLLMAdapter:
     async def embed(self, texts: list[str], dimensions: int | None = None) -> EmbedResult:
         kw = {"dimensions": dimensions} if dimensions else {}
         try:
-            resp = await litellm.aembedding(
+            resp = await _litellm().aembedding(
                 **(kw | self.params), model=self.model, input=texts, timeout=self.timeout, num_retries=0
             )
         except Exception as e:  # noqa: BLE001 - litellm raises many types; all are classified here
@@ -110,7 +117,7 @@ class LiteLLMAdapter:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         try:
-            resp = await litellm.acompletion(**self._kwargs(request, stream=True))
+            resp = await _litellm().acompletion(**self._kwargs(request, stream=True))
             async for chunk in resp:
                 usage = _usage(chunk)
                 if not chunk.choices:
@@ -148,6 +155,7 @@ def classify(e: Exception, secrets: frozenset[str] = frozenset()) -> BackendErro
     response = getattr(e, "response", None)
     headers = getattr(response, "headers", None) or {}
     retry_after = retry_after_seconds(headers.get("retry-after")) if hasattr(headers, "get") else None
+    litellm = _litellm()
     if isinstance(e, litellm.Timeout):
         return BackendTimeout(msg, upstream_status=status)
     if isinstance(e, litellm.RateLimitError):

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from importlib.metadata import version
@@ -179,6 +180,22 @@ def test_config_validate_check_probes_every_endpoint(tmp_path, upstream):
         "anthropic": "not",
     }
     assert run("config", "validate", "-c", str(bad)).returncode == 0  # without --check nothing is probed
+
+
+def test_config_validate_loads_no_model_and_no_provider_library():
+    """validate builds the default config's policies and adapters (its litellm models too) without
+    importing litellm or starting an ONNX session: each took seconds, and validate should be quick."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['moe-router', 'config', 'validate']\n"
+        "from router.cli import main\n"
+        "main()\n"
+        "print(sorted(m for m in ('litellm', 'onnxruntime', 'torch') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ok, *_, loaded = r.stdout.strip().splitlines()
+    assert ok.startswith("ok: ") and "policies: category, cheapest, irt" in ok and loaded == "[]", r.stdout
 
 
 def test_models_does_not_call_an_unreachable_server_available(tmp_path, upstream):
