@@ -25,6 +25,7 @@ _FINAL = re.compile(r"####\s*(" + NUMBER + ")")
 _SAYS = re.compile(r"answer\s*(?:is|:)\s*\(?(" + NUMBER + r"|[A-E]\b)", re.IGNORECASE)
 _LETTER = re.compile(r"^\W*\(?([A-E])\)?(?:[.:)]|\s*$)")
 _CALC = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
+MAX_CALC_EXPR = 200  # characters: GSM8K's annotations are a few dozen (<<48/2=24>>)
 HEDGES = (
     "however",
     "actually",
@@ -119,15 +120,21 @@ def _arith(node: ast.AST) -> float:
 
 
 def calc_errors(text: str | None) -> tuple[int, int]:
-    """(wrong, total) calculator annotations `<<expr=value>>` in a reply."""
+    """(wrong, total) calculator annotations `<<expr=value>>` in a reply. The reply is a model's
+    text (served cascades read it on the request path): an expression longer than `MAX_CALC_EXPR`
+    is not a calculator's and counts as wrong unparsed; Python's parser raises MemoryError on
+    deep nesting ("-" * 10**5), which counts as wrong too."""
     wrong = total = 0
     for expr, value in _CALC.findall(text or ""):
         total += 1
         want = _number(value.strip())
+        if len(expr) > MAX_CALC_EXPR:
+            wrong += 1
+            continue
         try:
             got = _arith(ast.parse(expr.replace(",", "").replace("$", "").strip(), mode="eval"))
             wrong += want is None or abs(got - want) > 1e-6 * max(1.0, abs(got))
-        except (ValueError, SyntaxError, ZeroDivisionError, OverflowError, RecursionError):
+        except (ValueError, SyntaxError, ZeroDivisionError, OverflowError, RecursionError, MemoryError):
             wrong += 1
     return wrong, total
 

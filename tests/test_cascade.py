@@ -49,6 +49,15 @@ def test_extract_answer(text, want):
 
 def test_answer_features_read_arithmetic_and_agreement():
     assert calc_errors("16 - 3 = <<16-3=13>>13 and <<13*2=27>>27, <<__import__('os')=1>>") == (2, 3)
+    # a model's text is not trusted: what would exhaust the parser, or is too long to be a
+    # calculator's, is a wrong annotation, not an exception on the request path
+    for hostile in (
+        "-" * 100_000 + "1",
+        "lambda:" * 5000 + "1",
+        "(" * 150 + "1" + ")" * 150,
+        "1+" * 150 + "1",
+    ):
+        assert calc_errors(f"<<{hostile}=1>> then <<2*3=6>>") == (1, 2)
     prompt = "Janet has 16 eggs and eats 3 of them."
     good = answer_features(prompt, "16 - 3 = <<16-3=13>>13 eggs.\n#### 13", "She has 13 left.")
     bad = answer_features(prompt, "16 + 3 = <<16+3=20>>20. However, I am not sure.", "She has 13 left.")
