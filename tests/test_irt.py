@@ -422,6 +422,30 @@ def test_online_calibration_grades_real_calls_and_stores_the_ability(upstream, t
     assert {c["model"]: c["quality_source"] for c in route["candidates"]}["cal"] == "calibrated"
 
 
+def test_online_calibration_skips_models_whose_credentials_are_not_set(upstream, tmp_path):
+    """Unnamed, a model that cannot be called is listed as skipped and not priced; named, it is a
+    one-line error (nothing sent either way)."""
+    cfg = tmp_path / "config.yaml"
+    conf = pool_config(upstream.base_url, tmp_path / "abilities.json")
+    data = conf.model_dump(mode="json", exclude_none=True)
+    keyless = priced_model(upstream.base_url, "keyless", 100.0, 100.0)
+    keyless["params"]["api_key"] = "os.environ/MOE_TEST_NEVER_SET_KEY"
+    data["models"].append(keyless)
+    cfg.write_text(json.dumps(data))
+    out = invoke("calibrate", "--config", str(cfg), "--limit", "4", "--dry-run")
+    assert "calibrating 4 model(s)" in out
+    assert "keyless                      skipped: set MOE_TEST_NEVER_SET_KEY to enable it" in out
+    r = CliRunner().invoke(
+        app, ["calibrate", "--config", str(cfg), "--model", "keyless", "--limit", "4", "--yes"]
+    )
+    # the CLI's entry point prints a UserError as one "error: ..." line, exit code 1
+    assert (
+        r.exit_code != 0
+        and str(r.exception) == "keyless is unavailable: set MOE_TEST_NEVER_SET_KEY to enable it"
+    )
+    assert not upstream.calls("keyless")
+
+
 def test_online_calibration_counts_a_failed_call_as_ungraded(upstream, tmp_path):
     abilities = tmp_path / "abilities.json"
     cfg = tmp_path / "config.yaml"

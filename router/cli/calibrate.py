@@ -87,16 +87,30 @@ def _offline(artifact, model, data, fmt, limit, seed, out, allow_pickle, cache) 
 
 
 def _online(config, models, limit, seed, dry_run, yes, api_key, max_tokens, policy_name) -> None:
+    from router.quiet import quiet_libraries
+
+    quiet_libraries()  # first: local models load in this process; no progress bars, as under `serve`
     from policies.calibration import load_items, pick
     from router import calibrate as cal
     from router.engine import Engine
 
     cfg = load(config)
     chat = [m.name for m in cfg.chat_models()]
+    named = bool(models)
     models = list(models or chat)
     unknown = [m for m in models if m not in chat]
     if unknown:
         raise UserError(f"not chat models of this pool: {unknown}; the pool has {chat}")
+    # a model whose credentials are not set cannot answer: named, it is an error; by default, skipped
+    why = {
+        m.name: f"set {', '.join(m.missing_env())} to enable it" for m in cfg.chat_models() if m.missing_env()
+    }
+    off = [m for m in models if m in why]
+    if off and named:
+        raise UserError("; ".join(f"{m} is unavailable: {why[m]}" for m in off))
+    models = [m for m in models if m not in why]
+    if not models:
+        raise UserError(f"no pool model can be called: {'; '.join(f'{m}: {w}' for m, w in why.items())}")
     items = pick(load_items(), limit, seed)
     most = cal.estimate(cfg, models, items, max_tokens)
     typer.echo(
@@ -105,6 +119,8 @@ def _online(config, models, limit, seed, dry_run, yes, api_key, max_tokens, poli
     )
     for m in models:
         typer.echo(f"  {m:<28} at most ${most[m]:.4f}")
+    for m in off:
+        typer.echo(f"  {m:<28} skipped: {why[m]}")
     if dry_run:
         typer.echo(f"dry run: nothing sent; abilities would go to {cfg.routing.abilities_path()}")
         return
