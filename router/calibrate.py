@@ -70,8 +70,11 @@ async def run(
     max_tokens: int = MAX_TOKENS,
     concurrency: int = 4,
     progress: Callable[[str, int, int], None] | None = None,
+    finished: Callable[[ModelRun], None] | None = None,
 ) -> list[ModelRun]:
-    """Ask every model every item through `engine` (started here, closed by the caller)."""
+    """Ask every model every item through `engine` (started here, closed by the caller), one
+    model after another; `finished(run)` is called as each model finishes, so its paid-for grades are
+    stored before the next model starts (an interrupted run keeps the models it finished)."""
     from router.errors import RouterError
 
     caller = await engine.authenticate(api_key)
@@ -99,6 +102,8 @@ async def run(
 
         await asyncio.gather(*(ask(i, it) for i, it in enumerate(items)))
         runs.append(r)
+        if finished:
+            finished(r)
     return runs
 
 

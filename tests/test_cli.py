@@ -47,6 +47,9 @@ def test_user_errors_are_one_line_and_nonzero(tmp_path, upstream):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), (args, r.stderr)
         assert "Traceback" not in r.stderr
+    # a command group run bare prints its help, and no empty "error:" line after it
+    r = run("keys")
+    assert r.returncode == 2 and "create" in r.stdout and "error:" not in r.stderr, r.stderr
 
 
 def test_config_validate_ok(tmp_path, upstream):

@@ -446,6 +446,36 @@ def test_online_calibration_skips_models_whose_credentials_are_not_set(upstream,
     assert not upstream.calls("keyless")
 
 
+def test_interrupted_calibration_keeps_the_models_it_finished(upstream, tmp_path):
+    """Each model's ability is stored when its calls are done: Ctrl-C while the second model is
+    being asked keeps the first one's paid-for grades."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.support import CLI
+
+    abilities = tmp_path / "abilities.json"
+    cfg = tmp_path / "config.yaml"
+    conf = pool_config(upstream.base_url, abilities)
+    cfg.write_text(json.dumps(conf.model_dump(mode="json", exclude_none=True)))
+    upstream.behave("cal", reply="The answer is A").behave("plain", delay=60.0)
+    args = ["calibrate", "--config", str(cfg), "--model", "cal", "--model", "plain", "--limit", "4", "--yes"]
+    proc = subprocess.Popen([CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not upstream.in_flight("plain") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert upstream.in_flight("plain"), proc.communicate(timeout=5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "cal: 0.000 right on 4 items" in out  # 130: interrupted
+    stored = read_abilities(abilities)
+    assert set(stored) == {"cal"} and stored["cal"]["items"] == 4
+
+
 def test_online_calibration_counts_a_failed_call_as_ungraded(upstream, tmp_path):
     abilities = tmp_path / "abilities.json"
     cfg = tmp_path / "config.yaml"

@@ -63,7 +63,7 @@ def main() -> None:
     # commands report problems as one line; `serve` turns logging back on at its --log-level
     logging.getLogger("moe_router").setLevel(logging.ERROR)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except ModuleNotFoundError as e:
         typer.echo(
             f"error: the optional package {e.name!r} is not installed; "
@@ -81,7 +81,11 @@ def main() -> None:
         sys.exit(130)
     except Exception as e:  # click usage errors and the unexpected: one line, never a traceback
         if isinstance(e, typer.TyperException | ClickException):
-            typer.echo(f"error: {e.format_message()}", err=True)
+            if e.format_message():  # a group run bare has printed its help and says nothing more
+                typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
         typer.echo(f"error: {type(e).__name__}: {e}", err=True)
         sys.exit(1)
+    # outside standalone mode typer returns an exit code instead of exiting: 130 for Ctrl-C
+    if isinstance(code, int) and code:
+        sys.exit(code)

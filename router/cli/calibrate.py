@@ -133,21 +133,25 @@ def _online(config, models, limit, seed, dry_run, yes, api_key, max_tokens, poli
             f"policy {policy_name!r} is not an irt policy of this gateway: {engine.policies.names}"
         )
 
-    async def go():
-        try:
-            return await cal.run(engine, models, items, api_key=api_key, max_tokens=max_tokens)
-        finally:
-            await engine.aclose()
-
-    runs = asyncio.run(go())
     path = cfg.routing.abilities_path()
-    for r in runs:
+
+    def store(r: cal.ModelRun) -> None:  # as each model finishes: an interrupted run keeps it
         entry = cal.fit_and_store(policy, r, items, path)
         errs = f"; {len(r.errors)} calls failed ({r.errors[0]})" if r.errors else ""
         if entry is None:
             typer.echo(f"{r.model}: no answer graded{errs}; not calibrated")
-            continue
+            return
         typer.echo(
             f"{r.model}: {entry['accuracy']:.3f} right on {entry['items']} items, ${r.cost_usd:.4f}{errs}"
         )
+
+    async def go():
+        try:
+            return await cal.run(
+                engine, models, items, api_key=api_key, max_tokens=max_tokens, finished=store
+            )
+        finally:
+            await engine.aclose()
+
+    asyncio.run(go())
     typer.echo(f"abilities written to {path} (a running gateway serves them within a second)")
