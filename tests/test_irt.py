@@ -476,6 +476,54 @@ def test_interrupted_calibration_keeps_the_models_it_finished(upstream, tmp_path
     assert set(stored) == {"cal"} and stored["cal"]["items"] == 4
 
 
+def test_online_calibration_spends_through_the_callers_key_and_the_ledger(upstream, tmp_path, redis_url):
+    """The calls are a client's: each answered one is a ledger record; with keys required a key
+    must be given, and its budget refuses what it cannot pay (left ungraded, never over budget)."""
+    import sqlite3
+
+    import redis
+
+    ledger = tmp_path / "ledger.db"
+    conf = pool_config(upstream.base_url, tmp_path / "abilities.json")
+    data = {**conf.model_dump(mode="json", exclude_none=True), "ledger": f"sqlite+aiosqlite:///{ledger}"}
+    upstream.behave("cal", reply="The answer is A")
+    in_memory = tmp_path / "memory.yaml"
+    in_memory.write_text(json.dumps(data))
+    invoke("calibrate", "--config", str(in_memory), "--model", "cal", "--limit", "4", "--yes")
+    with sqlite3.connect(ledger) as db:  # written before the command returns
+        assert db.execute("select count(*) from requests where model = 'cal'").fetchone()[0] == 4
+
+    upstream.reset()
+    upstream.behave("cal", reply="The answer is A")
+    cfg = tmp_path / "shared.yaml"
+    cfg.write_text(json.dumps({**data, "state": redis_url}))
+    env = {"MOE_ROUTER_REQUIRE_KEYS": "1"}
+    args = ["calibrate", "--config", str(cfg), "--model", "cal", "--limit", "12", "--yes"]
+    r = CliRunner().invoke(app, args, env=env)
+    assert r.exit_code != 0 and str(r.exception) == "this gateway requires API keys: pass one with --api-key"
+    assert not upstream.calls("cal")
+    # each call reserves its worst case (512 tokens out at $1.5/1M ~ $0.0008): $0.004 pays some of 12
+    made = CliRunner().invoke(
+        app, ["keys", "create", "--config", str(cfg), "--name", "calib", "--budget-usd", "0.004"], env=env
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    r = CliRunner().invoke(app, [*args, "--api-key", key], env=env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    answered = len(upstream.calls("cal"))
+    assert 0 < answered < 12 and "calls failed" in r.stdout
+    entry = read_abilities(tmp_path / "abilities.json")["cal"]
+    assert entry["items"] == answered  # the refused ones are ungraded, not wrong
+    listed = CliRunner().invoke(app, ["keys", "list", "--config", str(cfg), "--json"], env=env)
+    spent = json.loads(listed.stdout)[0]["spent_usd"]
+    assert 0 < spent <= 0.004 and spent == pytest.approx(entry["cost_usd"], abs=2e-6)  # both rounded
+    # on shared state the records wait in the ledger stream every replica's writer imports
+    # (beside reservation events and the refused calls' records, with their error)
+    entries = redis.Redis.from_url(redis_url).xrange("moe:ledger")
+    records = [json.loads(f[b"data"]) for _, f in entries if f[b"kind"] == b"request"]
+    ok = [x for x in records if x["model"] == "cal" and x["status"] == "ok"]
+    assert len(ok) == answered and sum(x["cost_usd"] for x in ok) == pytest.approx(spent, abs=2e-6)
+
+
 def test_online_calibration_counts_a_failed_call_as_ungraded(upstream, tmp_path):
     abilities = tmp_path / "abilities.json"
     cfg = tmp_path / "config.yaml"

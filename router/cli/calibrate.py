@@ -146,10 +146,16 @@ def _online(config, models, limit, seed, dry_run, yes, api_key, max_tokens, poli
         )
 
     async def go():
+        from router.errors import Unauthorized
+
         try:
             return await cal.run(
                 engine, models, items, api_key=api_key, max_tokens=max_tokens, finished=store
             )
+        except Unauthorized as e:  # the calls go through the gateway's own auth, as a client's
+            if not api_key:
+                raise UserError("this gateway requires API keys: pass one with --api-key") from None
+            raise UserError(e.message) from None
         finally:
             await engine.aclose()
 
