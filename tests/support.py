@@ -151,6 +151,7 @@ class Replica:
         self.proc = subprocess.Popen(
             [CLI, "serve", "--config", str(config), "--port", str(self.port)],
             env=env,
+            cwd=log.parent,  # the loopback console key (data/master-key) lands there, not in the checkout
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
         )

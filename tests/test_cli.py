@@ -63,6 +63,7 @@ def test_serve_answers_through_openai_client(tmp_path, upstream):
     log = tmp_path / "serve.log"
     proc = subprocess.Popen(
         [CLI, "serve", "--config", str(cfg), "--port", str(port)],
+        cwd=tmp_path,  # its loopback console key is written to ./data
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )
