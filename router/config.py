@@ -154,6 +154,11 @@ class ModelSpec(_Strict):
     def missing_env(self) -> list[str]:
         return [name for name in self.env_refs() if not os.environ.get(name)]
 
+    def missing_env_hint(self) -> str | None:
+        """ "set A, B" when environment variables this model's params name are unset, else None."""
+        missing = self.missing_env()
+        return f"set {', '.join(missing)}" if missing else None
+
     def resolved_params(self) -> dict[str, Any]:
         return _resolve(self.params)
 

@@ -68,9 +68,9 @@ def check_params(specs: list[ModelSpec]) -> list[str]:
 
 
 async def probe_model(spec: ModelSpec, timeout_s: float = 3.0) -> ModelProbe:
-    missing = spec.missing_env()
-    if missing:
-        return ModelProbe(spec.name, spec.backend, UNAVAILABLE, f"set {', '.join(missing)}")
+    hint = spec.missing_env_hint()
+    if hint:
+        return ModelProbe(spec.name, spec.backend, UNAVAILABLE, hint)
     try:
         adapter = build(spec)
     except (ValueError, ImportError) as e:

@@ -86,9 +86,9 @@ def build_adapters(config: RouterConfig) -> tuple[dict[str, Adapter], dict[str, 
     adapters: dict[str, Adapter] = {}
     unavailable: dict[str, str] = {}
     for spec in config.models:
-        missing = spec.missing_env()
-        if missing:
-            unavailable[spec.name] = f"set {', '.join(missing)} to enable it"
+        hint = spec.missing_env_hint()
+        if hint:
+            unavailable[spec.name] = f"{hint} to enable it"
             continue
         try:
             adapters[spec.name] = build_adapter(spec.backend, spec.resolved_params())

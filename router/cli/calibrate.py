@@ -102,9 +102,8 @@ def _online(config, models, limit, seed, dry_run, yes, api_key, max_tokens, poli
     if unknown:
         raise UserError(f"not chat models of this pool: {unknown}; the pool has {chat}")
     # a model whose credentials are not set cannot answer: named, it is an error; by default, skipped
-    why = {
-        m.name: f"set {', '.join(m.missing_env())} to enable it" for m in cfg.chat_models() if m.missing_env()
-    }
+    hints = {m.name: m.missing_env_hint() for m in cfg.chat_models()}
+    why = {name: f"{hint} to enable it" for name, hint in hints.items() if hint}
     off = [m for m in models if m in why]
     if off and named:
         raise UserError("; ".join(f"{m} is unavailable: {why[m]}" for m in off))

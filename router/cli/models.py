@@ -30,8 +30,8 @@ def models(
         probes = asyncio.run(probe_models(cfg.models, timeout_s))
     else:
         probes = [
-            ModelProbe(m.name, m.backend, "unavailable", f"set {', '.join(m.missing_env())}")
-            if m.missing_env()
+            ModelProbe(m.name, m.backend, "unavailable", hint)
+            if (hint := m.missing_env_hint())
             else ModelProbe(m.name, m.backend, "not probed", "--no-check")
             for m in cfg.models
         ]
